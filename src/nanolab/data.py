@@ -1,0 +1,356 @@
+"""Datasets: prepared once into data/<name>/{train,val}.bin plus meta.json, then sampled.
+
+A prepared dataset is a flat array of token ids per split (uint16, or uint32 when the
+vocabulary needs it) and a meta.json describing the tokenizer, the token counts and a hash of
+the source. meta.json is written last, so a dataset without it (or with another source hash)
+is prepared again; a half-written bin is never taken for a valid one.
+
+Sources (`data.source`):
+- `shakespeare`: the tiny Shakespeare text, read from `data.raw_path`, downloaded there from
+  `data.url` when it is missing;
+- `text`: any local UTF-8 file or folder of files (`data.path`);
+- `hf`: a Hugging Face `datasets` dataset (`data.hf_path`, optionally local `data.data_files`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import urllib.request
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import tiktoken
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from nanolab import ConfigError
+from nanolab.atomic import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+# Bump when the on-disk format or the preparation changes, so old data is prepared again.
+FORMAT_VERSION = 1
+
+
+class DataError(ConfigError):
+    """Input data that cannot be used; the message names the file or key and the fix."""
+
+
+# --- tokenizers ----------------------------------------------------------------------------
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+class CharTokenizer:
+    """One token per character; the vocabulary is the sorted set of characters in the corpus."""
+
+    def __init__(self, chars: list[str]) -> None:
+        self.chars = chars
+        self.vocab_size = len(chars)
+        self.stoi = {ch: i for i, ch in enumerate(chars)}
+
+    def encode(self, text: str) -> list[int]:
+        unknown = set(text) - self.stoi.keys()
+        if unknown:
+            raise DataError(f"characters {sorted(unknown)!r} are not in this dataset's vocabulary")
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+
+class GPT2Tokenizer:
+    """GPT-2's BPE through tiktoken, built from the files shipped with nanolab (no network)."""
+
+    def __init__(self) -> None:
+        self.encoding = gpt2_encoding()
+        self.vocab_size = self.encoding.n_vocab
+        self.eot = self.encoding.eot_token
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.encoding.decode(ids)
+
+
+@functools.cache
+def gpt2_encoding() -> tiktoken.Encoding:
+    """tiktoken's `gpt2` encoding from local files; the hashes are the ones tiktoken checks
+    for its own download, so the result is identical to `tiktoken.get_encoding("gpt2")`."""
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+
+    files = resources.files("nanolab") / "assets" / "gpt2"
+    with resources.as_file(files / "vocab.bpe") as bpe, resources.as_file(files / "encoder.json") as enc:
+        ranks = data_gym_to_mergeable_bpe_ranks(
+            vocab_bpe_file=str(bpe),
+            encoder_json_file=str(enc),
+            vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+            encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+        )
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={ENDOFTEXT: 50256},
+        explicit_n_vocab=50257,
+    )
+
+
+def tokenizer_from_meta(meta: dict) -> Tokenizer:
+    """The tokenizer a prepared dataset (or a checkpoint, which carries the meta) was made with."""
+    if meta["tokenizer"] == "char":
+        return CharTokenizer(meta["chars"])
+    return GPT2Tokenizer()
+
+
+# --- reading sources -------------------------------------------------------------------------
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it or remove it") from None
+    return text
+
+
+def _read_shakespeare(cfg: DictConfig) -> str:
+    path = Path(cfg.raw_path)
+    if not path.exists():
+        try:
+            log.info("downloading %s to %s", cfg.url, path)
+            with urllib.request.urlopen(cfg.url, timeout=15) as response:
+                raw = response.read()
+        except OSError as e:
+            raise DataError(
+                f"the tiny Shakespeare text is not at {path} and could not be downloaded from "
+                f"{cfg.url} ({e}). Fix: copy input.txt to {path}, or point data.raw_path=... at a local copy."
+            ) from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(raw)
+    return _read_utf8(path)
+
+
+def _read_text(cfg: DictConfig) -> str:
+    if cfg.path is None:
+        raise DataError("data=text needs data.path=<a UTF-8 file or a folder of them>")
+    path = Path(cfg.path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise DataError(f"data.path={path} is a folder with no files in it")
+        text = "\n".join(_read_utf8(p) for p in tqdm(files, desc=f"reading {path}", unit="file", disable=None))
+    elif path.is_file():
+        text = _read_utf8(path)
+    else:
+        raise DataError(f"data.path={path} does not exist")
+    if not text.strip():
+        raise DataError(f"data.path={path} holds no text")
+    return text
+
+
+# --- preparing -------------------------------------------------------------------------------
+
+
+def _token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def _write_bin(path: Path, tokens: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        tokens.tofile(tmp)
+
+
+def _prepare_from_text(cfg: DictConfig, text: str) -> dict:
+    """Split the raw text (before tokenizing, as nanoGPT does) and write both splits."""
+    if cfg.tokenizer == "char":
+        tokenizer: Tokenizer = CharTokenizer(sorted(set(text)))
+    else:
+        tokenizer = GPT2Tokenizer()
+    n_train = int(len(text) * (1 - cfg.val_fraction))
+    dtype = _token_dtype(tokenizer.vocab_size)
+    counts = {}
+    for split, part in (("train", text[:n_train]), ("val", text[n_train:])):
+        tokens = np.array(tokenizer.encode(part), dtype=dtype)
+        _write_bin(Path(cfg.dir) / f"{split}.bin", tokens)
+        counts[split] = len(tokens)
+    meta = {"tokenizer": cfg.tokenizer, "vocab_size": tokenizer.vocab_size, "dtype": dtype.name}
+    if isinstance(tokenizer, CharTokenizer):
+        meta["chars"] = tokenizer.chars
+    return meta | {"train_tokens": counts["train"], "val_tokens": counts["val"]}
+
+
+def _prepare_from_hf(cfg: DictConfig) -> dict:
+    """Tokenize a `datasets` dataset in parallel (num_proc), one EOT token after each document,
+    and stream it shard by shard into the bins."""
+    import datasets
+
+    if cfg.tokenizer != "gpt2":
+        raise DataError(f"data.tokenizer={cfg.tokenizer} is not supported for data.source=hf; use gpt2")
+    data_files = OmegaConf.to_container(cfg.data_files) if cfg.data_files is not None else None
+    splits = datasets.load_dataset(cfg.hf_path, cfg.hf_name, data_files=data_files, num_proc=cfg.num_proc)
+    if cfg.val_split is None:
+        split = splits["train"].train_test_split(test_size=cfg.val_fraction, seed=2357, shuffle=True)
+        splits = {"train": split["train"], "val": split["test"]}
+    else:
+        splits = {"train": splits["train"], "val": splits[cfg.val_split]}
+
+    tokenizer = GPT2Tokenizer()
+    text_field = cfg.text_field
+
+    def tokenize(example: dict) -> dict:
+        ids = tokenizer.encode(example[text_field]) + [tokenizer.eot]
+        return {"ids": ids, "len": len(ids)}
+
+    dtype = _token_dtype(tokenizer.vocab_size)
+    counts = {}
+    for split, dset in splits.items():
+        tokenized = dset.map(tokenize, remove_columns=dset.column_names, num_proc=cfg.num_proc, desc=f"tokenizing {split}")
+        total = int(np.sum(tokenized["len"], dtype=np.uint64))
+        path = Path(cfg.dir) / f"{split}.bin"
+        with atomic_path(path) as tmp:
+            out = np.memmap(tmp, dtype=dtype, mode="w+", shape=(total,))
+            n_shards = max(1, min(1024, len(tokenized)))
+            pos = 0
+            for i in tqdm(range(n_shards), desc=f"writing {path}", disable=None):
+                shard = tokenized.shard(num_shards=n_shards, index=i, contiguous=True).with_format("numpy")
+                ids = np.concatenate(shard["ids"]) if len(shard) else np.empty(0, dtype=dtype)
+                out[pos : pos + len(ids)] = ids
+                pos += len(ids)
+            out.flush()
+            del out
+        counts[split] = total
+    return {
+        "tokenizer": "gpt2",
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": dtype.name,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+    }
+
+
+def _source_hash(cfg: DictConfig, text: str | None) -> str:
+    """What the prepared bins depend on: the text itself (or, for hub datasets, its address)
+    and every setting that changes the tokens."""
+    h = hashlib.sha256(f"v{FORMAT_VERSION}|{cfg.source}|{cfg.tokenizer}|{cfg.val_fraction}".encode())
+    if text is not None:
+        h.update(text.encode("utf-8"))
+    else:
+        keys = ("hf_path", "hf_name", "data_files", "val_split", "text_field")
+        h.update(json.dumps({k: OmegaConf.to_container(cfg)[k] for k in keys}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _read_meta(directory: Path) -> dict | None:
+    try:
+        meta = json.loads((directory / "meta.json").read_text())
+        for split in ("train", "val"):
+            expected = meta[f"{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
+            if (directory / f"{split}.bin").stat().st_size != expected:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return meta
+
+
+SOURCES = {"shakespeare": _read_shakespeare, "text": _read_text}
+
+
+def prepare(cfg: DictConfig) -> dict:
+    """Make sure data/<name>/ holds bins for the configured source; returns its meta."""
+    if cfg.source not in (*SOURCES, "hf"):
+        raise DataError(f"data.source={cfg.source!r} is not one of {[*SOURCES, 'hf']}")
+    if cfg.tokenizer not in ("char", "gpt2"):
+        raise DataError(f"data.tokenizer={cfg.tokenizer!r} is not one of ['char', 'gpt2']")
+    if not 0 < cfg.val_fraction < 1:
+        raise DataError(f"data.val_fraction={cfg.val_fraction} must lie in (0, 1)")
+    directory = Path(cfg.dir)
+    text = SOURCES[cfg.source](cfg) if cfg.source in SOURCES else None
+    source_hash = _source_hash(cfg, text)
+    meta = _read_meta(directory)
+    if meta is not None and meta.get("source_hash") == source_hash:
+        return meta
+
+    log.info("preparing %s in %s", cfg.name, directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "meta.json").unlink(missing_ok=True)  # invalid until the new bins are complete
+    meta = _prepare_from_text(cfg, text) if text is not None else _prepare_from_hf(cfg)
+    meta = {"name": cfg.name, "source_hash": source_hash} | meta
+    write_json(directory / "meta.json", meta)
+    log.info("%s: %d train / %d val tokens, vocabulary %d", cfg.name, meta["train_tokens"], meta["val_tokens"], meta["vocab_size"])
+    return meta
+
+
+# --- sampling batches ------------------------------------------------------------------------
+
+
+@dataclass
+class TokenData:
+    """A prepared dataset: both splits as read-only memory maps, and its meta."""
+
+    train: np.ndarray
+    val: np.ndarray
+    meta: dict
+
+    @classmethod
+    def load(cls, cfg: DictConfig) -> "TokenData":
+        meta = prepare(cfg)
+        directory = Path(cfg.dir)
+        splits = {s: np.memmap(directory / f"{s}.bin", dtype=meta["dtype"], mode="r") for s in ("train", "val")}
+        return cls(meta=meta, **splits)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.meta["vocab_size"]
+
+    def check_block_size(self, block_size: int) -> None:
+        """Both splits must hold at least one (input, target) window of block_size tokens."""
+        for split in ("train", "val"):
+            if len(getattr(self, split)) <= block_size:
+                raise DataError(
+                    f"the {split} split of data={self.meta['name']} has {len(getattr(self, split))} tokens, "
+                    f"too few for model.block_size={block_size}; lower model.block_size or use more data"
+                )
+
+
+class BatchSampler:
+    """Random (x, y) windows of one split, drawn from its own seeded generator so that the data
+    order is reproducible and can be checkpointed independently of the model's randomness."""
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int, device: torch.device) -> None:
+        self.tokens = tokens
+        self.batch_size = batch_size
+        self.offsets = np.arange(block_size + 1)
+        self.device = device
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(len(self.tokens) - len(self.offsets) + 1, (self.batch_size,), generator=self.generator)
+        window = torch.from_numpy(self.tokens[starts.numpy()[:, None] + self.offsets].astype(np.int64))
+        if self.device.type == "cuda":
+            window = window.pin_memory().to(self.device, non_blocking=True)
+        else:
+            window = window.to(self.device)
+        return window[:, :-1], window[:, 1:]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

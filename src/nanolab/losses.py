@@ -1,0 +1,90 @@
+"""Training losses: each is one function registered by name, plus configs/loss/<name>.yaml.
+
+A loss takes logits over the true vocabulary (N, C), integer targets (N,) and its own config
+(the `loss` group), and returns the mean over targets that are not `loss.ignore_index`.
+Losses are computed in float32 whatever the autocast dtype of the logits.
+
+Adding a loss: write a function here with `@register("name")` (and a `check` for its
+parameters if it has any), and add configs/loss/name.yaml with `name: name` and its keys.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from omegaconf import DictConfig
+
+from nanolab import ConfigError
+from torch.nn import functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, DictConfig], torch.Tensor]
+LOSSES: dict[str, LossFn] = {}
+_CHECKS: dict[str, Callable[[DictConfig], None]] = {}
+
+
+def register(name: str, check: Callable[[DictConfig], None] | None = None) -> Callable[[LossFn], LossFn]:
+    """Register a loss under `name`; `check` validates its config and raises ConfigError."""
+
+    def decorator(fn: LossFn) -> LossFn:
+        LOSSES[name] = fn
+        if check is not None:
+            _CHECKS[name] = check
+        return fn
+
+    return decorator
+
+
+def get_loss(cfg: DictConfig) -> LossFn:
+    """The registered loss named by `loss.name`, after checking its parameters."""
+    if cfg.name not in LOSSES:
+        raise ConfigError(f"loss.name={cfg.name!r} is not a registered loss; choose one of {sorted(LOSSES)}")
+    if cfg.name in _CHECKS:
+        _CHECKS[cfg.name](cfg)
+    return LOSSES[cfg.name]
+
+
+def _masked_mean(per_token: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    keep = targets != ignore_index
+    return (per_token * keep).sum() / keep.sum().clamp(min=1)
+
+
+@register("ce")
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, ignore_index=cfg.ignore_index)
+
+
+def _check_label_smoothing(cfg: DictConfig) -> None:
+    if not 0.0 <= cfg.epsilon < 1.0:
+        raise ConfigError(f"loss.epsilon={cfg.epsilon} must lie in [0, 1)")
+
+
+@register("label_smoothing", check=_check_label_smoothing)
+def label_smoothing(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    """Cross-entropy against (1-eps)*one_hot + eps/C: PyTorch's semantics."""
+    return F.cross_entropy(
+        logits.float(), targets, ignore_index=cfg.ignore_index, label_smoothing=cfg.epsilon
+    )
+
+
+def _check_mse(cfg: DictConfig) -> None:
+    for key in ("k", "M"):
+        if not cfg[key] > 0:
+            raise ConfigError(f"loss.{key}={cfg[key]} must be > 0")
+
+
+@register("mse", check=_check_mse)
+def mse(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    """Square loss on raw logits with Hui & Belkin's rescaling (ICLR 2021, arXiv 2006.07322).
+
+    Per token, for true class c among C classes:
+        (1/C) * [k * (f_c - M)^2 + sum_{i != c} f_i^2]
+      = (1/C) * [sum_i f_i^2 + (k - 1) f_c^2 - 2kM f_c + kM^2]
+    The expanded form needs no one-hot tensor, which at a 50k vocabulary would be as large
+    as the logits themselves. k = M = 1 is plain MSE against a one-hot target.
+    """
+    f = logits.float()
+    k, M = float(cfg.k), float(cfg.M)
+    f_c = f.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
+    per_token = (f.square().sum(dim=1) + (k - 1) * f_c.square() - 2 * k * M * f_c + k * M * M) / f.size(1)
+    return _masked_mean(per_token, targets, cfg.ignore_index)

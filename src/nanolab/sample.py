@@ -1,0 +1,77 @@
+"""Sample text from a trained checkpoint.
+
+    python -m nanolab.sample checkpoint=outputs/2026-01-01/12-00-00 prompt="ROMEO:" num_samples=2
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from nanolab import ConfigError
+from nanolab.checkpoint import load_checkpoint
+from nanolab.data import tokenizer_from_meta
+from nanolab.model import GPT, GPTConfig
+from nanolab.train import pick_device
+
+log = logging.getLogger("nanolab.sample")
+
+
+def checkpoint_file(path: str) -> Path:
+    """A run directory means its best.pt (else last.pt); a file is taken as it is."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise ConfigError(f"checkpoint={path} is a directory without best.pt or last.pt")
+    return p
+
+
+def load_model(path: Path, device: torch.device) -> tuple[GPT, dict]:
+    """The trained model (in eval mode) and its checkpoint."""
+    state = load_checkpoint(path)
+    model = GPT(GPTConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
+
+
+def sample(cfg: DictConfig) -> list[str]:
+    if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
+        raise ConfigError("max_new_tokens must be >= 0 and num_samples >= 1")
+    if cfg.temperature < 0:
+        raise ConfigError(f"temperature={cfg.temperature} must be >= 0")
+    device = pick_device(cfg.device)
+    model, state = load_model(checkpoint_file(cfg.checkpoint), device)
+    tokenizer = tokenizer_from_meta(state["data_meta"])
+    prompt = cfg.prompt
+    if prompt.startswith("FILE:"):
+        prompt = Path(prompt[5:]).read_text(encoding="utf-8")
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ConfigError("prompt encodes to no tokens; give at least one character")
+    x = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    out = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)
+    return [tokenizer.decode(row.tolist()) for row in out]
+
+
+@hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    try:
+        texts = sample(cfg)
+    except ConfigError as e:
+        log.error("%s", e)
+        sys.exit(2)
+    for text in texts:
+        print(text)
+        print("-" * 40)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Run tracking: a W&B run plus local files in the run directory, so results exist without W&B.
+
+- metrics.jsonl: one JSON object per logged point ({"step", "tokens", "time_s", metric...});
+- summary.json: status (finished / failed), the best val/ce and the final metrics.
+
+W&B mode `auto` means online when an API key is available (WANDB_API_KEY or a netrc entry for
+the W&B host), otherwise offline; WANDB_MODE in the environment wins over `auto`. A W&B run that
+cannot start (bad key, no network) falls back to offline, then to none, with a warning: W&B
+trouble never stops training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import netrc
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+from nanolab import ConfigError
+from nanolab.atomic import write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunInfo:
+    """Where a run writes and how it is labelled on W&B."""
+
+    dir: Path
+    group: str | None
+    name: str | None
+
+
+def hydra_run_info(cfg: DictConfig) -> RunInfo:
+    """Run directory, W&B group and name from Hydra's runtime, unless set in `logger`.
+
+    A multirun's jobs share the group `<experiment>-<sweep dir>` and are named by the keys the
+    sweep varies (`loss=mse,optim.lr=0.001`); a single run is grouped by its experiment, if
+    any, and named by all its overrides.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    experiment = hc.runtime.choices.get("experiment")
+    group, name = experiment, hc.job.override_dirname
+    if hc.mode == RunMode.MULTIRUN:
+        sweep = Path(hc.sweep.dir).name
+        group = f"{experiment}-{sweep}" if experiment else sweep
+        swept = _swept_keys(Path(hc.sweep.dir), hc.sweeper.get("params") or {})
+        name = ",".join(o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept) or name
+    return RunInfo(dir=Path(hc.runtime.output_dir), group=cfg.logger.group or group, name=cfg.logger.name or name or None)
+
+
+def _swept_keys(sweep_dir: Path, sweeper_params: DictConfig | dict) -> set[str]:
+    """Keys a multirun varies: sweep overrides of its command line (which the sweeper saves in
+    multirun.yaml before launching jobs) and the sweeper's params (set by experiment files)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = set(sweeper_params)
+    try:
+        command_line = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
+    except (OSError, AttributeError):
+        return keys
+    overrides = OverridesParser.create().parse_overrides(list(command_line))
+    return keys | {o.key_or_group for o in overrides if o.is_sweep_override()}
+
+
+def wandb_api_key_available() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    if mode not in ("auto", "online", "offline", "disabled"):
+        raise ConfigError(f"logger.mode={mode!r} is not one of auto, online, offline, disabled")
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if wandb_api_key_available() else "offline"
+
+
+class Tracker:
+    """Logs metrics to W&B and metrics.jsonl; use as a context manager so that the run is always
+    finished, with a failing exit code when training raised."""
+
+    def __init__(self, cfg: DictConfig, info: RunInfo, run_id: str, resume_step: int | None = None) -> None:
+        self.dir = info.dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.dir / "metrics.jsonl"
+        if resume_step is not None:
+            self._drop_records_after(resume_step)
+        self.t0 = time.time()
+        self.summary: dict[str, Any] = {}
+        self.run = self._start_wandb(cfg, info, run_id, resumed=resume_step is not None)
+        self._warned = False
+
+    def _drop_records_after(self, step: int) -> None:
+        """A resumed run replays the steps after its checkpoint: drop what they had logged."""
+        if not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def _start_wandb(self, cfg: DictConfig, info: RunInfo, run_id: str, resumed: bool):
+        mode = resolve_wandb_mode(cfg.logger.mode)
+        if mode == "disabled":
+            return None
+        import wandb
+
+        tags = sorted({cfg.loss.name, cfg.model.name, cfg.data.name, *cfg.logger.tags})
+        for attempt in (mode, "offline") if mode == "online" else (mode,):
+            try:
+                run = wandb.init(
+                    project=cfg.logger.project,
+                    entity=cfg.logger.entity,
+                    group=info.group,
+                    name=info.name,
+                    tags=tags,
+                    config=OmegaConf.to_container(cfg, resolve=True),
+                    dir=str(self.dir),
+                    id=run_id,
+                    resume="allow" if resumed else None,
+                    mode=attempt,
+                    job_type="train",
+                    reinit="create_new",  # each job of a multirun is its own run
+                    settings=wandb.Settings(init_timeout=cfg.logger.init_timeout),
+                )
+            except Exception as e:  # wandb raises many kinds; none may stop training
+                log.warning("W&B could not start in %s mode (%s)", attempt, e)
+                continue
+            # Plot everything against the optimizer step, also after a resume rewinds it.
+            run.define_metric("step")
+            run.define_metric("*", step_metric="step")
+            return run
+        log.warning("continuing without W&B; metrics go to %s", self.metrics_path)
+        return None
+
+    def log(self, metrics: dict[str, float], step: int, tokens: int) -> None:
+        record = {"step": step, "tokens": tokens, "time_s": round(time.time() - self.t0, 3), **metrics}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.run is not None:
+            try:
+                self.run.log(record)
+            except Exception as e:
+                if not self._warned:
+                    log.warning("W&B logging failed (%s); metrics.jsonl keeps everything", e)
+                    self._warned = True
+
+    def update_summary(self, values: dict[str, Any]) -> None:
+        self.summary.update(values)
+        if self.run is not None:
+            self.run.summary.update(values)
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        status = "finished" if exc_type is None else "failed"
+        self.update_summary({"status": status, "wall_time_s": round(time.time() - self.t0, 3)})
+        write_json(self.dir / "summary.json", self.summary)
+        if self.run is not None:
+            self.run.finish(exit_code=0 if exc_type is None else 1)

@@ -1,0 +1,261 @@
+"""Train a GPT with the loss, model, data and optimizer chosen in the Hydra config.
+
+    python -m nanolab.train                       # nano model, shakespeare_char, cross-entropy
+    python -m nanolab.train loss=mse optim.lr=3e-3
+    python -m nanolab.train -m loss=ce,mse,label_smoothing
+
+Every run writes metrics.jsonl, summary.json and checkpoints (last.pt, best.pt) to its Hydra
+output directory, and logs to W&B (offline when no API key is available).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from nanolab import ConfigError
+from nanolab.checkpoint import (
+    capture_rng_state,
+    check_compatible,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from nanolab.data import BatchSampler, TokenData
+from nanolab.losses import LossFn, get_loss
+from nanolab.metrics import device_peak_flops, evaluate, flops_per_token
+from nanolab.model import GPT, GPTConfig
+from nanolab.optim import build_optimizer, build_schedule
+from nanolab.tracking import RunInfo, Tracker, hydra_run_info
+
+log = logging.getLogger("nanolab.train")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` is cuda, then mps, then cpu; anything else must be available."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name} but MPS is not available here; use device=auto or device=cpu")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on CUDA GPUs that support it, float16 on older ones, float32 elsewhere."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in DTYPES:
+        raise ConfigError(f"dtype={name!r} is not one of {['auto', *DTYPES]}")
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"dtype=bfloat16 but {torch.cuda.get_device_name(device)} lacks it; use dtype=float16")
+    return DTYPES[name]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_trainer_config(trainer: DictConfig) -> None:
+    for key in ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
+        if not trainer[key] > 0:
+            raise ConfigError(f"trainer.{key}={trainer[key]} must be > 0")
+    if trainer.grad_clip < 0:
+        raise ConfigError(f"trainer.grad_clip={trainer.grad_clip} must be >= 0 (0 turns clipping off)")
+
+
+def resume_checkpoint_path(resume: bool | str, run_dir: Path) -> Path | None:
+    """`resume=true`: the run directory's last.pt if it exists (so re-launching a preempted
+    sweep with the same sweep dir continues every job that had started); `resume=<path>`: that
+    checkpoint file, or the last.pt of that run directory."""
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        return run_dir / "last.pt" if (run_dir / "last.pt").exists() else None
+    path = Path(resume)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    sampler: BatchSampler,
+    loss_fn: LossFn,
+    cfg: DictConfig,
+    autocast: contextlib.AbstractContextManager,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm) as
+    tensors so that nothing waits for the device unless the caller logs them."""
+    accum = cfg.trainer.grad_accum
+    total = torch.zeros((), device=sampler.device)
+    for _ in range(accum):
+        x, y = sampler.next_batch()
+        with autocast:
+            logits = model(x)
+        loss = loss_fn(logits.reshape(-1, logits.size(-1)), y.reshape(-1), cfg.loss)
+        scaler.scale(loss / accum).backward()
+        total += loss.detach()
+    scaler.unscale_(optimizer)  # so that clipping and the logged norm see true gradients
+    max_norm = cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return total / accum, grad_norm
+
+
+def train(cfg: DictConfig, info: RunInfo) -> float:
+    """Run training as configured; returns the best val/ce (the objective for sweepers)."""
+    check_trainer_config(cfg.trainer)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    loss_fn = get_loss(cfg.loss)
+    lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+    seed_everything(cfg.seed)
+
+    ckpt_path = resume_checkpoint_path(cfg.resume, info.dir)
+    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
+    if ckpt_path:
+        info.dir = ckpt_path.parent  # continue in the original run directory
+
+    data = TokenData.load(cfg.data)
+    data.check_block_size(cfg.model.block_size)
+    model_config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size)
+    model = GPT(model_config).to(device)
+    optimizer = build_optimizer(model, cfg.optim, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    sampler = BatchSampler(data.train, cfg.trainer.batch_size, model_config.block_size, cfg.seed, device)
+
+    step, best_val_ce = 0, math.inf
+    run_id = f"{int(time.time()):x}{random.Random().getrandbits(32):08x}"
+    if ckpt:
+        check_compatible(ckpt_path, ckpt, model_config.to_dict())
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        sampler.load_state_dict(ckpt["sampler"])
+        restore_rng_state(ckpt["rng"])
+        step, best_val_ce, run_id = ckpt["step"], ckpt["best_val_ce"], ckpt["wandb_id"]
+        log.info("resuming from %s at step %d", ckpt_path, step)
+    train_model = torch.compile(model) if cfg.compile else model
+
+    autocast = autocast_context(device, dtype)
+    tokens_per_step = cfg.trainer.batch_size * model_config.block_size * cfg.trainer.grad_accum
+    peak_flops = device_peak_flops(device, dtype)
+    model_flops_per_token = flops_per_token(model)
+    log.info(
+        "model %s: %.2fM parameters, %s on %s (%s), %d tokens/step, run dir %s",
+        cfg.model.name, model.num_params() / 1e6, cfg.loss.name, device, str(dtype).removeprefix("torch."),
+        tokens_per_step, info.dir,
+    )
+
+    def evaluate_and_checkpoint() -> None:
+        nonlocal best_val_ce
+        metrics = evaluate(model, data, loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters, autocast)
+        tracker.log(metrics, step, step * tokens_per_step)
+        log.info("step %d: train ce %.4f, val ce %.4f, val acc %.4f", step, metrics["train_eval/ce"], metrics["val/ce"], metrics["val/acc"])
+        improved = metrics["val/ce"] < best_val_ce
+        if improved:
+            best_val_ce = metrics["val/ce"]
+            tracker.update_summary({"best/val/ce": best_val_ce, "best/step": step})
+        tracker.update_summary({f"final/{k}": v for k, v in metrics.items()})
+        if cfg.trainer.save_checkpoints and step > 0:
+            state = {
+                "model": model.state_dict(),
+                "model_config": model_config.to_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "best_val_ce": best_val_ce,
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "data_meta": data.meta,
+                "rng": capture_rng_state(),
+                "sampler": sampler.state_dict(),
+                "wandb_id": run_id,
+            }
+            save_checkpoint(info.dir / "last.pt", state)
+            if improved:
+                save_checkpoint(info.dir / "best.pt", state)
+
+    progress = tqdm(total=cfg.trainer.max_iters, initial=step, unit="step", dynamic_ncols=True, disable=None)
+    with Tracker(cfg, info, run_id, resume_step=step if ckpt else None) as tracker, progress, logging_redirect_tqdm():
+        if step == 0:
+            evaluate_and_checkpoint()  # the untrained baseline (ln V for every loss)
+        interval_start, interval_steps = time.perf_counter(), 0
+        while step < cfg.trainer.max_iters:
+            lr = lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, grad_norm = train_step(train_model, optimizer, scaler, sampler, loss_fn, cfg, autocast)
+            step += 1
+            interval_steps += 1
+            progress.update(1)
+
+            if step % cfg.trainer.log_interval == 0 or step == cfg.trainer.max_iters:
+                dt = (time.perf_counter() - interval_start) / interval_steps
+                tokens_per_s = tokens_per_step / dt
+                stats = {
+                    "train/loss": loss.item(),
+                    "train/lr": lr,
+                    "train/grad_norm": grad_norm.item(),
+                    "perf/step_ms": 1000 * dt,
+                    "perf/tokens_per_s": tokens_per_s,
+                }
+                if peak_flops:
+                    stats["perf/mfu"] = model_flops_per_token * tokens_per_s / peak_flops
+                tracker.log(stats, step, step * tokens_per_step)
+                progress.set_postfix(loss=f"{stats['train/loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+                if progress.disable:
+                    log.info("step %d: loss %.4f, %.1f ms/step, %.0f tokens/s", step, stats["train/loss"], 1000 * dt, tokens_per_s)
+                interval_start, interval_steps = time.perf_counter(), 0
+
+            if step % cfg.trainer.eval_interval == 0 or step == cfg.trainer.max_iters:
+                evaluate_and_checkpoint()
+                interval_start, interval_steps = time.perf_counter(), 0  # keep eval out of tokens/s
+    return best_val_ce
+
+
+@hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg, hydra_run_info(cfg))
+    except ConfigError as e:
+        log.error("%s", e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

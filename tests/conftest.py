@@ -1,0 +1,61 @@
+"""Shared fixtures: a data root holding the tiny Shakespeare text, tiny configs, CLI runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE_COPIES = [
+    REPO / "data" / "shakespeare_char" / "input.txt",
+    REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt",
+]
+
+# A model small enough that a step takes milliseconds on a laptop CPU.
+TINY = [
+    "model.n_layer=2",
+    "model.n_head=2",
+    "model.n_embd=32",
+    "model.block_size=32",
+    "trainer.batch_size=8",
+    "trainer.eval_iters=2",
+    "trainer.log_interval=1",
+    "schedule.warmup_iters=5",
+    "optim.lr=1e-2",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory with the tiny Shakespeare text in place; every run in the tests prepares
+    its datasets there (NANOLAB_DATA_DIR), never in the repository."""
+    source = next((p for p in SHAKESPEARE_COPIES if p.is_file()), None)
+    if source is None:
+        pytest.fail(f"the tiny Shakespeare text is needed at one of {[str(p) for p in SHAKESPEARE_COPIES]}")
+    root = tmp_path_factory.mktemp("data")
+    (root / "shakespeare_char").mkdir()
+    shutil.copy(source, root / "shakespeare_char" / "input.txt")
+    os.environ["NANOLAB_DATA_DIR"] = str(root)
+    os.environ["WANDB_SILENT"] = "true"
+    return root
+
+
+def compose_train(*overrides: str) -> DictConfig:
+    """The training config as `python -m nanolab.train <overrides>` would compose it."""
+    with initialize_config_module("nanolab.configs", version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def run_cli(*args: str, cwd: Path, module: str = "nanolab.train", check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m <module> <args>` in cwd, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc

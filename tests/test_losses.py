@@ -1,0 +1,124 @@
+"""Each loss against a naive reference, its gradients, the ignore index, and the registry."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.nn import functional as F
+
+from nanolab import ConfigError
+from nanolab.losses import LOSSES, get_loss
+from nanolab.metrics import TokenTotals
+from nanolab.model import GPT, GPTConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "loss"
+
+
+def loss_cfg(name: str, **params) -> OmegaConf:
+    cfg = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    cfg.merge_with(params)
+    return cfg
+
+
+def batch(n: int = 37, c: int = 11, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(n, c, generator=g, dtype=torch.float64)).requires_grad_()
+    return logits, torch.randint(c, (n,), generator=g)
+
+
+def naive_mse(logits, targets, k, M):
+    """(1/C)[k (f_c - M)^2 + sum_{i != c} f_i^2] through an explicit scaled one-hot target."""
+    one_hot = F.one_hot(targets, logits.size(1)).to(logits.dtype)
+    weights = 1 + (k - 1) * one_hot
+    return (weights * (logits - M * one_hot) ** 2).sum(1).mean() / logits.size(1)
+
+
+@pytest.mark.parametrize("k,M", [(1.0, 1.0), (1.0, 15.0), (15.0, 30.0), (2.5, 0.5)])
+def test_mse_matches_one_hot_formula_and_gradients(k, M):
+    logits, targets = batch()
+    ours = LOSSES["mse"](logits, targets, loss_cfg("mse", k=k, M=M))
+    ref = naive_mse(logits, targets, k, M)
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=1e-6)
+    g_ours, = torch.autograd.grad(ours, logits)
+    g_ref, = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_plain_mse_is_mean_squared_error_to_one_hot():
+    logits, targets = batch()
+    ours = LOSSES["mse"](logits, targets, loss_cfg("mse"))
+    ref = F.mse_loss(logits.float(), F.one_hot(targets, logits.size(1)).float())
+    torch.testing.assert_close(ours, ref)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
+def test_label_smoothing_matches_pytorch_and_formula(eps):
+    logits, targets = batch()
+    ours = LOSSES["label_smoothing"](logits, targets, loss_cfg("label_smoothing", epsilon=eps))
+    torch.testing.assert_close(ours, F.cross_entropy(logits.float(), targets, label_smoothing=eps))
+    logp = F.log_softmax(logits, dim=1)
+    ref = -((1 - eps) * logp.gather(1, targets[:, None]).squeeze(1) + eps * logp.mean(1)).mean()
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=1e-6)
+    g_ours, = torch.autograd.grad(ours, logits)
+    g_ref, = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_ce_matches_negative_log_softmax():
+    logits, targets = batch()
+    ours = LOSSES["ce"](logits, targets, loss_cfg("ce"))
+    ref = -torch.log(torch.softmax(logits, 1)).gather(1, targets[:, None]).mean()
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_ignored_targets_contribute_nothing(name):
+    logits, targets = batch()
+    cfg = loss_cfg(name)
+    masked = targets.clone()
+    masked[::3] = cfg.ignore_index
+    keep = masked != cfg.ignore_index
+    with_ignored = LOSSES[name](logits, masked, cfg)
+    torch.testing.assert_close(with_ignored, LOSSES[name](logits[keep], targets[keep], cfg))
+    grad, = torch.autograd.grad(with_ignored, logits)
+    assert grad[~keep].abs().max() == 0
+
+
+def test_every_loss_has_a_yaml_and_every_yaml_a_loss():
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == set(LOSSES)
+    for name in LOSSES:
+        assert get_loss(loss_cfg(name)) is LOSSES[name]
+
+
+@pytest.mark.parametrize(
+    "name,params,key",
+    [("mse", {"k": 0}, "loss.k"), ("mse", {"M": -1}, "loss.M"), ("label_smoothing", {"epsilon": 1.0}, "loss.epsilon")],
+)
+def test_bad_loss_parameters_name_the_key(name, params, key):
+    with pytest.raises(ConfigError, match=key):
+        get_loss(loss_cfg(name, **params))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_padded_vocabulary_never_reaches_losses_or_metrics(name):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=65, n_layer=1, n_head=2, n_embd=16))
+    assert model.config.padded_vocab_size == 128
+    x = torch.randint(65, (4, 16))
+    y = torch.randint(65, (4, 16))
+    cfg = loss_cfg(name)
+
+    def loss_and_metrics():
+        logits = model(x)
+        totals = TokenTotals()
+        totals.update(logits, y, LOSSES[name], cfg)
+        return LOSSES[name](logits.reshape(-1, 65), y.reshape(-1), cfg), totals.compute()
+
+    before = loss_and_metrics()
+    with torch.no_grad():  # make the padded rows of the (tied) output layer enormous
+        model.lm_head.weight[65:] = 1e4
+    after = loss_and_metrics()
+    assert model(x).shape == (4, 16, 65)
+    torch.testing.assert_close(before[0], after[0])
+    assert before[1] == after[1]
