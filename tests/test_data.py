@@ -136,3 +136,16 @@ def test_block_size_longer_than_a_split_is_refused(tmp_path):
     cfg = compose_train("data=text", f"data.path={path}", f"data.dir={tmp_path}/d").data
     with pytest.raises(DataError, match="model.block_size=128"):
         TokenData.load(cfg).check_block_size(128)
+
+
+def test_chunked_encoding_equals_encoding_in_one_piece(data_root):
+    """Large texts are encoded in ~1M-character chunks; the cuts must not change any token."""
+    from nanolab.data import CharTokenizer, GPT2Tokenizer, _encode
+
+    shakespeare = (data_root / "shakespeare_char" / "input.txt").read_text()
+    text = shakespeare + "\n\n  indented\n\n\nend" + shakespeare[::-1] + "\n \n"  # > 2 MB, odd whitespace
+    gpt2 = GPT2Tokenizer()
+    chunked = _encode(gpt2, text, np.dtype(np.uint16), desc="test")
+    assert chunked.tolist() == gpt2.encode(text)
+    chars = CharTokenizer(sorted(set(text)))
+    assert _encode(chars, text, np.dtype(np.uint16), desc="test").tolist() == chars.encode(text)

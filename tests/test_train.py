@@ -68,6 +68,9 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
             if key in a:
                 assert b[key] == pytest.approx(a[key], abs=1e-6), (a["step"], key)
     assert not (tmp_path / "elsewhere" / "metrics.jsonl").exists()
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("straight", "resumed")]
+    assert summaries[1]["best/val/ce"] == pytest.approx(summaries[0]["best/val/ce"], abs=1e-6)
+    assert summaries[1]["best/step"] == summaries[0]["best/step"]
 
 
 def test_resume_true_without_checkpoint_starts_fresh(tmp_path):
@@ -116,3 +119,21 @@ def test_bad_config_fails_early_and_clearly(tmp_path):
         assert message in proc.stdout + proc.stderr
         assert "Traceback" not in proc.stdout + proc.stderr
         assert not (tmp_path / "out" / "wandb").exists() and not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_loss_comparison_experiment_sweeps_the_three_losses(tmp_path):
+    run_cli("experiment=loss_comparison", *TINY, "trainer.max_iters=2", "trainer.eval_interval=2",
+            "logger.mode=offline", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    runs = offline_runs(tmp_path / "sweep")
+    assert sorted(r["name"] for r in runs) == ["loss=ce", "loss=label_smoothing", "loss=mse"]
+    assert {r["group"] for r in runs} == {"loss_comparison-sweep"}
+
+
+def test_job_directory_names_stay_valid_file_names():
+    from nanolab.tracking import safe_dirname
+
+    assert safe_dirname("loss=mse,optim.lr=0.001") == "loss=mse,optim.lr=0.001"
+    assert "/" not in safe_dirname("data.path=/home/me/corpus.txt")
+    long_a, long_b = "x=1," + "model.n_layer=2," * 30, "x=2," + "model.n_layer=2," * 30
+    assert len(safe_dirname(long_a)) == 120 and safe_dirname(long_a) != safe_dirname(long_b)

@@ -11,6 +11,7 @@ trouble never stops training.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import netrc
@@ -71,6 +72,16 @@ def _swept_keys(sweep_dir: Path, sweeper_params: DictConfig | dict) -> set[str]:
         return keys
     overrides = OverridesParser.create().parse_overrides(list(command_line))
     return keys | {o.key_or_group for o in overrides if o.is_sweep_override()}
+
+
+def safe_dirname(overrides: str, max_len: int = 120) -> str:
+    """A job directory name from an override string: no '/', and at most max_len characters
+    (a long one keeps its start and a hash of the whole), so any override list makes a valid
+    file name. Registered as the `safe_dirname` resolver used by hydra.sweep.subdir."""
+    name = overrides.replace("/", "%")
+    if len(name) <= max_len:
+        return name
+    return f"{name[: max_len - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def wandb_api_key_available() -> bool:

@@ -38,9 +38,10 @@ from nanolab.losses import LossFn, get_loss
 from nanolab.metrics import device_peak_flops, evaluate, flops_per_token
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import build_optimizer, build_schedule
-from nanolab.tracking import RunInfo, Tracker, hydra_run_info
+from nanolab.tracking import RunInfo, Tracker, hydra_run_info, safe_dirname
 
 log = logging.getLogger("nanolab.train")
+OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -205,6 +206,7 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
                 "rng": capture_rng_state(),
                 "sampler": sampler.state_dict(),
                 "wandb_id": run_id,
+                "summary": tracker.summary,
             }
             save_checkpoint(info.dir / "last.pt", state)
             if improved:
@@ -212,7 +214,9 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
 
     progress = tqdm(total=cfg.trainer.max_iters, initial=step, unit="step", dynamic_ncols=True, disable=None)
     with Tracker(cfg, info, run_id, resume_step=step if ckpt else None) as tracker, progress, logging_redirect_tqdm():
-        if step == 0:
+        if ckpt:
+            tracker.update_summary(ckpt["summary"])
+        else:
             evaluate_and_checkpoint()  # the untrained baseline (ln V for every loss)
         interval_start, interval_steps = time.perf_counter(), 0
         while step < cfg.trainer.max_iters:
