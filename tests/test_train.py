@@ -107,21 +107,6 @@ def test_multirun_gives_one_wandb_run_per_loss(tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_config_fails_early_and_clearly(tmp_path):
-    for override, message in [
-        ("model.n_head=3", "divisible by model.n_head=3"),
-        ("loss=label_smoothing loss.epsilon=1.5", "loss.epsilon=1.5 must lie in [0, 1)"),
-        ("optim.lr=0", "optim.lr=0 must be > 0"),
-        ("trainer.batch_size=0", "trainer.batch_size=0 must be > 0"),
-    ]:
-        proc = run_cli(*TINY, *override.split(), "logger.mode=offline", "hydra.run.dir=out", cwd=tmp_path, check=False)
-        assert proc.returncode == 2, proc.stderr
-        assert message in proc.stdout + proc.stderr
-        assert "Traceback" not in proc.stdout + proc.stderr
-        assert not (tmp_path / "out" / "wandb").exists() and not (tmp_path / "out" / "metrics.jsonl").exists()
-
-
-@pytest.mark.slow
 def test_loss_comparison_experiment_sweeps_the_three_losses(tmp_path):
     run_cli("experiment=loss_comparison", *TINY, "trainer.max_iters=2", "trainer.eval_interval=2",
             "logger.mode=offline", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)

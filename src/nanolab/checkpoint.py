@@ -45,6 +45,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write `state` (plus the format version) to `path` atomically."""
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **state}, tmp)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -16,16 +16,19 @@ import json
 import logging
 import netrc
 import os
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nanolab import ConfigError
-from nanolab.atomic import write_json
+from nanolab import ConfigError, Diverged, Interrupted
+from nanolab.atomic import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class RunInfo:
     dir: Path
     group: str | None
     name: str | None
+    multirun: bool = False
 
 
 def hydra_run_info(cfg: DictConfig) -> RunInfo:
@@ -57,7 +61,12 @@ def hydra_run_info(cfg: DictConfig) -> RunInfo:
         group = f"{experiment}-{sweep}" if experiment else sweep
         swept = _swept_keys(Path(hc.sweep.dir), hc.sweeper.get("params") or {})
         name = ",".join(o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept) or name
-    return RunInfo(dir=Path(hc.runtime.output_dir), group=cfg.logger.group or group, name=cfg.logger.name or name or None)
+    return RunInfo(
+        dir=Path(hc.runtime.output_dir),
+        group=cfg.logger.group or group,
+        name=cfg.logger.name or name or None,
+        multirun=hc.mode == RunMode.MULTIRUN,
+    )
 
 
 def _swept_keys(sweep_dir: Path, sweeper_params: DictConfig | dict) -> set[str]:
@@ -112,20 +121,26 @@ class Tracker:
         self.dir = info.dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
-        if resume_step is not None:
-            self._drop_records_after(resume_step)
+        # A resumed run replays the steps after its checkpoint; a fresh one starts a new file.
+        self._drop_records_after(resume_step if resume_step is not None else -1)
         self.t0 = time.time()
         self.summary: dict[str, Any] = {}
+        self.last_step, self.last_tokens = resume_step or 0, 0
         self.run = self._start_wandb(cfg, info, run_id, resumed=resume_step is not None)
         self._warned = False
 
     def _drop_records_after(self, step: int) -> None:
-        """A resumed run replays the steps after its checkpoint: drop what they had logged."""
         if not self.metrics_path.exists():
             return
-        lines = self.metrics_path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError):  # a line torn by a kill mid-write
+                continue
+        with atomic_path(self.metrics_path) as tmp:
+            tmp.write_text("".join(kept))
 
     def _start_wandb(self, cfg: DictConfig, info: RunInfo, run_id: str, resumed: bool):
         mode = resolve_wandb_mode(cfg.logger.mode)
@@ -152,7 +167,8 @@ class Tracker:
                     settings=wandb.Settings(init_timeout=cfg.logger.init_timeout),
                 )
             except Exception as e:  # wandb raises many kinds; none may stop training
-                log.warning("W&B could not start in %s mode (%s)", attempt, e)
+                log.warning("W&B could not start in %s mode (%s)", attempt, str(e).splitlines()[0])
+                wandb.teardown()  # forget the failed attempt, or the retry finds its run id "in use"
                 continue
             # Plot everything against the optimizer step, also after a resume rewinds it.
             run.define_metric("step")
@@ -161,7 +177,8 @@ class Tracker:
         log.warning("continuing without W&B; metrics go to %s", self.metrics_path)
         return None
 
-    def log(self, metrics: dict[str, float], step: int, tokens: int) -> None:
+    def log(self, metrics: dict[str, Any], step: int, tokens: int) -> None:
+        self.last_step, self.last_tokens = step, tokens
         record = {"step": step, "tokens": tokens, "time_s": round(time.time() - self.t0, 3), **metrics}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -182,8 +199,73 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        status = "finished" if exc_type is None else "failed"
+        status = run_status(exc)
         self.update_summary({"status": status, "wall_time_s": round(time.time() - self.t0, 3)})
+        if exc is not None:
+            self.update_summary({"error": f"{type(exc).__name__}: {exc}"})
+            self.log({"status": status}, self.last_step, self.last_tokens)
         write_json(self.dir / "summary.json", self.summary)
         if self.run is not None:
-            self.run.finish(exit_code=0 if exc_type is None else 1)
+            self.run.finish(exit_code=0 if exc is None else 1)
+
+
+def run_status(exc: BaseException | None) -> str:
+    """finished, diverged, interrupted or failed: the `status` in summary.json and on W&B."""
+    if exc is None:
+        return "finished"
+    if isinstance(exc, Diverged):
+        return "diverged"
+    if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+        return "interrupted"
+    return "failed"
+
+
+def record_failure(run_dir: Path, exc: BaseException) -> None:
+    """Leave a summary.json for a multirun job that failed before its tracker started (a bad
+    config value), so the sweep report can say which job failed and why."""
+    if not (run_dir / "summary.json").exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "summary.json", {"status": run_status(exc), "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _check_writable(directory: str, key: str) -> None:
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        print(f"{key}={directory} is not a writable directory ({e.strerror}); choose another {key}", file=sys.stderr)
+        sys.exit(2)
+
+
+class RunCallbacks(Callback):
+    """Hydra callbacks. Before anything runs, the output directory must be writable (Hydra would
+    otherwise fail later with a stack trace). After a multirun, each job's status is listed and
+    the exit code is 1 if any job did not finish: one failed job never stops the others, but it
+    never goes unnoticed either."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_writable(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_writable(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = sorted((d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()), key=lambda d: int(d.name.split("_")[0]))
+        failed = []
+        log.info("sweep %s:", sweep_dir)
+        for job in jobs:
+            try:
+                summary = json.loads((job / "summary.json").read_text())
+            except (OSError, ValueError):
+                summary = {"status": "unknown (no summary.json)"}
+            best = summary.get("best/val/ce")
+            line = f"  {job.name}: {summary['status']}" + (f", best val/ce {best:.4f}" if best is not None else "")
+            if summary["status"] != "finished":
+                failed.append(job.name)
+                line += f" ({summary.get('error', '')})"
+            log.info("%s", line)
+        if failed:
+            log.error("%d of %d jobs did not finish: %s", len(failed), len(jobs), ", ".join(failed))
+            sys.exit(1)

@@ -14,9 +14,11 @@ import contextlib
 import logging
 import math
 import random
+import signal
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import hydra
 import numpy as np
@@ -25,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nanolab import ConfigError
+from nanolab import ConfigError, Diverged, Interrupted
 from nanolab.checkpoint import (
     capture_rng_state,
     check_compatible,
@@ -38,7 +40,7 @@ from nanolab.losses import LossFn, get_loss
 from nanolab.metrics import device_peak_flops, evaluate, flops_per_token
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import build_optimizer, build_schedule
-from nanolab.tracking import RunInfo, Tracker, hydra_run_info, safe_dirname
+from nanolab.tracking import RunInfo, Tracker, hydra_run_info, record_failure, resolve_wandb_mode, safe_dirname
 
 log = logging.getLogger("nanolab.train")
 OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
@@ -93,6 +95,8 @@ def check_trainer_config(trainer: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be > 0")
     if trainer.grad_clip < 0:
         raise ConfigError(f"trainer.grad_clip={trainer.grad_clip} must be >= 0 (0 turns clipping off)")
+    if trainer.on_nonfinite not in ("stop", "skip_step"):
+        raise ConfigError(f"trainer.on_nonfinite={trainer.on_nonfinite!r} must be stop or skip_step")
 
 
 def resume_checkpoint_path(resume: bool | str, run_dir: Path) -> Path | None:
@@ -115,9 +119,12 @@ def train_step(
     loss_fn: LossFn,
     cfg: DictConfig,
     autocast: contextlib.AbstractContextManager,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm) as
-    tensors so that nothing waits for the device unless the caller logs them."""
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm, finite).
+
+    A non-finite loss or gradient norm skips the update (`finite` is False). With float16 the
+    GradScaler owns inf/nan gradients (it skips the step and lowers the scale), so only a
+    non-finite loss counts there."""
     accum = cfg.trainer.grad_accum
     total = torch.zeros((), device=sampler.device)
     for _ in range(accum):
@@ -130,15 +137,41 @@ def train_step(
     scaler.unscale_(optimizer)  # so that clipping and the logged norm see true gradients
     max_norm = cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    scaler.step(optimizer)
-    scaler.update()
+    finite = bool(torch.isfinite(total)) and (scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
+    if finite:
+        scaler.step(optimizer)
+        scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return total / accum, grad_norm
+    return total / accum, grad_norm, finite
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Turn SIGTERM and SIGINT (preemption, Ctrl-C) into a request that the loop honours after
+    the current step; a second signal stops at once. Yields the list of signals received."""
+    received: list[int] = []
+
+    def request_stop(signum: int, frame: object) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
+
+    try:
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread: leave signals to whoever owns them
+        previous = {}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def train(cfg: DictConfig, info: RunInfo) -> float:
     """Run training as configured; returns the best val/ce (the objective for sweepers)."""
     check_trainer_config(cfg.trainer)
+    resolve_wandb_mode(cfg.logger.mode)  # a bad logger.mode fails now, not after data preparation
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     loss_fn = get_loss(cfg.loss)
@@ -160,7 +193,7 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     sampler = BatchSampler(data.train, cfg.trainer.batch_size, model_config.block_size, cfg.seed, device)
 
-    step, best_val_ce = 0, math.inf
+    step, best_val_ce, skipped_steps = 0, math.inf, 0
     run_id = f"{int(time.time()):x}{random.Random().getrandbits(32):08x}"
     if ckpt:
         check_compatible(ckpt_path, ckpt, model_config.to_dict())
@@ -183,6 +216,27 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
         tokens_per_step, info.dir,
     )
 
+    def save_state(best: bool) -> None:
+        if not cfg.trainer.save_checkpoints:
+            return
+        state = {
+            "model": model.state_dict(),
+            "model_config": model_config.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step,
+            "best_val_ce": best_val_ce,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "data_meta": data.meta,
+            "rng": capture_rng_state(),
+            "sampler": sampler.state_dict(),
+            "wandb_id": run_id,
+            "summary": tracker.summary,
+        }
+        save_checkpoint(info.dir / "last.pt", state)
+        if best:
+            save_checkpoint(info.dir / "best.pt", state)
+
     def evaluate_and_checkpoint() -> None:
         nonlocal best_val_ce
         metrics = evaluate(model, data, loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters, autocast)
@@ -193,27 +247,16 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
             best_val_ce = metrics["val/ce"]
             tracker.update_summary({"best/val/ce": best_val_ce, "best/step": step})
         tracker.update_summary({f"final/{k}": v for k, v in metrics.items()})
-        if cfg.trainer.save_checkpoints and step > 0:
-            state = {
-                "model": model.state_dict(),
-                "model_config": model_config.to_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "best_val_ce": best_val_ce,
-                "config": OmegaConf.to_container(cfg, resolve=True),
-                "data_meta": data.meta,
-                "rng": capture_rng_state(),
-                "sampler": sampler.state_dict(),
-                "wandb_id": run_id,
-                "summary": tracker.summary,
-            }
-            save_checkpoint(info.dir / "last.pt", state)
-            if improved:
-                save_checkpoint(info.dir / "best.pt", state)
+        if step > 0:
+            save_state(best=improved)
 
     progress = tqdm(total=cfg.trainer.max_iters, initial=step, unit="step", dynamic_ncols=True, disable=None)
-    with Tracker(cfg, info, run_id, resume_step=step if ckpt else None) as tracker, progress, logging_redirect_tqdm():
+    with (
+        Tracker(cfg, info, run_id, resume_step=step if ckpt else None) as tracker,
+        progress,
+        logging_redirect_tqdm(),
+        stop_requests() as stop_signals,
+    ):
         if ckpt:
             tracker.update_summary(ckpt["summary"])
         else:
@@ -223,10 +266,16 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
             lr = lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, grad_norm = train_step(train_model, optimizer, scaler, sampler, loss_fn, cfg, autocast)
+            loss, grad_norm, finite = train_step(train_model, optimizer, scaler, sampler, loss_fn, cfg, autocast)
             step += 1
             interval_steps += 1
             progress.update(1)
+            if not finite:
+                skipped_steps += 1
+                tracker.log({"train/loss": loss.item(), "train/grad_norm": grad_norm.item(), "train/skipped_steps": skipped_steps}, step, step * tokens_per_step)
+                if cfg.trainer.on_nonfinite == "stop":
+                    raise Diverged(f"non-finite loss ({loss.item()}) or gradient norm ({grad_norm.item()}) at step {step}")
+                log.warning("step %d: non-finite loss or gradient norm, update skipped (%d so far)", step, skipped_steps)
 
             if step % cfg.trainer.log_interval == 0 or step == cfg.trainer.max_iters:
                 dt = (time.perf_counter() - interval_start) / interval_steps
@@ -249,16 +298,35 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
             if step % cfg.trainer.eval_interval == 0 or step == cfg.trainer.max_iters:
                 evaluate_and_checkpoint()
                 interval_start, interval_steps = time.perf_counter(), 0  # keep eval out of tokens/s
+            if stop_signals:
+                save_state(best=False)
+                raise Interrupted(stop_signals[0])
     return best_val_ce
+
+
+# Exit codes of a single run; a multirun job records its failure instead and lets the others run.
+EXIT_CONFIG_ERROR, EXIT_DIVERGED = 2, 3
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="train")
 def main(cfg: DictConfig) -> float:
+    info = hydra_run_info(cfg)
     try:
-        return train(cfg, hydra_run_info(cfg))
-    except ConfigError as e:
+        return train(cfg, info)
+    except Interrupted as e:
+        log.warning("%s", e)
+        sys.exit(128 + e.signum)  # the machine is going away: stop a whole sweep too
+    except (ConfigError, Diverged) as e:
         log.error("%s", e)
-        sys.exit(2)
+        if not info.multirun:
+            sys.exit(EXIT_CONFIG_ERROR if isinstance(e, ConfigError) else EXIT_DIVERGED)
+        record_failure(info.dir, e)
+    except Exception as e:
+        if not info.multirun:
+            raise
+        log.exception("job failed")
+        record_failure(info.dir, e)
+    return math.nan
 
 
 if __name__ == "__main__":

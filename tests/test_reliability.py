@@ -1,0 +1,275 @@
+"""Fault injection: runs that are killed, interrupted, diverge or get bad input lose nothing.
+
+Each test is one row of the README's "Reliability" table. Runs go through the command line,
+as a user's do, so exit codes, messages and the files left behind are what is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, compose_train, run_cli
+from nanolab import ConfigError
+from nanolab.tracking import RunInfo
+from nanolab.train import train
+from wandb_offline import offline_runs
+
+pytestmark = pytest.mark.slow
+
+DRIVER = Path(__file__).with_name("kill_driver.py")
+# Long enough (200 steps, a checkpoint every 20) that kills land mid-run, short enough for CI.
+RUN = [*TINY, "trainer.max_iters=200", "trainer.eval_interval=20", "model.dropout=0.1", "logger.mode=disabled"]
+COMPARED = ("train/loss", "train/grad_norm", "val/ce", "val/acc", "train_eval/ce")
+
+
+def records(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the status markers an interruption leaves."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "status" not in r]
+
+
+def assert_same_history(run_dir: Path, reference: Path) -> None:
+    got, want = records(run_dir), records(reference)
+    assert [r["step"] for r in got] == [r["step"] for r in want], "duplicated or missing steps"
+    for a, b in zip(got, want):
+        for key in COMPARED:
+            if key in b:
+                assert a[key] == pytest.approx(b[key], abs=1e-6), (b["step"], key)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The same run, never interrupted."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    run_cli(*RUN, f"hydra.run.dir={run_dir}", cwd=run_dir)
+    return run_dir
+
+
+def start(run_dir: Path, *extra: str, driver_kill_on_save: int | None = None) -> subprocess.Popen:
+    args = [*RUN, f"hydra.run.dir={run_dir}", "resume=true", *extra]
+    if driver_kill_on_save is None:
+        cmd = [sys.executable, "-m", "nanolab.train", *args]
+    else:
+        cmd = [sys.executable, str(DRIVER), str(driver_kill_on_save), *args]
+    return subprocess.Popen(cmd, cwd=run_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+            if lines and json.loads(lines[-1])["step"] >= step:
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.002)
+    raise AssertionError(f"run ended (exit {proc.returncode}) or stalled before step {step}")
+
+
+def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(tmp_path, reference):
+    rng = random.Random(2024)
+    kills = []
+    for _ in range(2):  # SIGKILL from outside at random steps (between or during steps)
+        proc = start(tmp_path)
+        kill_at = rng.randint(5, 190)
+        wait_for_step(proc, tmp_path, kill_at)
+        proc.kill()
+        assert proc.wait() == -signal.SIGKILL
+        kills.append(kill_at)
+    # SIGKILL halfway through writing this process's first checkpoint (last.pt)
+    proc = start(tmp_path, driver_kill_on_save=1)
+    assert proc.wait(timeout=300) == -signal.SIGKILL, proc.stdout.read()
+    last = torch.load(tmp_path / "last.pt", weights_only=True)  # the previous one, intact
+    assert last["step"] % 20 == 0
+    proc = start(tmp_path)
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+
+    assert_same_history(tmp_path, reference)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
+    assert not list(tmp_path.glob(".*.tmp*")), "a torn temporary file was left behind"
+    print("killed at steps", kills, "and during a checkpoint write")
+
+
+@pytest.mark.parametrize("sig,logger", [(signal.SIGTERM, "offline"), (signal.SIGINT, "disabled")])
+def test_sigterm_and_sigint_checkpoint_the_current_step_and_resume(tmp_path, reference, sig, logger):
+    proc = start(tmp_path, f"logger.mode={logger}")
+    wait_for_step(proc, tmp_path, 33)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=120) == 128 + sig
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    stopped_at = torch.load(tmp_path / "last.pt", weights_only=True)["step"]
+    marker = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert marker == {**marker, "step": stopped_at, "status": "interrupted"}
+    assert stopped_at >= 33, "the checkpoint is of the current step, not of the last evaluation (20)"
+
+    proc = start(tmp_path, f"logger.mode={logger}")
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    assert_same_history(tmp_path, reference)
+    if logger == "offline":
+        runs = offline_runs(tmp_path / "wandb")
+        assert len(runs) == 2 and runs[0]["id"] == runs[1]["id"], "the resumed run continues the same W&B run"
+
+
+def _train_tiny(tmp_path: Path, *extra: str) -> Path:
+    run_cli(*TINY, "trainer.max_iters=4", "trainer.eval_interval=2", "logger.mode=disabled", f"hydra.run.dir={tmp_path}/ok", *extra, cwd=tmp_path)
+    return tmp_path / "ok" / "last.pt"
+
+
+def _config_error(tmp_path: Path, *overrides: str) -> str:
+    """Train with overrides in-process; it must raise ConfigError before writing anything."""
+    out = tmp_path / "in-process"
+    with pytest.raises(ConfigError) as err:
+        train(compose_train(*TINY, "logger.mode=offline", *overrides), RunInfo(dir=out, group=None, name=None))
+    assert not out.exists() or not any(out.iterdir()), f"partial files left: {list(out.iterdir())}"
+    return str(err.value)
+
+
+def _cli_error(tmp_path: Path, *args: str) -> str:
+    """Run the command line with args; it must fail early with exit 2, one clear message and no
+    traceback, and leave nothing but Hydra's own record of the run."""
+    out = tmp_path / "out"
+    proc = run_cli(*TINY, "logger.mode=offline", f"hydra.run.dir={out}", *args, cwd=tmp_path, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text
+    assert "Traceback" not in text
+    left = {p.name for p in out.iterdir()} if out.exists() else set()
+    assert left <= {".hydra", "train.log"}, f"partial files left: {left}"
+    return text
+
+
+def test_truncated_or_foreign_checkpoint_is_named(tmp_path):
+    good = _train_tiny(tmp_path)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(4096))
+    for path, message in [(truncated, "unreadable"), (garbage, "unreadable"), (foreign, "not a nanolab checkpoint")]:
+        text = _config_error(tmp_path, f"resume={path}")
+        assert str(path) in text and message in text
+
+
+def test_incompatible_checkpoint_names_the_mismatch(tmp_path):
+    good = _train_tiny(tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in good.parent.iterdir()}
+    text = _cli_error(tmp_path, f"resume={good}", "model.n_layer=3")
+    assert "n_layer: checkpoint 2 vs now 3" in text and str(good) in text
+    assert {p.name: p.stat().st_mtime_ns for p in good.parent.iterdir()} == before, "the run resumed from was touched"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abcdefgh " * 400)
+    text = _config_error(tmp_path, f"resume={good}", "data=text", f"data.path={corpus}", f"data.dir={tmp_path}/d")
+    assert "vocab_size: checkpoint 65 vs now 9" in text
+
+
+def test_divergence_stops_with_status_and_exit_code(tmp_path):
+    proc = run_cli(*TINY, "loss=mse", "optim.lr=1e5", "schedule.warmup_iters=0", "trainer.max_iters=50",
+                   "logger.mode=offline", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=False)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "non-finite" in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["status"] == "diverged" and last["step"] < 50
+    run, = offline_runs(tmp_path / "run")
+    assert run["summary"]["status"] == "diverged"
+
+
+def test_skip_step_keeps_the_weights_finite(tmp_path):
+    run_cli(*TINY, "loss=mse", "optim.lr=1e5", "schedule.warmup_iters=0", "trainer.max_iters=20",
+            "trainer.eval_interval=10", "trainer.on_nonfinite=skip_step", "logger.mode=disabled",
+            f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    skipped = [r["train/skipped_steps"] for r in records(tmp_path) if "train/skipped_steps" in r]
+    assert skipped and skipped[-1] >= 1
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
+
+
+def test_sweep_runs_every_job_and_reports_failed_and_diverged_ones(tmp_path):
+    proc = run_cli("-m", "loss=mse", "optim.lr=0.01,1e5,-1", "schedule.warmup_iters=0", *TINY[:-2],
+                   "trainer.max_iters=10", "trainer.eval_interval=5", "logger.mode=disabled",
+                   f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text
+    statuses = {d.name.split(",")[0]: json.loads((d / "summary.json").read_text())["status"]
+                for d in (tmp_path / "sweep").iterdir() if d.is_dir()}
+    assert statuses == {"0_loss=mse": "finished", "1_loss=mse": "diverged", "2_loss=mse": "failed"}
+    assert "2 of 3 jobs did not finish" in text and "optim.lr=-1 must be > 0" in text
+
+
+def test_unreachable_wandb_falls_back_to_offline_and_training_goes_on(tmp_path):
+    env = {**os.environ, "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nanolab.train", *TINY, "trainer.max_iters=4", "trainer.eval_interval=2",
+         "logger.mode=online", "logger.init_timeout=5", f"hydra.run.dir={tmp_path}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "W&B could not start in online mode" in proc.stdout + proc.stderr
+    run, = offline_runs(tmp_path)
+    assert [h["step"] for h in run["history"] if "val/ce" in h] == [0, 2, 4]
+
+
+BAD_INPUTS = [
+    (["model.n_head=3"], "model.n_embd=32 must be divisible by model.n_head=3"),
+    (["model.n_layer=0"], "model.n_layer=0 must be > 0"),
+    (["model.block_size=200000"], "too few for model.block_size=200000"),
+    (["trainer.batch_size=0"], "trainer.batch_size=0 must be > 0"),
+    (["trainer.max_iters=-5"], "trainer.max_iters=-5 must be > 0"),
+    (["trainer.eval_interval=0"], "trainer.eval_interval=0 must be > 0"),
+    (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite='ignore' must be stop or skip_step"),
+    (["optim.lr=0"], "optim.lr=0 must be > 0"),
+    (["loss=label_smoothing", "loss.epsilon=1.0"], "loss.epsilon=1.0 must lie in [0, 1)"),
+    (["loss=label_smoothing", "loss.epsilon=-0.1"], "loss.epsilon=-0.1 must lie in [0, 1)"),
+    (["loss=mse", "loss.k=0"], "loss.k=0 must be > 0"),
+    (["loss=mse", "loss.M=-2"], "loss.M=-2 must be > 0"),
+    (["device=cuda"], "CUDA is not available"),
+    (["dtype=float64"], "dtype='float64' is not one of"),
+    (["logger.mode=sometimes"], "logger.mode='sometimes' is not one of"),
+    (["resume=/nonexistent/last.pt"], "checkpoint /nonexistent/last.pt does not exist"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_fails_early_and_clearly(tmp_path, overrides, message):
+    assert message in _config_error(tmp_path, *overrides)
+
+
+@pytest.mark.parametrize("content,message", [(b"", "holds no text"), (b"caf\xe9 au lait", "is not UTF-8 text")])
+def test_bad_text_file_fails_early_and_prepares_nothing(tmp_path, content, message):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content)
+    text = _config_error(tmp_path, "data=text", f"data.path={path}", f"data.dir={tmp_path}/prepared")
+    assert message in text and str(path) in text
+    assert not (tmp_path / "prepared").exists() or not any((tmp_path / "prepared").iterdir())
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.n_head=3"], "model.n_embd=32 must be divisible by model.n_head=3"),
+        (["hydra.run.dir=/proc/nanolab_out"], "hydra.run.dir=/proc/nanolab_out is not a writable directory"),
+        (["data=text", "data.path=/nonexistent/corpus.txt"], "data.path=/nonexistent/corpus.txt does not exist"),
+    ],
+)
+def test_command_line_reports_bad_input_in_one_line_with_exit_code_2(tmp_path, overrides, message):
+    assert message in _cli_error(tmp_path, *overrides)
+
+
+def test_unknown_group_option_lists_the_choices(tmp_path):
+    proc = run_cli("loss=hinge", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "Could not find 'loss/hinge'" in proc.stderr and "label_smoothing" in proc.stderr
