@@ -273,3 +273,12 @@ def test_unknown_group_option_lists_the_choices(tmp_path):
     proc = run_cli("loss=hinge", cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert "Could not find 'loss/hinge'" in proc.stderr and "label_smoothing" in proc.stderr
+
+
+def test_unusable_wandb_directory_warns_and_training_goes_on(tmp_path):
+    (tmp_path / "wandb").touch()  # W&B cannot make its directory (root ignores permissions)
+    proc = run_cli(*TINY, "trainer.max_iters=4", "trainer.eval_interval=2", "logger.mode=offline",
+                   f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert "continuing without W&B" in proc.stdout + proc.stderr
+    assert [r["step"] for r in records(tmp_path) if "val/ce" in r] == [0, 2, 4]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
