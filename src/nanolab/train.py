@@ -202,7 +202,7 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
         scaler.load_state_dict(ckpt["scaler"])
         sampler.load_state_dict(ckpt["sampler"])
         restore_rng_state(ckpt["rng"])
-        step, best_val_ce, run_id = ckpt["step"], ckpt["best_val_ce"], ckpt["wandb_id"]
+        step, best_val_ce, run_id, skipped_steps = ckpt["step"], ckpt["best_val_ce"], ckpt["wandb_id"], ckpt["skipped_steps"]
         log.info("resuming from %s at step %d", ckpt_path, step)
     train_model = torch.compile(model) if cfg.compile else model
 
@@ -232,6 +232,7 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
             "sampler": sampler.state_dict(),
             "wandb_id": run_id,
             "summary": tracker.summary,
+            "skipped_steps": skipped_steps,
         }
         save_checkpoint(info.dir / "last.pt", state)
         if best:
