@@ -16,8 +16,10 @@ import yaml
 
 COLUMNS = [
     ("final/val/ce", "val/ce", "{:.4f}"),
+    ("final/val/ce_calibrated", "val/ce calibrated", "{:.4f}"),
+    ("final/val/temperature", "T", "{:.2f}"),
     ("final/val/acc", "val/acc", "{:.4f}"),
-    ("final/val/bpt", "val/bpt", "{:.3f}"),
+    ("final/val/ece", "val/ece", "{:.4f}"),
     ("final/train_eval/ce", "train ce", "{:.4f}"),
     ("final/val/loss", "val/loss (objective)", "{:.4f}"),
     ("wall_time_s", "wall time (s)", "{:.0f}"),

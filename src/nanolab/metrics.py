@@ -24,35 +24,103 @@ from nanolab.model import GPT, GPTConfig
 EVAL_SEED = 1234
 
 
-class TokenTotals:
-    """Sums over evaluated tokens, turned into per-token metrics at the end."""
+ECE_BINS = 15
+# Temperature scaling needs the evaluation logits kept in memory; this caps them at 128 MiB of
+# float32: every token of a character-level model, a few hundred tokens at GPT-2's vocabulary.
+CALIBRATION_ELEMENTS = 2**25
 
-    def __init__(self) -> None:
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The T > 0 minimising the cross-entropy of softmax(logits / T) (Guo et al., ICML 2017)."""
+    log_t = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return float(log_t.detach().exp())
+
+
+def calibrated_ce(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Cross-entropy after temperature scaling, cross-fitted: T is fitted on one half of the
+    tokens and applied to the other, both ways, so no token is scored with a T fitted on it."""
+    half = len(targets) // 2
+    parts = [(slice(0, half), slice(half, None)), (slice(half, None), slice(0, half))]
+    total = 0.0
+    for fit, score in parts:
+        t = fit_temperature(logits[fit], targets[fit])
+        total += float(F.cross_entropy(logits[score] / t, targets[score], reduction="sum"))
+    return total / len(targets)
+
+
+class TokenTotals:
+    """Sums over evaluated tokens, turned into per-token metrics at the end. With `calibrate`,
+    logits are also kept (up to CALIBRATION_ELEMENTS) for temperature scaling."""
+
+    def __init__(self, calibrate: bool = False) -> None:
         self.tokens = 0
         self.loss = 0.0
         self.ce = 0.0
         self.correct = 0
+        self.correct_top5 = 0
+        self.brier = 0.0
+        self.bin_count = torch.zeros(ECE_BINS)
+        self.bin_confidence = torch.zeros(ECE_BINS)
+        self.bin_correct = torch.zeros(ECE_BINS)
+        self.calibrate = calibrate
+        self.kept_logits: list[torch.Tensor] = []
+        self.kept_targets: list[torch.Tensor] = []
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, loss_cfg: DictConfig) -> None:
         logits = logits.reshape(-1, logits.size(-1)).float()
         targets = targets.reshape(-1)
         keep = targets != loss_cfg.ignore_index
-        n = int(keep.sum())
+        logits, targets = logits[keep], targets[keep]
+        n = len(targets)
         self.tokens += n
         self.loss += float(loss_fn(logits, targets, loss_cfg)) * n
-        self.ce += float(F.cross_entropy(logits, targets, ignore_index=loss_cfg.ignore_index, reduction="sum"))
-        self.correct += int(((logits.argmax(dim=-1) == targets) & keep).sum())
+        self.ce += float(F.cross_entropy(logits, targets, reduction="sum"))
+        probs = logits.softmax(dim=-1)
+        confidence, prediction = probs.max(dim=-1)
+        hit = (prediction == targets).float()
+        self.correct += int(hit.sum())
+        top5 = logits.topk(min(5, logits.size(-1)), dim=-1).indices
+        self.correct_top5 += int((top5 == targets[:, None]).any(dim=-1).sum())
+        # Brier score: sum_c (p_c - y_c)^2 = sum_c p_c^2 - 2 p_y + 1
+        self.brier += float((probs.square().sum(-1) - 2 * probs.gather(1, targets[:, None]).squeeze(1) + 1).sum())
+        bins = (confidence * ECE_BINS).long().clamp(max=ECE_BINS - 1).cpu()
+        self.bin_count += torch.bincount(bins, minlength=ECE_BINS)
+        self.bin_confidence += torch.bincount(bins, weights=confidence.cpu(), minlength=ECE_BINS)
+        self.bin_correct += torch.bincount(bins, weights=hit.cpu(), minlength=ECE_BINS)
+        room = CALIBRATION_ELEMENTS // logits.size(-1) - sum(len(t) for t in self.kept_targets)
+        if self.calibrate and room > 0:
+            self.kept_logits.append(logits[:room].cpu())
+            self.kept_targets.append(targets[:room].cpu())
 
     def compute(self) -> dict[str, float]:
         ce = self.ce / self.tokens
-        return {
+        metrics = {
             "loss": self.loss / self.tokens,
             "ce": ce,
             "ppl": math.exp(min(ce, 700.0)),
             "bpt": ce / math.log(2),
             "acc": self.correct / self.tokens,
+            "acc_top5": self.correct_top5 / self.tokens,
+            "brier": self.brier / self.tokens,
+            # expected calibration error: |confidence - accuracy| per bin, weighted by its tokens
+            "ece": float((self.bin_confidence - self.bin_correct).abs().sum()) / self.tokens,
         }
+        if self.kept_targets:
+            logits, targets = torch.cat(self.kept_logits), torch.cat(self.kept_targets)
+            metrics["ce_calibrated"] = calibrated_ce(logits, targets)
+            metrics["temperature"] = fit_temperature(logits, targets)
+        return metrics
 
 
 @torch.no_grad()
@@ -65,13 +133,14 @@ def evaluate(
     eval_iters: int,
     autocast: contextlib.AbstractContextManager,
 ) -> dict[str, float]:
-    """`val/<m>` and `train_eval/<m>` for m in loss, ce, ppl, bpt, acc over eval_iters batches."""
+    """`val/<m>` and `train_eval/<m>` over eval_iters batches of each split, for m in loss, ce,
+    ppl, bpt, acc, acc_top5, brier, ece; for val also ce_calibrated and temperature."""
     device = next(model.parameters()).device
     model.eval()
     metrics = {}
     for split, prefix in (("train", "train_eval"), ("val", "val")):
         sampler = BatchSampler(getattr(data, split), batch_size, model.config.block_size, EVAL_SEED, device)
-        totals = TokenTotals()
+        totals = TokenTotals(calibrate=split == "val")
         for _ in range(eval_iters):
             x, y = sampler.next_batch()
             with autocast:
