@@ -93,7 +93,12 @@ def test_every_loss_has_a_yaml_and_every_yaml_a_loss():
 
 @pytest.mark.parametrize(
     "name,params,key",
-    [("mse", {"k": 0}, "loss.k"), ("mse", {"M": -1}, "loss.M"), ("label_smoothing", {"epsilon": 1.0}, "loss.epsilon")],
+    [
+        ("mse", {"k": 0}, "loss.k"),
+        ("mse", {"M": -1}, "loss.M"),
+        ("label_smoothing", {"epsilon": 1.0}, "loss.epsilon"),
+        ("focal", {"gamma": -1}, "loss.gamma"),
+    ],
 )
 def test_bad_loss_parameters_name_the_key(name, params, key):
     with pytest.raises(ConfigError, match=key):
@@ -122,3 +127,37 @@ def test_padded_vocabulary_never_reaches_losses_or_metrics(name):
     assert model(x).shape == (4, 16, 65)
     torch.testing.assert_close(before[0], after[0])
     assert before[1] == after[1]
+
+
+def _check_against(name: str, reference, **params) -> None:
+    logits, targets = batch()
+    ours = LOSSES[name](logits, targets, loss_cfg(name, **params))
+    ref = reference(logits, targets)
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=1e-6)
+    g_ours, = torch.autograd.grad(ours, logits)
+    g_ref, = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
+
+
+def test_squentropy_matches_its_definition():
+    def reference(logits, targets):
+        wrong = 1 - F.one_hot(targets, logits.size(1)).to(logits.dtype)
+        return F.cross_entropy(logits, targets) + ((wrong * logits**2).sum(1) / (logits.size(1) - 1)).mean()
+
+    _check_against("squentropy", reference)
+
+
+def test_brier_matches_its_definition():
+    _check_against("brier", lambda z, y: ((z.softmax(1) - F.one_hot(y, z.size(1)).to(z.dtype)) ** 2).sum(1).mean())
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0, 3.5])
+def test_focal_matches_its_definition(gamma):
+    def reference(logits, targets):
+        p_y = logits.softmax(1).gather(1, targets[:, None]).squeeze(1)
+        return (-((1 - p_y) ** gamma) * p_y.log()).mean()
+
+    _check_against("focal", reference, gamma=gamma)
+    logits, targets = batch()
+    if gamma == 0.0:
+        torch.testing.assert_close(LOSSES["focal"](logits, targets, loss_cfg("focal", gamma=0.0)), LOSSES["ce"](logits, targets, loss_cfg("ce")))

@@ -88,3 +88,34 @@ def mse(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.T
     f_c = f.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
     per_token = (f.square().sum(dim=1) + (k - 1) * f_c.square() - 2 * k * M * f_c + k * M * M) / f.size(1)
     return _masked_mean(per_token, targets, cfg.ignore_index)
+
+
+@register("squentropy")
+def squentropy(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    """Cross-entropy plus the mean square of the wrong-class logits (Hui, Belkin & Wright,
+    ICML 2023, arXiv 2302.03952): CE + (1/(C-1)) * sum_{j != y} f_j^2."""
+    f = logits.float()
+    ce = F.cross_entropy(f, targets.clamp(min=0), reduction="none")
+    f_y = f.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
+    wrong_squares = (f.square().sum(dim=1) - f_y.square()) / (f.size(1) - 1)
+    return _masked_mean(ce + wrong_squares, targets, cfg.ignore_index)
+
+
+@register("brier")
+def brier(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    """Brier score on softmax probabilities, sum_c (p_c - y_c)^2 = sum_c p_c^2 - 2 p_y + 1."""
+    p = logits.float().softmax(dim=1)
+    p_y = p.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
+    return _masked_mean(p.square().sum(dim=1) - 2 * p_y + 1, targets, cfg.ignore_index)
+
+
+def _check_focal(cfg: DictConfig) -> None:
+    if cfg.gamma < 0:
+        raise ConfigError(f"loss.gamma={cfg.gamma} must be >= 0 (0 is cross-entropy)")
+
+
+@register("focal", check=_check_focal)
+def focal(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    """Focal loss (Lin et al., ICCV 2017): -(1 - p_y)^gamma * log p_y; gamma = 0 is cross-entropy."""
+    log_p_y = -F.cross_entropy(logits.float(), targets.clamp(min=0), reduction="none")
+    return _masked_mean(-((1 - log_p_y.exp()) ** cfg.gamma) * log_p_y, targets, cfg.ignore_index)
