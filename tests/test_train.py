@@ -33,9 +33,10 @@ def test_every_config_composes(group):
         assert cfg.model.n_embd % cfg.model.n_head == 0
 
 
-def test_sample_config_composes():
+def test_sample_and_evaluate_configs_compose():
     with initialize_config_module("nanolab.configs", version_base="1.3"):
         assert compose("sample", overrides=["checkpoint=x.pt"]).num_samples == 3
+        assert compose("evaluate", overrides=["checkpoint=x.pt"]).split == "val"
 
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
@@ -122,3 +123,14 @@ def test_job_directory_names_stay_valid_file_names():
     assert "/" not in safe_dirname("data.path=/home/me/corpus.txt")
     long_a, long_b = "x=1," + "model.n_layer=2," * 30, "x=2," + "model.n_layer=2," * 30
     assert len(safe_dirname(long_a)) == 120 and safe_dirname(long_a) != safe_dirname(long_b)
+
+
+def test_evaluate_scores_every_val_token_of_a_checkpoint(tmp_path, data_root):
+    run_in_process(tmp_path, "trainer.max_iters=5")
+    out = run_cli(f"checkpoint={tmp_path}", "split=val", cwd=tmp_path, module="nanolab.evaluate")
+    result = json.loads((tmp_path / "evaluation_val.json").read_text())
+    assert result["tokens"] == (111_540 - 1) // 32 * 32  # every whole window of the val split
+    assert result["step"] == 5 and "val/ce_calibrated" in out.stdout
+    for key in ("ce", "ce_calibrated", "temperature", "acc", "acc_top5", "ece", "brier", "loss"):
+        assert math.isfinite(result[key])
+    assert result["ce_calibrated"] <= result["ce"] + 0.01

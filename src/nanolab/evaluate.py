@@ -1,0 +1,76 @@
+"""Evaluate a checkpoint on a whole split, the same way for every training loss.
+
+    python -m nanolab.evaluate checkpoint=outputs/2026-11-23/21-00-00
+
+The split is cut into consecutive windows of the model's context (every token is predicted
+once; the first tokens of a window see a shorter context). Prints the metrics and writes them
+to evaluation_<split>.json beside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from nanolab import ConfigError
+from nanolab.atomic import write_json
+from nanolab.data import TokenData
+from nanolab.losses import get_loss
+from nanolab.metrics import TokenTotals
+from nanolab.sample import checkpoint_file, load_model
+from nanolab.train import pick_device
+
+log = logging.getLogger("nanolab.evaluate")
+
+
+@torch.no_grad()
+def evaluate_split(model: torch.nn.Module, tokens: np.ndarray, loss_cfg: DictConfig, batch_size: int) -> dict[str, float]:
+    """Metrics over every token of `tokens`, in consecutive windows of the model's context."""
+    block = model.config.block_size
+    n_windows = (len(tokens) - 1) // block
+    device = next(model.parameters()).device
+    loss_fn = get_loss(loss_cfg)
+    totals = TokenTotals(calibrate=True)
+    for start in tqdm(range(0, n_windows, batch_size), desc="evaluating", unit="batch", disable=None):
+        rows = np.arange(start, min(start + batch_size, n_windows))[:, None] * block
+        window = torch.from_numpy(tokens[rows + np.arange(block + 1)].astype(np.int64)).to(device)
+        totals.update(model(window[:, :-1]), window[:, 1:], loss_fn, loss_cfg)
+    return totals.compute() | {"tokens": totals.tokens}
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    if cfg.split not in ("train", "val"):
+        raise ConfigError(f"split={cfg.split!r} must be train or val")
+    if cfg.batch_tokens < 1:
+        raise ConfigError(f"batch_tokens={cfg.batch_tokens} must be >= 1")
+    path = checkpoint_file(cfg.checkpoint)
+    model, state = load_model(path, pick_device(cfg.device))
+    train_cfg = OmegaConf.create(state["config"])
+    data = TokenData.load(train_cfg.data)
+    if data.meta["vocab_size"] != model.config.vocab_size:
+        raise ConfigError(f"{path} was trained on another vocabulary than data/{train_cfg.data.name} now holds")
+    windows_per_batch = max(1, cfg.batch_tokens // model.config.block_size)
+    metrics = evaluate_split(model, getattr(data, cfg.split), train_cfg.loss, windows_per_batch)
+    write_json(path.parent / f"evaluation_{cfg.split}.json", {"checkpoint": str(path), "step": state["step"], **metrics})
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    try:
+        metrics = run(cfg)
+    except ConfigError as e:
+        log.error("%s", e)
+        sys.exit(2)
+    for key, value in metrics.items():
+        print(f"{cfg.split}/{key:14s} {value:.4f}" if isinstance(value, float) else f"{cfg.split}/{key:14s} {value}")
+
+
+if __name__ == "__main__":
+    main()
