@@ -161,3 +161,18 @@ def test_focal_matches_its_definition(gamma):
     logits, targets = batch()
     if gamma == 0.0:
         torch.testing.assert_close(LOSSES["focal"](logits, targets, loss_cfg("focal", gamma=0.0)), LOSSES["ce"](logits, targets, loss_cfg("ce")))
+
+
+@pytest.mark.parametrize("name", ["ce", "mse"])
+def test_z_loss_adds_the_squared_log_normaliser_to_any_loss(name):
+    logits, targets = batch()
+    cfg = loss_cfg(name, z_loss=1e-2)
+    ref = LOSSES[name](logits, targets, cfg) + 1e-2 * (torch.logsumexp(logits, dim=1) ** 2).mean()
+    ours = get_loss(cfg)(logits, targets, cfg)
+    torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=1e-6)
+    g_ours, = torch.autograd.grad(ours, logits)
+    g_ref, = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
+    assert get_loss(loss_cfg(name)) is LOSSES[name]  # off by default: the loss itself
+    with pytest.raises(ConfigError, match="loss.z_loss"):
+        get_loss(loss_cfg(name, z_loss=-1))

@@ -64,3 +64,15 @@ def test_generate_beyond_the_context_crops_the_window(model):
 def test_bad_model_configs_are_refused(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         GPTConfig(**{"block_size": 16, "vocab_size": 50, "n_layer": 2, "n_head": 2, "n_embd": 32, **kwargs})
+
+
+def test_logit_softcap_bounds_logits_smoothly(model):
+    torch.manual_seed(0)
+    capped = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32, logit_softcap=0.01)).eval()
+    capped.load_state_dict(model.state_dict())
+    x = torch.randint(50, (2, 16))
+    torch.testing.assert_close(capped(x), 0.01 * torch.tanh(model(x) / 0.01))
+    assert capped(x).abs().max() <= 0.01  # tanh saturates to exactly 1 in float32
+    assert capped.generate(x[:, :4], 5, temperature=0).shape == (2, 9)
+    with pytest.raises(ConfigError, match="model.logit_softcap"):
+        GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32, logit_softcap=0.0)

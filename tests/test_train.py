@@ -134,3 +134,10 @@ def test_evaluate_scores_every_val_token_of_a_checkpoint(tmp_path, data_root):
     for key in ("ce", "ce_calibrated", "temperature", "acc", "acc_top5", "ece", "brier", "loss"):
         assert math.isfinite(result[key])
     assert result["ce_calibrated"] <= result["ce"] + 0.01
+
+
+def test_z_loss_and_logit_softcap_train(tmp_path):
+    run_in_process(tmp_path, "loss.z_loss=1e-4", "model.logit_softcap=15", "trainer.max_iters=30", "trainer.eval_interval=30")
+    evals = [r for r in records(tmp_path) if "val/ce" in r]
+    assert evals[1]["val/ce"] < evals[0]["val/ce"] - 0.3
+    assert evals[1]["val/loss"] > evals[1]["val/ce"]  # the objective includes the z-loss term

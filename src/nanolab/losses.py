@@ -36,12 +36,28 @@ def register(name: str, check: Callable[[DictConfig], None] | None = None) -> Ca
 
 
 def get_loss(cfg: DictConfig) -> LossFn:
-    """The registered loss named by `loss.name`, after checking its parameters."""
+    """The registered loss named by `loss.name`, after checking its parameters; with
+    `loss.z_loss` > 0 the z-loss term is added to it."""
     if cfg.name not in LOSSES:
         raise ConfigError(f"loss.name={cfg.name!r} is not a registered loss; choose one of {sorted(LOSSES)}")
     if cfg.name in _CHECKS:
         _CHECKS[cfg.name](cfg)
-    return LOSSES[cfg.name]
+    if cfg.z_loss < 0:
+        raise ConfigError(f"loss.z_loss={cfg.z_loss} must be >= 0 (0 turns it off; PaLM used 1e-4)")
+    if cfg.z_loss == 0:
+        return LOSSES[cfg.name]
+    base = LOSSES[cfg.name]
+
+    def with_z_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+        return base(logits, targets, cfg) + cfg.z_loss * z_loss(logits, targets, cfg)
+
+    return with_z_loss
+
+
+def z_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    """(log Z)^2 with Z = sum_c exp(f_c) (PaLM, Chowdhery et al. 2022): keeps the softmax
+    normaliser near 1 so logits cannot drift; added to any loss with weight `loss.z_loss`."""
+    return _masked_mean(torch.logsumexp(logits.float(), dim=1).square(), targets, cfg.ignore_index)
 
 
 def _masked_mean(per_token: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:

@@ -28,11 +28,14 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a bit faster
+    logit_softcap: float | None = None  # logits become c * tanh(logits / c), as in Gemma 2 / modded-nanogpt
 
     def __post_init__(self) -> None:
         for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be > 0")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise ConfigError(f"model.logit_softcap={self.logit_softcap} must be > 0, or null for no cap")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
         if self.n_embd % self.n_head != 0:
@@ -162,12 +165,20 @@ class GPT(nn.Module):
             x = block(x)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, vocab_size) over the true vocabulary.
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the true vocabulary from final hidden states, soft-capped if configured.
 
         The slice drops the padded columns; it is a view, so no copy of the logits is made.
         """
-        return self.lm_head(self.hidden_states(idx))[..., : self.config.vocab_size]
+        logits = self.lm_head(hidden)[..., : self.config.vocab_size]
+        if self.config.logit_softcap is not None:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
+        return logits
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, vocab_size) over the true vocabulary."""
+        return self.head(self.hidden_states(idx))
 
     @torch.no_grad()
     def generate(
@@ -181,7 +192,7 @@ class GPT(nn.Module):
         """Sample continuations of idx (B, T); temperature 0 means greedy decoding."""
         for _ in range(max_new_tokens):
             idx_cond = idx[:, -self.config.block_size :]
-            logits = self.lm_head(self.hidden_states(idx_cond)[:, -1, :])[:, : self.config.vocab_size]
+            logits = self.head(self.hidden_states(idx_cond)[:, -1, :])
             if temperature == 0:
                 idx_next = logits.argmax(dim=-1, keepdim=True)
             else:
