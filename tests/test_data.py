@@ -1,7 +1,6 @@
 """Data preparation, tokenizers, the offline GPT-2 encoding and the clear errors."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
