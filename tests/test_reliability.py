@@ -174,15 +174,20 @@ def test_incompatible_checkpoint_names_the_mismatch(tmp_path):
     assert "vocab_size: checkpoint 65 vs now 9" in text
 
 
-def test_divergence_stops_with_status_and_exit_code(tmp_path):
+@pytest.mark.parametrize("log_interval", [1, 7])
+def test_divergence_stops_with_status_and_exit_code(tmp_path, log_interval):
     proc = run_cli(*TINY, "loss=mse", "optim.lr=1e5", "schedule.warmup_iters=0", "trainer.max_iters=50",
-                   "logger.mode=offline", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=False)
+                   f"trainer.log_interval={log_interval}", "logger.mode=offline", f"hydra.run.dir={tmp_path}/run",
+                   cwd=tmp_path, check=False)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "non-finite" in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "diverged"
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["status"] == "diverged" and last["step"] < 50
+    assert last["step"] % log_interval == 0, "stop looks at log steps, not every step"
+    assert not (tmp_path / "run" / "last.pt").exists() or torch.isfinite(
+        torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"]["lm_head.weight"]).all()
     run, = offline_runs(tmp_path / "run")
     assert run["summary"]["status"] == "diverged"
 

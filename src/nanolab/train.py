@@ -111,6 +111,13 @@ def resume_checkpoint_path(resume: bool | str, run_dir: Path) -> Path | None:
     return path / "last.pt" if path.is_dir() else path
 
 
+def is_finite(loss: torch.Tensor, grad_norm: torch.Tensor, scaler: torch.amp.GradScaler) -> bool:
+    """Whether a step's loss and gradient norm are finite. With float16 the GradScaler owns
+    inf/nan gradients (it skips the step and lowers the scale), so only the loss counts there.
+    This waits for the device, so the loop calls it only where it waits anyway."""
+    return bool(torch.isfinite(loss)) and (scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -120,11 +127,9 @@ def train_step(
     cfg: DictConfig,
     autocast: contextlib.AbstractContextManager,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm, finite).
-
-    A non-finite loss or gradient norm skips the update (`finite` is False). With float16 the
-    GradScaler owns inf/nan gradients (it skips the step and lowers the scale), so only a
-    non-finite loss counts there."""
+    """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm, skipped)
+    with the first two as tensors, so nothing waits for the device unless the caller logs them.
+    With `trainer.on_nonfinite=skip_step` a non-finite step skips the update (`skipped`)."""
     accum = cfg.trainer.grad_accum
     total = torch.zeros((), device=sampler.device)
     for _ in range(accum):
@@ -137,12 +142,12 @@ def train_step(
     scaler.unscale_(optimizer)  # so that clipping and the logged norm see true gradients
     max_norm = cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    finite = bool(torch.isfinite(total)) and (scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
-    if finite:
+    skipped = cfg.trainer.on_nonfinite == "skip_step" and not is_finite(total, grad_norm, scaler)
+    if not skipped:
         scaler.step(optimizer)
         scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return total / accum, grad_norm, finite
+    return total / accum, grad_norm, skipped
 
 
 @contextlib.contextmanager
@@ -267,18 +272,24 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
             lr = lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, grad_norm, finite = train_step(train_model, optimizer, scaler, sampler, loss_fn, cfg, autocast)
+            loss, grad_norm, skipped = train_step(train_model, optimizer, scaler, sampler, loss_fn, cfg, autocast)
             step += 1
             interval_steps += 1
             progress.update(1)
-            if not finite:
+            if skipped:
                 skipped_steps += 1
-                tracker.log({"train/loss": loss.item(), "train/grad_norm": grad_norm.item(), "train/skipped_steps": skipped_steps}, step, step * tokens_per_step)
-                if cfg.trainer.on_nonfinite == "stop":
-                    raise Diverged(f"non-finite loss ({loss.item()}) or gradient norm ({grad_norm.item()}) at step {step}")
+                tracker.log({"train/skipped_steps": skipped_steps}, step, step * tokens_per_step)
                 log.warning("step %d: non-finite loss or gradient norm, update skipped (%d so far)", step, skipped_steps)
+            logging = step % cfg.trainer.log_interval == 0 or step == cfg.trainer.max_iters
+            evaluating = step % cfg.trainer.eval_interval == 0 or step == cfg.trainer.max_iters
+            # `stop` looks only where the loop waits for the device anyway, never every step: a
+            # non-finite update leaves non-finite weights, so it is caught at the next look.
+            looking = cfg.trainer.on_nonfinite == "stop" and (logging or evaluating or stop_signals)
+            if looking and not is_finite(loss, grad_norm, scaler):
+                tracker.log({"train/loss": loss.item(), "train/grad_norm": grad_norm.item()}, step, step * tokens_per_step)
+                raise Diverged(f"non-finite loss ({loss.item()}) or gradient norm ({grad_norm.item()}) at step {step}")
 
-            if step % cfg.trainer.log_interval == 0 or step == cfg.trainer.max_iters:
+            if logging:
                 dt = (time.perf_counter() - interval_start) / interval_steps
                 tokens_per_s = tokens_per_step / dt
                 stats = {
@@ -296,7 +307,7 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
                     log.info("step %d: loss %.4f, %.1f ms/step, %.0f tokens/s", step, stats["train/loss"], 1000 * dt, tokens_per_s)
                 interval_start, interval_steps = time.perf_counter(), 0
 
-            if step % cfg.trainer.eval_interval == 0 or step == cfg.trainer.max_iters:
+            if evaluating:
                 evaluate_and_checkpoint()
                 interval_start, interval_steps = time.perf_counter(), 0  # keep eval out of tokens/s
             if stop_signals:
