@@ -10,7 +10,6 @@ to evaluation_<split>.json beside the checkpoint.
 from __future__ import annotations
 
 import logging
-import sys
 
 import hydra
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from nanolab import ConfigError
+from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import write_json
 from nanolab.data import TokenData
 from nanolab.losses import get_loss
@@ -63,11 +62,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_config_error(log):
         metrics = run(cfg)
-    except ConfigError as e:
-        log.error("%s", e)
-        sys.exit(2)
     for key, value in metrics.items():
         print(f"{cfg.split}/{key:14s} {value:.4f}" if isinstance(value, float) else f"{cfg.split}/{key:14s} {value}")
 

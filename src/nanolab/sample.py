@@ -6,14 +6,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 import torch
 from omegaconf import DictConfig
 
-from nanolab import ConfigError
+from nanolab import ConfigError, exit_on_config_error
 from nanolab.checkpoint import load_checkpoint
 from nanolab.data import tokenizer_from_meta
 from nanolab.model import GPT, GPTConfig
@@ -63,11 +62,8 @@ def sample(cfg: DictConfig) -> list[str]:
 
 @hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_config_error(log):
         texts = sample(cfg)
-    except ConfigError as e:
-        log.error("%s", e)
-        sys.exit(2)
     for text in texts:
         print(text)
         print("-" * 40)

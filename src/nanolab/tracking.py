@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nanolab import ConfigError, Diverged, Interrupted
+from nanolab import EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted
 from nanolab.atomic import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -199,25 +199,26 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        status = run_status(exc)
-        self.update_summary({"status": status, "wall_time_s": round(time.time() - self.t0, 3)})
+        self.update_summary(outcome(exc) | {"wall_time_s": round(time.time() - self.t0, 3)})
         if exc is not None:
-            self.update_summary({"error": f"{type(exc).__name__}: {exc}"})
-            self.log({"status": status}, self.last_step, self.last_tokens)
+            self.log({"status": self.summary["status"]}, self.last_step, self.last_tokens)
         write_json(self.dir / "summary.json", self.summary)
         if self.run is not None:
             self.run.finish(exit_code=0 if exc is None else 1)
 
 
-def run_status(exc: BaseException | None) -> str:
-    """finished, diverged, interrupted or failed: the `status` in summary.json and on W&B."""
+def outcome(exc: BaseException | None) -> dict[str, str]:
+    """How a run ended, for summary.json and W&B: `status` (finished, diverged, interrupted or
+    failed) and, unless it finished, the `error` that ended it."""
     if exc is None:
-        return "finished"
+        return {"status": "finished"}
     if isinstance(exc, Diverged):
-        return "diverged"
-    if isinstance(exc, (Interrupted, KeyboardInterrupt)):
-        return "interrupted"
-    return "failed"
+        status = "diverged"
+    elif isinstance(exc, (Interrupted, KeyboardInterrupt)):
+        status = "interrupted"
+    else:
+        status = "failed"
+    return {"status": status, "error": f"{type(exc).__name__}: {exc}"}
 
 
 def record_failure(run_dir: Path, exc: BaseException) -> None:
@@ -225,7 +226,7 @@ def record_failure(run_dir: Path, exc: BaseException) -> None:
     config value), so the sweep report can say which job failed and why."""
     if not (run_dir / "summary.json").exists():
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "summary.json", {"status": run_status(exc), "error": f"{type(exc).__name__}: {exc}"})
+        write_json(run_dir / "summary.json", outcome(exc))
 
 
 def _check_writable(directory: str, key: str) -> None:
@@ -235,7 +236,7 @@ def _check_writable(directory: str, key: str) -> None:
             pass
     except OSError as e:
         print(f"{key}={directory} is not a writable directory ({e.strerror}); choose another {key}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG_ERROR)
 
 
 class RunCallbacks(Callback):

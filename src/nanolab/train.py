@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nanolab import ConfigError, Diverged, Interrupted
+from nanolab import EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted
 from nanolab.checkpoint import (
     capture_rng_state,
     check_compatible,
@@ -316,8 +316,8 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
     return best_val_ce
 
 
-# Exit codes of a single run; a multirun job records its failure instead and lets the others run.
-EXIT_CONFIG_ERROR, EXIT_DIVERGED = 2, 3
+# A single run exits with these; a multirun job records its failure instead and lets the others run.
+EXIT_DIVERGED = 3
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="train")
