@@ -174,5 +174,7 @@ def test_z_loss_adds_the_squared_log_normaliser_to_any_loss(name):
     g_ref, = torch.autograd.grad(ref, logits)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
     assert get_loss(loss_cfg(name)) is LOSSES[name]  # off by default: the loss itself
+    saved_before_z_loss = OmegaConf.create({k: v for k, v in loss_cfg(name).items() if k != "z_loss"})
+    assert get_loss(saved_before_z_loss) is LOSSES[name]
     with pytest.raises(ConfigError, match="loss.z_loss"):
         get_loss(loss_cfg(name, z_loss=-1))

@@ -42,9 +42,10 @@ def get_loss(cfg: DictConfig) -> LossFn:
         raise ConfigError(f"loss.name={cfg.name!r} is not a registered loss; choose one of {sorted(LOSSES)}")
     if cfg.name in _CHECKS:
         _CHECKS[cfg.name](cfg)
-    if cfg.z_loss < 0:
-        raise ConfigError(f"loss.z_loss={cfg.z_loss} must be >= 0 (0 turns it off; PaLM used 1e-4)")
-    if cfg.z_loss == 0:
+    weight = cfg.get("z_loss", 0.0)  # absent from configs saved in checkpoints before it existed
+    if weight < 0:
+        raise ConfigError(f"loss.z_loss={weight} must be >= 0 (0 turns it off; PaLM used 1e-4)")
+    if weight == 0:
         return LOSSES[cfg.name]
     base = LOSSES[cfg.name]
 
