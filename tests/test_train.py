@@ -100,7 +100,7 @@ def test_multirun_gives_one_wandb_run_per_loss(tmp_path):
     assert len({r["group"] for r in runs}) == 1 and runs[0]["group"] == "sweep"
     for run in runs:
         loss = run["config"]["loss"]["name"]
-        assert run["name"] == f"loss={loss}" and loss in run["tags"]
+        assert run["name"] == f"loss={loss},seed=1337" and loss in run["tags"]
         assert [h["step"] for h in run["history"] if "val/ce" in h] == [0, 2, 4]
         assert run["summary"]["status"] == "finished"
     job_dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())  # <num>_<override_dirname>
@@ -108,12 +108,14 @@ def test_multirun_gives_one_wandb_run_per_loss(tmp_path):
 
 
 @pytest.mark.slow
-def test_loss_comparison_experiment_sweeps_the_three_losses(tmp_path):
+def test_loss_comparison_experiment_sweeps_four_losses_over_three_seeds(tmp_path):
     run_cli("experiment=loss_comparison", *TINY, "trainer.max_iters=2", "trainer.eval_interval=2",
             "logger.mode=offline", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     runs = offline_runs(tmp_path / "sweep")
-    assert sorted(r["name"] for r in runs) == ["loss=ce", "loss=label_smoothing", "loss=mse"]
+    losses, seeds = ["ce", "label_smoothing", "mse", "squentropy"], [1337, 1338, 1339]
+    assert sorted(r["name"] for r in runs) == sorted(f"loss={loss},seed={seed}" for loss in losses for seed in seeds)
     assert {r["group"] for r in runs} == {"loss_comparison-sweep"}
+    assert {(r["config"]["loss"]["name"], r["config"]["seed"]) for r in runs} == {(l, s) for l in losses for s in seeds}
 
 
 def test_job_directory_names_stay_valid_file_names():

@@ -48,7 +48,8 @@ def hydra_run_info(cfg: DictConfig) -> RunInfo:
 
     A multirun's jobs share the group `<experiment>-<sweep dir>` and are named by the keys the
     sweep varies (`loss=mse,optim.lr=0.001`); a single run is grouped by its experiment, if
-    any, and named by all its overrides.
+    any, and named by all its overrides. The seed is always part of the name: runs that differ
+    only by seed are replicates, and their names must say so.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -61,10 +62,12 @@ def hydra_run_info(cfg: DictConfig) -> RunInfo:
         group = f"{experiment}-{sweep}" if experiment else sweep
         swept = _swept_keys(Path(hc.sweep.dir), hc.sweeper.get("params") or {})
         name = ",".join(o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept) or name
+    if "seed" not in {o.split("=", 1)[0].lstrip("+~") for o in name.split(",")}:
+        name = f"{name},seed={cfg.seed}" if name else f"seed={cfg.seed}"
     return RunInfo(
         dir=Path(hc.runtime.output_dir),
         group=cfg.logger.group or group,
-        name=cfg.logger.name or name or None,
+        name=cfg.logger.name or name,
         multirun=hc.mode == RunMode.MULTIRUN,
     )
 
@@ -170,8 +173,10 @@ class Tracker:
                 log.warning("W&B could not start in %s mode (%s)", attempt, str(e).splitlines()[0])
                 wandb.teardown()  # forget the failed attempt, or the retry finds its run id "in use"
                 continue
-            # Plot everything against the optimizer step, also after a resume rewinds it.
+            # Plot everything against the optimizer step, also after a resume rewinds it; every
+            # point also carries `tokens` (tokens seen), the x-axis to compare batch sizes.
             run.define_metric("step")
+            run.define_metric("tokens", summary="max")
             run.define_metric("*", step_metric="step")
             return run
         log.warning("continuing without W&B; metrics go to %s", self.metrics_path)

@@ -1,0 +1,395 @@
+"""Compare runs: one row per configuration, seeds aggregated, from local files only (no W&B).
+
+    python -m nanolab.compare multirun/2026-11-23_21-04-23
+    python -m nanolab.compare outputs/2026-11-23/10-00-00 outputs/2026-11-24/09-12-40 --out reports/lr
+    python -m nanolab.compare multirun/2026-11-23_21-04-23 --sort val/acc
+
+Reads each run's metrics.jsonl, summary.json and .hydra/ files, then writes into the sweep
+directory (or --out):
+- report.md and report.csv: one row per configuration, mean, sample standard deviation (n-1)
+  and n over seeds; the keys that vary between configurations are columns;
+- runs.csv: one row per run;
+- curves.png: val/ce, calibrated val/ce and train/loss against step (tokens seen on the top
+  axis), the mean over seeds with a band of one standard deviation;
+- <metric>_vs_<key>.png for each swept numeric key (the learning-rate U-curve), one line per
+  value of the other keys.
+It prints the table too. A configuration is a run's overrides without its seed and without
+keys that do not change what a run computes (resume, device, compile, logger.*, hydra.*).
+Only finished runs enter the statistics; the others are listed with their status and error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nanolab import ConfigError, exit_on_config_error
+from nanolab.atomic import atomic_path
+
+log = logging.getLogger("nanolab.compare")
+
+# (key, heading, format, higher is better). Keys are run values computed by `run_values`.
+METRICS = [
+    ("val/ce", "val/ce", "{:.4f}", False),
+    ("best/val/ce", "best val/ce", "{:.4f}", False),
+    ("val/ce_calibrated", "val/ce calibrated", "{:.4f}", False),
+    ("val/temperature", "T", "{:.3f}", False),
+    ("val/acc", "val/acc", "{:.4f}", True),
+    ("val/ece", "val/ece", "{:.4f}", False),
+    ("perf/tokens_per_s", "tokens/s", "{:.0f}", True),
+    ("wall_time_s", "wall time (s)", "{:.0f}", False),
+]
+IDENTITY_FREE_KEYS = ("resume", "device", "compile", "logger", "hydra")  # and their sub-keys
+CURVES = [("val/ce", "val/ce"), ("val/ce_calibrated", "val/ce, calibrated"), ("train/loss", "train/loss (each run's own objective)")]
+
+
+@dataclass
+class Run:
+    """One training run as its directory records it."""
+
+    dir: Path
+    status: str
+    error: str
+    seed: Any
+    params: dict[str, str]  # override key -> value, seed and identity-free keys left out
+    records: list[dict[str, Any]]
+    values: dict[str, float] = field(default_factory=dict)
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "metrics.jsonl").is_file() or (path / "summary.json").is_file() or (path / ".hydra").is_dir()
+
+
+def find_run_dirs(paths: list[str]) -> list[Path]:
+    """Run directories from the arguments: each is a run directory or holds run directories
+    (a multirun sweep), in job order."""
+    found = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise ConfigError(f"{path} is not a directory; give a multirun directory or run directories")
+        if is_run_dir(path):
+            found.append(path)
+            continue
+        jobs = [d for d in path.iterdir() if d.is_dir() and is_run_dir(d)]
+        if not jobs:
+            raise ConfigError(f"{path} holds no runs: no metrics.jsonl, summary.json or .hydra/ in it or its subdirectories")
+        found += sorted(jobs, key=_job_order)
+    return found
+
+
+def _job_order(path: Path) -> tuple[int, str]:
+    number = path.name.split("_", 1)[0]
+    return (int(number) if number.isdigit() else math.inf, path.name)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _is_identity_free(key: str) -> bool:
+    return key.split(".", 1)[0] in IDENTITY_FREE_KEYS
+
+
+def read_run(path: Path) -> Run:
+    """A run from its directory; a run without summary.json was killed or is still running."""
+    records = []
+    if (path / "metrics.jsonl").is_file():
+        for line in (path / "metrics.jsonl").read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line torn by a kill mid-write
+                continue
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {"status": "incomplete", "error": "no summary.json: killed, or still running"}
+    overrides = _read_yaml(path / ".hydra" / "overrides.yaml") or []
+    params = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        params[key.lstrip("+~")] = value
+    config = _read_yaml(path / ".hydra" / "config.yaml") or {}
+    seed = config.get("seed", params.get("seed"))
+    params = {k: v for k, v in params.items() if k != "seed" and not _is_identity_free(k)}
+    return Run(path, summary.get("status", "unknown"), summary.get("error", ""), seed, params, records, run_values(records, summary))
+
+
+def run_values(records: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, float]:
+    """The report's numbers for one run: the last evaluation, the best val/ce, the median
+    throughput and the wall time."""
+    evals = [r for r in records if "val/ce" in r]
+    if not evals:
+        return {}
+    values = {k: evals[-1][k] for k, *_ in METRICS if k in evals[-1]}
+    values["best/val/ce"] = min(r["val/ce"] for r in evals)
+    speeds = [r["perf/tokens_per_s"] for r in records if "perf/tokens_per_s" in r]
+    if speeds:
+        values["perf/tokens_per_s"] = statistics.median(speeds)
+    values["wall_time_s"] = summary.get("wall_time_s", records[-1]["time_s"])
+    return values
+
+
+def fill_missing_params(runs: list[Run]) -> list[str]:
+    """Give every run a value for every key some run overrides (its config's value or group
+    choice when it did not override it); returns the keys whose values differ across runs."""
+    keys = list(dict.fromkeys(k for run in runs for k in run.params))
+    for run in runs:
+        for key in keys:
+            if key not in run.params:
+                run.params[key] = _configured_value(run.dir, key)
+    return [k for k in keys if len({run.params[k] for run in runs}) > 1]
+
+
+def _configured_value(run_dir: Path, key: str) -> str:
+    hydra_cfg = _read_yaml(run_dir / ".hydra" / "hydra.yaml") or {}
+    choices = hydra_cfg.get("hydra", {}).get("runtime", {}).get("choices", {})
+    if key in choices:
+        return str(choices[key])
+    node: Any = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return "?" if node is None else str(node)
+
+
+@dataclass
+class Row:
+    """One configuration: its swept values and statistics over its finished runs."""
+
+    params: dict[str, str]
+    runs: list[Run]
+
+    @property
+    def finished(self) -> list[Run]:
+        return [r for r in self.runs if r.status == "finished" and r.values]
+
+    def stats(self, key: str) -> tuple[float, float, int]:
+        """(mean, sample std, n) of a value over finished runs; std is nan when n < 2."""
+        xs = [r.values[key] for r in self.finished if key in r.values]
+        if not xs:
+            return math.nan, math.nan, 0
+        return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else math.nan, len(xs)
+
+    def label(self, keys: list[str]) -> str:
+        return ",".join(f"{k}={self.params[k]}" for k in keys) or "all runs"
+
+
+def group_rows(runs: list[Run], keys: list[str], sort: str) -> list[Row]:
+    rows: dict[tuple, Row] = {}
+    for run in runs:
+        ident = tuple(run.params[k] for k in keys)
+        rows.setdefault(ident, Row({k: run.params[k] for k in keys}, [])).runs.append(run)
+    higher_better = next(h for k, _, _, h in METRICS if k == sort)
+
+    def order(row: Row) -> tuple[bool, float]:
+        mean = row.stats(sort)[0]
+        return math.isnan(mean), -mean if higher_better else mean
+
+    return sorted(rows.values(), key=order)
+
+
+def _fmt(fmt: str, mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return ""
+    return fmt.format(mean) if math.isnan(std) else f"{fmt.format(mean)} ± {fmt.format(std)}"
+
+
+def markdown_table(rows: list[Row], keys: list[str]) -> str:
+    head = [*(keys or ["configuration"]), "n", "seeds", *(h for _, h, _, _ in METRICS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row.params[k] for k in keys] or ["all runs"]
+        cells += [str(len(row.finished)), ",".join(str(r.seed) for r in row.finished)]
+        cells += [_fmt(fmt, *row.stats(key)[:2]) for key, _, fmt, _ in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(rows: list[Row], keys: list[str], runs: list[Run], sort: str, sources: list[str]) -> str:
+    unfinished = [r for r in runs if r.status != "finished" or not r.values]
+    out = [
+        "# Comparison report\n",
+        f"Runs: {len(runs)} from {', '.join(sources)}; {len(runs) - len(unfinished)} finished. "
+        f"One row per configuration, sorted by {sort}. Cells are mean ± sample standard deviation "
+        "over the finished seeds (n); metrics are from each run's last evaluation, `best val/ce` is "
+        "its lowest, tokens/s the median over its log intervals.\n",
+        markdown_table(rows, keys),
+    ]
+    if unfinished:
+        out.append("\n## Runs that did not finish (left out of the statistics)\n")
+        out += [f"- `{r.dir}` (seed {r.seed}): {r.status}" + (f": {r.error}" if r.error else "") for r in unfinished]
+        out.append("")
+    out.append("\n## Every run\n")
+    head = ["run", "status", "seed", *(h for _, h, _, _ in METRICS)]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        cells = [r.dir.name, r.status, str(r.seed)]
+        cells += [fmt.format(r.values[k]) if k in r.values else "" for k, _, fmt, _ in METRICS]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def rows_csv(rows: list[Row], keys: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*keys, "n", "seeds", *(f"{k}_{s}" for k, *_ in METRICS for s in ("mean", "std"))])
+    for row in rows:
+        stats = [row.stats(k)[:2] for k, *_ in METRICS]
+        writer.writerow(
+            [*(row.params[k] for k in keys), len(row.finished), " ".join(str(r.seed) for r in row.finished)]
+            + ["" if math.isnan(x) else repr(x) for pair in stats for x in pair]
+        )
+    return buffer.getvalue()
+
+
+def runs_csv(runs: list[Run], keys: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["run_dir", "status", "seed", *keys, *(k for k, *_ in METRICS), "error"])
+    for r in runs:
+        writer.writerow(
+            [str(r.dir), r.status, r.seed, *(r.params[k] for k in keys), *(r.values.get(k, "") for k, *_ in METRICS), r.error]
+        )
+    return buffer.getvalue()
+
+
+def _series(run: Run, metric: str) -> dict[int, float]:
+    return {r["step"]: r[metric] for r in run.records if metric in r}
+
+
+def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
+    """Each configuration's mean curve over its finished seeds, with a band of one std."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(5.2 * len(CURVES), 4.2), constrained_layout=True)
+    tokens_per_step = {r["tokens"] / r["step"] for row in rows for run in row.runs for r in run.records if r["step"]}
+    for row, color in zip(rows, plt.cm.tab10.colors * 10):
+        runs = row.finished or row.runs
+        for ax, (metric, title) in zip(axes, CURVES):
+            series = [_series(run, metric) for run in runs]
+            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+            if not steps:
+                continue
+            ys = np.array([[s[step] for step in steps] for s in series])
+            mean = ys.mean(axis=0)
+            ax.plot(steps, mean, color=color, label=f"{row.label(keys)} (n={len(runs)})", lw=1.4)
+            if len(runs) > 1:
+                std = ys.std(axis=0, ddof=1)
+                ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+            ax.set_title(title)
+    for ax in axes:
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(tokens_per_step) == 1:  # every run saw the same tokens per step: label them on top
+            (k,) = tokens_per_step
+            ax.secondary_xaxis("top", functions=(lambda s: s * k, lambda t: t / k)).set_xlabel("tokens seen")
+    axes[-1].set_yscale("log")  # objectives differ in scale by orders of magnitude (mse vs ce)
+    axes[0].legend(fontsize=8)
+    _save_figure(fig, path)
+
+
+def plot_metric_vs_value(rows: list[Row], keys: list[str], key: str, metric: str, path: Path) -> None:
+    """`metric` against the numeric values of a swept `key`, one line per value of the others."""
+    import matplotlib.pyplot as plt
+
+    others = [k for k in keys if k != key]
+    lines: dict[str, list[tuple[float, float, float]]] = {}
+    for row in rows:
+        mean, std, n = row.stats(metric)
+        if n:
+            lines.setdefault(row.label(others), []).append((float(row.params[key]), mean, 0.0 if math.isnan(std) else std))
+    fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
+    for label, points in sorted(lines.items()):
+        x, y, err = zip(*sorted(points))
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    xs = [float(row.params[key]) for row in rows]
+    if min(xs) > 0 and max(xs) / min(xs) >= 10:
+        ax.set_xscale("log")
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"final {metric} (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def compare(paths: list[str], out: Path | None = None, sort: str = "val/ce_calibrated") -> Path:
+    """Write the report of the runs under `paths` into `out` (default: the one directory given,
+    or the common parent of several) and print its table; returns the report's path."""
+    if sort not in [k for k, *_ in METRICS]:
+        raise ConfigError(f"--sort {sort} is not one of {', '.join(k for k, *_ in METRICS)}")
+    runs = [read_run(d) for d in find_run_dirs(paths)]
+    keys = fill_missing_params(runs)
+    rows = group_rows(runs, keys, sort)
+    if out is None:
+        out = Path(paths[0]) if len(paths) == 1 else Path(os.path.commonpath([Path(p).resolve() for p in paths]))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_text(out / "report.md", report_markdown(rows, keys, runs, sort, paths))
+        _write_text(out / "report.csv", rows_csv(rows, keys))
+        _write_text(out / "runs.csv", runs_csv(runs, keys))
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only; no display needed
+        plot_curves(rows, keys, out / "curves.png")
+        for key in keys:
+            if len(rows) > 1 and all(_is_number(row.params[key]) for row in rows):
+                plot_metric_vs_value(rows, keys, key, sort, out / f"{sort.replace('/', '_')}_vs_{key}.png")
+    except OSError as e:
+        raise ConfigError(f"cannot write the report to {out} ({e.strerror}); choose another --out") from e
+    print(markdown_table(rows, keys))
+    unfinished = [r for r in runs if r.status != "finished" or not r.values]
+    for r in unfinished:
+        print(f"not finished, left out: {r.dir} ({r.status}{': ' + r.error if r.error else ''})")
+    print(f"report: {out / 'report.md'} (and report.csv, runs.csv, curves.png)")
+    return out / "report.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m nanolab.compare", description=__doc__.split("\n")[0])
+    parser.add_argument("paths", nargs="+", help="a multirun directory, or run directories")
+    parser.add_argument("--out", type=Path, help="where to write the report (default: the directory given, or the common parent of several)")
+    parser.add_argument("--sort", default="val/ce_calibrated", help="the metric rows are sorted by, and plotted against swept numbers (default: %(default)s)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with exit_on_config_error(log):
+        compare(args.paths, args.out, args.sort)
+
+
+if __name__ == "__main__":
+    main()

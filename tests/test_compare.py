@@ -1,0 +1,122 @@
+"""nanolab.compare: seeds aggregated into the right means and standard deviations, every run
+accounted for, plots written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TINY, run_cli
+from nanolab import ConfigError
+from nanolab.compare import compare
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_run(job: Path, overrides: list[str], seed: int, final: dict | None, status: str = "finished", error: str = "") -> None:
+    """A run directory as nanolab.train leaves it: .hydra/, metrics.jsonl and summary.json."""
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"seed={seed}"]))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "optim": {"lr": 0.002}}))
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"loss": "ce"}}}}))
+    records = [{"step": 0, "tokens": 0, "time_s": 1.0, "val/ce": 4.0, "val/acc": 0.0}]
+    records += [{"step": 10, "tokens": 640, "time_s": 5.0, "train/loss": 2.5, "perf/tokens_per_s": 100.0}]
+    if final:
+        records.append({"step": 20, "tokens": 1280, "time_s": 9.0, **final})
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (job / "summary.json").write_text(json.dumps({"status": status, "wall_time_s": 10.0} | ({"error": error} if error else {})))
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    with open(path) as f:
+        return {row["loss"]: row for row in csv.DictReader(f)}
+
+
+def test_means_and_stds_over_seeds_by_hand(tmp_path):
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "0_loss=ce,seed=1", ["loss=ce"], 1, {"val/ce": 2.0, "val/acc": 0.50})
+    fake_run(sweep / "1_loss=ce,seed=2", ["loss=ce"], 2, {"val/ce": 2.2, "val/acc": 0.40})
+    fake_run(sweep / "2_loss=mse,seed=1", ["loss=mse"], 1, {"val/ce": 3.0, "val/acc": 0.30})
+    fake_run(sweep / "3_loss=mse,seed=2", ["loss=mse"], 2, {"val/ce": 3.3, "val/acc": 0.35})
+    fake_run(sweep / "4_loss=mse,seed=3", ["loss=mse"], 3, {"val/ce": 3.9, "val/acc": 0.25})
+    fake_run(sweep / "5_loss=mse,seed=4", ["loss=mse"], 4, None, status="diverged", error="Diverged: non-finite loss")
+
+    compare([str(sweep)], sort="val/ce")
+
+    rows = read_csv(sweep / "report.csv")
+    assert list(rows) == ["ce", "mse"]  # sorted by val/ce, lowest first
+    # ce: (2.0 + 2.2) / 2 = 2.1; sample std sqrt((0.1² + 0.1²) / 1) = 0.141421...
+    assert float(rows["ce"]["val/ce_mean"]) == pytest.approx(2.1)
+    assert float(rows["ce"]["val/ce_std"]) == pytest.approx(math.sqrt(0.02))
+    assert float(rows["ce"]["val/acc_std"]) == pytest.approx(math.sqrt(0.005))
+    # mse: the diverged seed is left out: (3.0 + 3.3 + 3.9) / 3 = 3.4; std sqrt((0.16 + 0.01 + 0.25) / 2)
+    assert rows["mse"]["n"] == "3" and rows["mse"]["seeds"] == "1 2 3"
+    assert float(rows["mse"]["val/ce_mean"]) == pytest.approx(3.4)
+    assert float(rows["mse"]["val/ce_std"]) == pytest.approx(math.sqrt(0.21))
+    assert float(rows["mse"]["best/val/ce_mean"]) == pytest.approx(3.4)  # below the step-0 4.0
+    assert float(rows["mse"]["wall_time_s_mean"]) == 10.0
+
+    report = (sweep / "report.md").read_text()
+    assert "| ce | 2 | 1,2 | 2.1000 ± 0.1414 |" in report
+    assert "5_loss=mse,seed=4" in report and "diverged: Diverged: non-finite loss" in report
+    with open(sweep / "runs.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["finished"] * 5 + ["diverged"]
+    assert (sweep / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_swept_number_gets_a_metric_against_value_plot(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, (lr, loss, ce) in enumerate([(1e-3, "ce", 2.0), (1e-2, "ce", 1.9), (1e-3, "mse", 3.0), (1e-2, "mse", 2.8)]):
+        fake_run(sweep / f"{i}_x", [f"loss={loss}", f"optim.lr={lr}", "trainer.max_iters=20"], 1, {"val/ce": ce})
+    compare([str(sweep)], sort="val/ce")
+    with open(sweep / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["loss"], r["optim.lr"]) for r in rows] == [("ce", "0.01"), ("ce", "0.001"), ("mse", "0.01"), ("mse", "0.001")]
+    assert "trainer.max_iters" not in rows[0]  # the same in every run: not a column
+    assert (sweep / "val_ce_vs_optim.lr.png").read_bytes().startswith(PNG_MAGIC)
+    assert not (sweep / "val_ce_vs_loss.png").exists()
+
+
+def test_runs_from_several_commands_fill_unswept_keys_from_their_config(tmp_path):
+    fake_run(tmp_path / "a", ["loss=mse"], 1, {"val/ce": 3.0})
+    fake_run(tmp_path / "b", [], 1, {"val/ce": 2.0})  # the default loss: hydra.yaml's choice, ce
+    compare([str(tmp_path / "a"), str(tmp_path / "b")], out=tmp_path / "report", sort="val/ce")
+    assert list(read_csv(tmp_path / "report" / "report.csv")) == ["ce", "mse"]
+
+
+def test_unusable_arguments_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="not a directory"):
+        compare([str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match="holds no runs"):
+        compare([str(tmp_path)])
+    fake_run(tmp_path / "run", [], 1, {"val/ce": 2.0})
+    with pytest.raises(ConfigError, match="--sort val/loss is not one of"):
+        compare([str(tmp_path / "run")], sort="val/loss")
+
+
+@pytest.mark.slow
+def test_compare_a_real_two_losses_by_two_seeds_multirun(tmp_path):
+    sweep = tmp_path / "sweep"
+    run_cli("-m", "loss=ce,mse", "seed=1,2", *TINY, "trainer.max_iters=6", "trainer.eval_interval=3",
+            "logger.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    out = run_cli(str(sweep), cwd=tmp_path, module="nanolab.compare")
+
+    finals: dict[str, list[float]] = {"ce": [], "mse": []}
+    for job in sweep.iterdir():
+        if job.is_dir():
+            summary = json.loads((job / "summary.json").read_text())
+            finals[yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["loss"]["name"]].append(summary["final/val/ce_calibrated"])
+    rows = read_csv(sweep / "report.csv")
+    for loss, (a, b) in finals.items():
+        mean = (a + b) / 2
+        std = math.sqrt(((a - mean) ** 2 + (b - mean) ** 2) / (2 - 1))
+        assert float(rows[loss]["val/ce_calibrated_mean"]) == pytest.approx(mean, rel=1e-12)
+        assert float(rows[loss]["val/ce_calibrated_std"]) == pytest.approx(std, rel=1e-9)
+        assert rows[loss]["n"] == "2" and rows[loss]["seeds"] == "1 2"
+    assert "| loss | n | seeds |" in out.stdout
+    assert (sweep / "curves.png").read_bytes().startswith(PNG_MAGIC)
