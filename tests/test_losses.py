@@ -178,3 +178,44 @@ def test_z_loss_adds_the_squared_log_normaliser_to_any_loss(name):
     assert get_loss(saved_before_z_loss) is LOSSES[name]
     with pytest.raises(ConfigError, match="loss.z_loss"):
         get_loss(loss_cfg(name, z_loss=-1))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_chunked_head_equals_the_whole_head_in_value_and_gradients(name, softcap):
+    """The chunked head never holds all logits; its loss and gradients must be the same
+    numbers, also when chunks are uneven or hold only ignored targets."""
+    from nanolab.losses import chunked_head_loss
+
+    cfg = loss_cfg(name, z_loss=1e-2)
+    loss_fn = get_loss(cfg)
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(150, 16, generator=g, dtype=torch.float64)
+    weight = (0.5 * torch.randn(40, 16, generator=g, dtype=torch.float64)).requires_grad_()
+    targets = torch.randint(40, (150,), generator=g)
+    targets[64:128] = cfg.ignore_index  # the second chunk of 64 is all ignored
+    targets[130] = cfg.ignore_index
+
+    def head(h):
+        logits = F.linear(h, weight)
+        return logits if softcap is None else softcap * torch.tanh(logits / softcap)
+
+    results = []
+    for chunk in (None, 64):
+        h = hidden.clone().requires_grad_()
+        weight.grad = None
+        if chunk is None:
+            loss = loss_fn(head(h), targets, cfg)
+        else:
+            loss = chunked_head_loss(h, targets, head, [weight], loss_fn, cfg, chunk)
+        (2 * loss).backward()  # a scaled upstream gradient, as grad accumulation gives
+        results.append((loss.detach(), h.grad, weight.grad.clone()))
+        with torch.no_grad():
+            if chunk is not None:
+                assert torch.allclose(chunked_head_loss(hidden, targets, head, [weight], loss_fn, cfg, chunk), loss.detach(), rtol=1e-6)
+    # Losses compute in float32, so chunking changes the order of float32 sums: 1e-5 relative.
+    (whole_loss, whole_dh, whole_dw), (chunked_loss, chunked_dh, chunked_dw) = results
+    assert torch.allclose(chunked_loss, whole_loss, rtol=1e-6)
+    assert (chunked_dh - whole_dh).abs().max() <= 1e-5 * whole_dh.abs().max()
+    assert (chunked_dw - whole_dw).abs().max() <= 1e-5 * whole_dw.abs().max()
+    assert whole_dh[64:128].abs().max() == 0  # ignored tokens get no gradient either way

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import write_json
 from nanolab.data import TokenData
-from nanolab.losses import get_loss
-from nanolab.metrics import TokenTotals
+from nanolab.losses import get_loss, head_chunk_tokens
+from nanolab.metrics import TokenTotals, update_totals
 from nanolab.sample import checkpoint_file, load_model
 from nanolab.train import pick_device
 
@@ -29,8 +29,11 @@ log = logging.getLogger("nanolab.evaluate")
 
 
 @torch.no_grad()
-def evaluate_split(model: torch.nn.Module, tokens: np.ndarray, loss_cfg: DictConfig, batch_size: int) -> dict[str, float]:
-    """Metrics over every token of `tokens`, in consecutive windows of the model's context."""
+def evaluate_split(
+    model: torch.nn.Module, tokens: np.ndarray, loss_cfg: DictConfig, batch_size: int, head_chunk: int = 0
+) -> dict[str, float]:
+    """Metrics over every token of `tokens`, in consecutive windows of the model's context; with
+    head_chunk > 0 the logits of that many tokens at a time."""
     block = model.config.block_size
     n_windows = (len(tokens) - 1) // block
     device = next(model.parameters()).device
@@ -39,7 +42,7 @@ def evaluate_split(model: torch.nn.Module, tokens: np.ndarray, loss_cfg: DictCon
     for start in tqdm(range(0, n_windows, batch_size), desc="evaluating", unit="batch", disable=None):
         rows = np.arange(start, min(start + batch_size, n_windows))[:, None] * block
         window = torch.from_numpy(tokens[rows + np.arange(block + 1)].astype(np.int64)).to(device)
-        totals.update(model(window[:, :-1]), window[:, 1:], loss_fn, loss_cfg)
+        update_totals(totals, model, window[:, :-1], window[:, 1:], loss_fn, loss_cfg, head_chunk)
     return totals.compute() | {"tokens": totals.tokens}
 
 
@@ -55,7 +58,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if data.meta["vocab_size"] != model.config.vocab_size:
         raise ConfigError(f"{path} was trained on another vocabulary than data/{train_cfg.data.name} now holds")
     windows_per_batch = max(1, cfg.batch_tokens // model.config.block_size)
-    metrics = evaluate_split(model, getattr(data, cfg.split), train_cfg.loss, windows_per_batch)
+    head_chunk = head_chunk_tokens(train_cfg.get("head_chunk_tokens", "auto"), model.config.vocab_size)
+    metrics = evaluate_split(model, getattr(data, cfg.split), train_cfg.loss, windows_per_batch, head_chunk)
     write_json(path.parent / f"evaluation_{cfg.split}.json", {"checkpoint": str(path), "step": state["step"], **metrics})
     return metrics
 

@@ -136,3 +136,81 @@ def focal(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch
     """Focal loss (Lin et al., ICCV 2017): -(1 - p_y)^gamma * log p_y; gamma = 0 is cross-entropy."""
     log_p_y = -F.cross_entropy(logits.float(), targets.clamp(min=0), reduction="none")
     return _masked_mean(-((1 - log_p_y.exp()) ** cfg.gamma) * log_p_y, targets, cfg.ignore_index)
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """The loss of head(hidden) computed chunk by chunk of tokens, with each chunk's gradients
+    taken at once in the forward pass (as Liger Kernel's fused linear cross-entropy does), so
+    the logits of one chunk exist at a time and nothing is recomputed in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden, targets, head, loss_fn, cfg, chunk_tokens, *params):  # noqa: ANN001 (autograd API)
+        total = torch.zeros((), device=hidden.device)
+        grad_hidden = torch.zeros_like(hidden)
+        grad_params = [torch.zeros_like(p) for p in params]
+        for rows, share in _chunks(targets, cfg.ignore_index, chunk_tokens):
+            h = hidden[rows].detach().requires_grad_()
+            with torch.enable_grad():
+                loss = loss_fn(head(h), targets[rows], cfg) * share
+            grads = torch.autograd.grad(loss, [h, *params])
+            grad_hidden[rows] = grads[0]
+            for acc, g in zip(grad_params, grads[1:]):
+                acc += g
+            total += loss.detach()
+        ctx.save_for_backward(grad_hidden, *grad_params)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: ANN001 (autograd API)
+        grad_hidden, *grad_params = ctx.saved_tensors
+        return grad_hidden * grad_output, None, None, None, None, None, *(g * grad_output for g in grad_params)
+
+
+def _chunks(targets: torch.Tensor, ignore_index: int, chunk_tokens: int) -> list[tuple[slice, float]]:
+    """(rows, share) of each chunk holding counted tokens, share being its fraction of them: a
+    chunk's mean times its share is its part of the batch's mean. Chunks of ignored tokens only
+    are left out (their mean is 0/0). One device sync, to read the counts."""
+    counts = (targets != ignore_index).split(chunk_tokens)
+    counts = torch.stack([c.sum() for c in counts]).tolist()
+    total = sum(counts)
+    return [
+        (slice(i * chunk_tokens, (i + 1) * chunk_tokens), n / total) for i, n in enumerate(counts) if n > 0
+    ]
+
+
+# Below this vocabulary size the logits are small next to the activations and one piece is fastest.
+CHUNKED_HEAD_MIN_VOCAB = 8192
+AUTO_HEAD_CHUNK_TOKENS = 1024
+
+
+def head_chunk_tokens(setting: int | str, vocab_size: int) -> int:
+    """The `head_chunk_tokens` config resolved: tokens per chunk of the output head and loss,
+    0 for the whole batch at once; `auto` chunks at vocabularies of 8192 tokens or more."""
+    if setting == "auto":
+        return AUTO_HEAD_CHUNK_TOKENS if vocab_size >= CHUNKED_HEAD_MIN_VOCAB else 0
+    if not isinstance(setting, int) or isinstance(setting, bool) or setting < 0:
+        raise ConfigError(f"head_chunk_tokens={setting!r} must be auto, 0 (no chunks) or a number of tokens per chunk")
+    return setting
+
+
+def chunked_head_loss(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    head_params: list[torch.Tensor],
+    loss_fn: LossFn,
+    cfg: DictConfig,
+    chunk_tokens: int,
+) -> torch.Tensor:
+    """loss_fn(head(hidden), targets, cfg) without ever holding the logits of all tokens: at a
+    50k vocabulary those, and every loss's temporaries of the same size, dominate memory.
+
+    hidden is (N, d), targets (N,); head maps (n, d) hidden states to (n, C) logits using
+    head_params. The value and the gradients equal the unchunked loss's for any loss that is a
+    mean over counted tokens, which every registered loss is."""
+    if not torch.is_grad_enabled():
+        total = torch.zeros((), device=hidden.device)
+        for rows, share in _chunks(targets, cfg.ignore_index, chunk_tokens):
+            total += loss_fn(head(hidden[rows]), targets[rows], cfg) * share
+        return total
+    return _ChunkedHeadLoss.apply(hidden, targets, head, loss_fn, cfg, chunk_tokens, *head_params)

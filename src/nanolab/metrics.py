@@ -83,6 +83,8 @@ class TokenTotals:
         keep = targets != loss_cfg.ignore_index
         logits, targets = logits[keep], targets[keep]
         n = len(targets)
+        if n == 0:
+            return
         self.tokens += n
         self.loss += float(loss_fn(logits, targets, loss_cfg)) * n
         self.ce += float(F.cross_entropy(logits, targets, reduction="sum"))
@@ -123,6 +125,18 @@ class TokenTotals:
         return metrics
 
 
+def update_totals(
+    totals: TokenTotals, model: GPT, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, loss_cfg: DictConfig, head_chunk: int
+) -> None:
+    """Add a batch to `totals`; with head_chunk > 0 the logits of that many tokens at a time."""
+    if not head_chunk:
+        totals.update(model(x), y, loss_fn, loss_cfg)
+        return
+    hidden = model(x, head=False).flatten(0, 1)
+    for h, t in zip(hidden.split(head_chunk), y.flatten().split(head_chunk)):
+        totals.update(model.head(h), t, loss_fn, loss_cfg)
+
+
 @torch.no_grad()
 def evaluate(
     model: GPT,
@@ -132,6 +146,7 @@ def evaluate(
     batch_size: int,
     eval_iters: int,
     autocast: contextlib.AbstractContextManager,
+    head_chunk: int = 0,
 ) -> dict[str, float]:
     """`val/<m>` and `train_eval/<m>` over eval_iters batches of each split, for m in loss, ce,
     ppl, bpt, acc, acc_top5, brier, ece; for val also ce_calibrated and temperature."""
@@ -144,8 +159,7 @@ def evaluate(
         for _ in range(eval_iters):
             x, y = sampler.next_batch()
             with autocast:
-                logits = model(x)
-            totals.update(logits, y, loss_fn, loss_cfg)
+                update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
         metrics |= {f"{prefix}/{k}": v for k, v in totals.compute().items()}
     model.train()
     return metrics

@@ -176,9 +176,11 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits / cap)
         return logits
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, vocab_size) over the true vocabulary."""
-        return self.head(self.hidden_states(idx))
+    def forward(self, idx: torch.Tensor, head: bool = True) -> torch.Tensor:
+        """Logits (B, T, vocab_size) over the true vocabulary; with head=False the final hidden
+        states (B, T, n_embd), for a loss that applies the head chunk by chunk."""
+        hidden = self.hidden_states(idx)
+        return self.head(hidden) if head else hidden
 
     @torch.no_grad()
     def generate(

@@ -7,7 +7,6 @@ Schedules are pure functions of the step, so a resumed run needs no scheduler st
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Callable
 
@@ -26,8 +25,14 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _adamw(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
-    # The fused CUDA kernel is markedly faster; it exists only for CUDA tensors.
-    fused = device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
+    # `auto` fuses on CUDA, where the kernel is markedly faster. On CPU it measured 4% faster
+    # per nano step, but it rounds differently from the foreach kernel that made the
+    # committed results, so there it is opt-in (`optim.fused=true`).
+    fused = cfg.get("fused", "auto")  # absent from configs saved before it existed
+    if fused not in ("auto", True, False):
+        raise ConfigError(f"optim.fused={fused!r} must be auto, true or false")
+    if fused == "auto":
+        fused = device.type == "cuda"
     return torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None
     )

@@ -36,7 +36,7 @@ from nanolab.checkpoint import (
     save_checkpoint,
 )
 from nanolab.data import BatchSampler, TokenData
-from nanolab.losses import LossFn, get_loss
+from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens
 from nanolab.metrics import device_peak_flops, evaluate, flops_per_token
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import build_optimizer, build_schedule
@@ -118,14 +118,26 @@ def is_finite(loss: torch.Tensor, grad_norm: torch.Tensor, scaler: torch.amp.Gra
     return bool(torch.isfinite(loss)) and (scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
 
 
+def batch_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, loss_cfg: DictConfig, head_chunk: int) -> torch.Tensor:
+    """The training loss of a batch; with head_chunk > 0 the output head and the loss run that
+    many tokens at a time, so the logits of the whole batch never exist (large vocabularies)."""
+    if not head_chunk:
+        logits = model(x)
+        return loss_fn(logits.reshape(-1, logits.size(-1)), y.reshape(-1), loss_cfg)
+    hidden = model(x, head=False)
+    head_params = list(model.lm_head.parameters())
+    return chunked_head_loss(hidden.flatten(0, 1), y.flatten(), model.head, head_params, loss_fn, loss_cfg, head_chunk)
+
+
 def train_step(
-    model: torch.nn.Module,
+    model: GPT,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     sampler: BatchSampler,
     loss_fn: LossFn,
     cfg: DictConfig,
     autocast: contextlib.AbstractContextManager,
+    head_chunk: int,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm, skipped)
     with the first two as tensors, so nothing waits for the device unless the caller logs them.
@@ -135,8 +147,7 @@ def train_step(
     for _ in range(accum):
         x, y = sampler.next_batch()
         with autocast:
-            logits = model(x)
-        loss = loss_fn(logits.reshape(-1, logits.size(-1)), y.reshape(-1), cfg.loss)
+            loss = batch_loss(model, x, y, loss_fn, cfg.loss, head_chunk)
         scaler.scale(loss / accum).backward()
         total += loss.detach()
     scaler.unscale_(optimizer)  # so that clipping and the logged norm see true gradients
@@ -176,7 +187,8 @@ def stop_requests() -> Iterator[list[int]]:
 def train(cfg: DictConfig, info: RunInfo) -> float:
     """Run training as configured; returns the best val/ce (the objective for sweepers)."""
     check_trainer_config(cfg.trainer)
-    resolve_wandb_mode(cfg.logger.mode)  # a bad logger.mode fails now, not after data preparation
+    resolve_wandb_mode(cfg.logger.mode)  # bad values fail now, not after data preparation
+    head_chunk_tokens(cfg.head_chunk_tokens, vocab_size=0)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     loss_fn = get_loss(cfg.loss)
@@ -194,6 +206,7 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
     data.check_block_size(cfg.model.block_size)
     model_config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size)
     model = GPT(model_config).to(device)
+    head_chunk = head_chunk_tokens(cfg.head_chunk_tokens, model_config.vocab_size)
     optimizer = build_optimizer(model, cfg.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     sampler = BatchSampler(data.train, cfg.trainer.batch_size, model_config.block_size, cfg.seed, device)
@@ -216,9 +229,9 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
     peak_flops = device_peak_flops(device, dtype)
     model_flops_per_token = flops_per_token(model)
     log.info(
-        "model %s: %.2fM parameters, %s on %s (%s), %d tokens/step, run dir %s",
+        "model %s: %.2fM parameters, %s on %s (%s), %d tokens/step, head %s, run dir %s",
         cfg.model.name, model.num_params() / 1e6, cfg.loss.name, device, str(dtype).removeprefix("torch."),
-        tokens_per_step, info.dir,
+        tokens_per_step, f"in chunks of {head_chunk} tokens" if head_chunk else "in one piece", info.dir,
     )
 
     def save_state(best: bool) -> None:
@@ -245,7 +258,7 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
 
     def evaluate_and_checkpoint() -> None:
         nonlocal best_val_ce
-        metrics = evaluate(model, data, loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters, autocast)
+        metrics = evaluate(model, data, loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters, autocast, head_chunk)
         tracker.log(metrics, step, step * tokens_per_step)
         log.info("step %d: train ce %.4f, val ce %.4f, val acc %.4f", step, metrics["train_eval/ce"], metrics["val/ce"], metrics["val/acc"])
         improved = metrics["val/ce"] < best_val_ce
@@ -272,7 +285,7 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
             lr = lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, grad_norm, skipped = train_step(train_model, optimizer, scaler, sampler, loss_fn, cfg, autocast)
+            loss, grad_norm, skipped = train_step(train_model, optimizer, scaler, sampler, loss_fn, cfg, autocast, head_chunk)
             step += 1
             interval_steps += 1
             progress.update(1)
