@@ -47,10 +47,10 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def compose_train(*overrides: str) -> DictConfig:
+def compose_train(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
     """The training config as `python -m nanolab.train <overrides>` would compose it."""
     with initialize_config_module("nanolab.configs", version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def run_cli(*args: str, cwd: Path, module: str = "nanolab.train", check: bool = True) -> subprocess.CompletedProcess:

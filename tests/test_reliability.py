@@ -239,6 +239,8 @@ BAD_INPUTS = [
     (["optim.lr=0"], "optim.lr=0 must be > 0"),
     (["optim.fused=maybe"], "optim.fused='maybe' must be auto, true or false"),
     (["head_chunk_tokens=-8"], "head_chunk_tokens=-8 must be auto, 0"),
+    (["objective=val/acc"], "objective='val/acc' must be one of val/ce, val/ce_calibrated"),
+    (["trainer.grad_accum=0"], "trainer.grad_accum=0 must be > 0"),
     (["loss=label_smoothing", "loss.epsilon=1.0"], "loss.epsilon=1.0 must lie in [0, 1)"),
     (["loss=label_smoothing", "loss.epsilon=-0.1"], "loss.epsilon=-0.1 must lie in [0, 1)"),
     (["loss=mse", "loss.k=0"], "loss.k=0 must be > 0"),

@@ -14,7 +14,7 @@ from nanolab.tracking import RunInfo
 from nanolab.train import train
 from wandb_offline import offline_runs
 
-GROUPS = ["model", "data", "loss", "optim", "schedule", "logger", "experiment"]
+GROUPS = ["model", "data", "loss", "optim", "schedule", "logger", "experiment", "hparams_search"]
 
 
 def records(run_dir: Path) -> list[dict]:

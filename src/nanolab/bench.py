@@ -4,6 +4,7 @@
     python -m nanolab.bench model=baby loss=mse
     python -m nanolab.bench bench.what=head loss=mse   # the chunked output head against the whole one
     python -m nanolab.bench bench.what=compile model=baby
+    python -m nanolab.bench bench.what=profile         # where a step's time goes (torch.profiler)
 
 `step` times the same training step three ways, alternating them `bench.repeats` times so that
 a change in the machine's speed hits all of them alike:
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
@@ -41,6 +43,7 @@ from torch.nn import functional as F
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import write_json
 from nanolab.data import BatchSampler, TokenData
+from nanolab.distributed import World
 from nanolab.losses import chunked_head_loss, get_loss, head_chunk_tokens
 from nanolab.metrics import device_peak_flops, evaluate, flops_per_token, measure_cpu_matmul_flops
 from nanolab.model import GPT, GPTConfig
@@ -81,7 +84,8 @@ class Setup:
         self.head_chunk = head_chunk_tokens(cfg.head_chunk_tokens, config.vocab_size)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.sampler = BatchSampler(self.data.train, cfg.trainer.batch_size, config.block_size, cfg.seed, self.device)
+        accum = cfg.trainer.grad_accum
+        self.sampler = BatchSampler(self.data.train, cfg.trainer.batch_size, config.block_size, cfg.seed, self.device, range(accum))
         self.tokens_per_step = cfg.trainer.batch_size * config.block_size * cfg.trainer.grad_accum
 
     def bare_steps(self, n: int) -> float:
@@ -89,7 +93,10 @@ class Setup:
         sync(self.device)
         t0 = time.perf_counter()
         for _ in range(n):
-            train_step(self.step_model, self.optimizer, self.scaler, self.sampler, self.loss_fn, self.cfg, self.autocast, self.head_chunk)
+            train_step(
+                self.step_model, self.model, self.optimizer, self.scaler, self.sampler, self.loss_fn, self.cfg,
+                self.autocast, self.head_chunk, self.cfg.trainer.grad_accum, World(),
+            )
         sync(self.device)
         return (time.perf_counter() - t0) / n
 
@@ -109,7 +116,7 @@ class Setup:
             x, y = self.sampler.next_batch()
             lap("data")
             with self.autocast:
-                loss = batch_loss(self.step_model, x, y, self.loss_fn, self.cfg.loss, self.head_chunk)
+                loss = batch_loss(self.step_model, self.model, x, y, self.loss_fn, self.cfg.loss, self.head_chunk)
             lap("forward")
             self.scaler.scale(loss / accum).backward()
             lap("backward")
@@ -215,6 +222,55 @@ def bench_compile(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+# Operator families of a training step, matched in order against the profiler's op names.
+OP_FAMILIES = [
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")),
+    ("attention", ("attention", "flash")),
+    ("gelu", ("gelu",)),
+    ("layer_norm", ("layer_norm",)),
+    ("optimizer", ("_foreach", "adam", "optimizer", "lerp", "addcdiv")),
+    ("loss", ("cross_entropy", "log_softmax", "nll_loss", "mse")),
+]
+
+
+def op_family(name: str) -> str:
+    lowered = name.lower()
+    return next((family for family, keys in OP_FAMILIES if any(k in lowered for k in keys)), "other")
+
+
+def bench_profile(cfg: DictConfig) -> dict[str, Any]:
+    """torch.profiler over `bench.steps` bare steps: self time per operator family (per step and
+    as a share), with the top-operator table in profile.txt next to bench.json."""
+    setup = Setup(cfg)
+    setup.bare_steps(cfg.bench.warmup)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if setup.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        setup.bare_steps(cfg.bench.steps)
+    events = [e for e in prof.key_averages() if e.self_device_time_total or e.self_cpu_time_total]
+    cuda = setup.device.type == "cuda"
+
+    def self_us(e: Any) -> float:
+        return e.self_device_time_total if cuda else e.self_cpu_time_total
+
+    families: dict[str, float] = {}
+    for e in events:
+        families[op_family(e.key)] = families.get(op_family(e.key), 0.0) + self_us(e)
+    total = sum(families.values())
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    (out_dir / "profile.txt").write_text(prof.key_averages().table(sort_by=sort_by, row_limit=30))
+    per_step = {k: v / 1000 / cfg.bench.steps for k, v in sorted(families.items(), key=lambda kv: -kv[1])}
+    return {
+        "what": "profile",
+        "steps": cfg.bench.steps,
+        "self_ms_per_step": per_step,
+        "share": {k: v / (total / 1000 / cfg.bench.steps) for k, v in per_step.items()},
+        "table": str(out_dir / "profile.txt"),
+    }
+
+
 def _head_worker(spec: dict[str, Any], out: Any) -> None:
     """One head variant in a fresh process, so its peak resident memory is its own."""
     torch.manual_seed(0)
@@ -298,7 +354,9 @@ def bench_head(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-BENCHES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {"step": bench_step, "compile": bench_compile, "head": bench_head}
+BENCHES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
+    "step": bench_step, "compile": bench_compile, "head": bench_head, "profile": bench_profile,
+}
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
@@ -333,8 +391,6 @@ def main(cfg: DictConfig) -> None:
         if cfg.bench.steps % cfg.trainer.log_interval or cfg.bench.warmup % cfg.trainer.log_interval:
             raise ConfigError(f"bench.steps and bench.warmup must be multiples of trainer.log_interval={cfg.trainer.log_interval}")
         result = describe(cfg) | BENCHES[cfg.bench.what](cfg)
-    from hydra.core.hydra_config import HydraConfig
-
     path = Path(HydraConfig.get().runtime.output_dir) / "bench.json"
     write_json(path, result)
     print_table(result)

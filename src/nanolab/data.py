@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 import tiktoken
@@ -348,18 +348,30 @@ class TokenData:
 
 
 class BatchSampler:
-    """Random (x, y) windows of one split, drawn from its own seeded generator so that the data
-    order is reproducible and can be checkpointed independently of the model's randomness."""
+    """Random (x, y) windows of one split, drawn from seeded generators so that the data order
+    is reproducible and can be checkpointed independently of the model's randomness.
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int, device: torch.device) -> None:
+    Each micro-batch of an optimizer step has its own stream: with `streams` = (s0, s1, ...)
+    consecutive calls draw from s0, s1, ... in turn. A single process with grad_accum=A uses
+    streams 0..A-1; under DDP rank r takes its share of them, so a run draws the same batches
+    on any number of processes. Stream 0 is seeded with `seed` itself."""
+
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int, device: torch.device,
+        streams: Sequence[int] = (0,),
+    ) -> None:
         self.tokens = tokens
         self.batch_size = batch_size
         self.offsets = np.arange(block_size + 1)
         self.device = device
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generators = {s: torch.Generator().manual_seed(stream_seed(seed, s)) for s in streams}
+        self.order = list(streams)
+        self.position = 0
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(len(self.tokens) - len(self.offsets) + 1, (self.batch_size,), generator=self.generator)
+        generator = self.generators[self.order[self.position]]
+        self.position = (self.position + 1) % len(self.order)
+        starts = torch.randint(len(self.tokens) - len(self.offsets) + 1, (self.batch_size,), generator=generator)
         window = torch.from_numpy(self.tokens[starts.numpy()[:, None] + self.offsets].astype(np.int64))
         if self.device.type == "cuda":
             window = window.pin_memory().to(self.device, non_blocking=True)
@@ -368,7 +380,30 @@ class BatchSampler:
         return window[:, :-1], window[:, 1:]
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        """The generator state of each stream (taken between optimizer steps)."""
+        return {"streams": {s: g.get_state() for s, g in self.generators.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        """Restore this sampler's streams from a state holding them, possibly among others
+        (a DDP checkpoint holds every rank's)."""
+        if "generator" in state:  # saved before streams existed: one generator drew every micro-batch
+            if len(self.generators) > 1:
+                log.warning("checkpoint from before per-micro-batch data streams: streams 1+ start afresh")
+            state = {"streams": {s: g.get_state() for s, g in self.generators.items()} | {0: state["generator"]}}
+        saved = state["streams"]
+        missing = sorted(set(self.generators) - set(saved))
+        if missing:
+            raise ConfigError(
+                f"the checkpoint has data streams {sorted(saved)} but this run needs {sorted(self.generators)}: "
+                "resume with the trainer.grad_accum (and, with trainer.fix_global_batch=false, the number of processes) it was saved with"
+            )
+        for s, generator in self.generators.items():
+            generator.set_state(saved[s])
+        self.position = 0
+
+
+def stream_seed(seed: int, stream: int) -> int:
+    """Seed of a data stream: `seed` itself for stream 0, an independent one for the others."""
+    if stream == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0])

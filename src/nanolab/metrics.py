@@ -8,6 +8,7 @@ next-token accuracy, `bpt` is bits per token (bits per character on character da
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 from torch.nn import functional as F
 
 from nanolab.data import BatchSampler, TokenData
+from nanolab.distributed import World
 from nanolab.losses import LossFn
 from nanolab.model import GPT, GPTConfig
 
@@ -100,10 +102,21 @@ class TokenTotals:
         self.bin_count += torch.bincount(bins, minlength=ECE_BINS)
         self.bin_confidence += torch.bincount(bins, weights=confidence.cpu(), minlength=ECE_BINS)
         self.bin_correct += torch.bincount(bins, weights=hit.cpu(), minlength=ECE_BINS)
+        if self.calibrate:
+            self._keep(logits, targets)
+
+    def _keep(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         room = CALIBRATION_ELEMENTS // logits.size(-1) - sum(len(t) for t in self.kept_targets)
-        if self.calibrate and room > 0:
+        if room > 0:
             self.kept_logits.append(logits[:room].cpu())
             self.kept_targets.append(targets[:room].cpu())
+
+    def merge(self, other: "TokenTotals") -> None:
+        """Add the totals of other tokens (another rank's), as if `update` had seen them next."""
+        for key in ("tokens", "loss", "ce", "correct", "correct_top5", "brier", "bin_count", "bin_confidence", "bin_correct"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        for logits, targets in zip(other.kept_logits, other.kept_targets):
+            self._keep(logits, targets)
 
     def compute(self) -> dict[str, float]:
         ce = self.ce / self.tokens
@@ -147,22 +160,34 @@ def evaluate(
     eval_iters: int,
     autocast: contextlib.AbstractContextManager,
     head_chunk: int = 0,
+    world: World = World(),
 ) -> dict[str, float]:
     """`val/<m>` and `train_eval/<m>` over eval_iters batches of each split, for m in loss, ce,
-    ppl, bpt, acc, acc_top5, brier, ece; for val also ce_calibrated and temperature."""
+    ppl, bpt, acc, acc_top5, brier, ece; for val also ce_calibrated and temperature. Under DDP
+    each rank evaluates a consecutive share of the batches and the totals are combined in
+    order, so the metrics are those of one process evaluating them all."""
     device = next(model.parameters()).device
+    mine = range(eval_iters * world.rank // world.size, eval_iters * (world.rank + 1) // world.size)
     model.eval()
     metrics = {}
     for split, prefix in (("train", "train_eval"), ("val", "val")):
         sampler = BatchSampler(getattr(data, split), batch_size, model.config.block_size, EVAL_SEED, device)
         totals = TokenTotals(calibrate=split == "val")
-        for _ in range(eval_iters):
-            x, y = sampler.next_batch()
-            with autocast:
-                update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
+        for i in range(mine.stop):
+            x, y = sampler.next_batch()  # drawn on every rank, so each rank's share is the same batches
+            if i in mine:
+                with autocast:
+                    update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
+        if world.distributed:
+            totals = functools.reduce(_merged, world.gather(totals))
         metrics |= {f"{prefix}/{k}": v for k, v in totals.compute().items()}
     model.train()
     return metrics
+
+
+def _merged(a: TokenTotals, b: TokenTotals) -> TokenTotals:
+    a.merge(b)
+    return a
 
 
 def flops_per_token(model: GPT) -> float:

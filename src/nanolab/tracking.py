@@ -41,6 +41,7 @@ class RunInfo:
     group: str | None
     name: str | None
     multirun: bool = False
+    job_num: int | None = None  # a multirun job's number
 
 
 def hydra_run_info(cfg: DictConfig) -> RunInfo:
@@ -69,6 +70,7 @@ def hydra_run_info(cfg: DictConfig) -> RunInfo:
         group=cfg.logger.group or group,
         name=cfg.logger.name or name,
         multirun=hc.mode == RunMode.MULTIRUN,
+        job_num=hc.job.num if hc.mode == RunMode.MULTIRUN else None,
     )
 
 
@@ -96,6 +98,29 @@ def safe_dirname(overrides: str, max_len: int = 120) -> str:
     return f"{name[: max_len - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
+def launch_time(fmt: str) -> str:
+    """The time a run was launched, formatted: the `launch_time` resolver of the run and sweep
+    directories. Hydra's `now` would differ between the processes that torchrun starts (each
+    resolves it on its own) and scatter one run over several directories, so under torchrun
+    it is the start time of the torchrun process that spawned them; NANOLAB_LAUNCH_TIME (Unix
+    seconds) overrides it, for several nodes: `export NANOLAB_LAUNCH_TIME=$(date +%s)` before
+    srun. Otherwise it is now."""
+    if os.environ.get("NANOLAB_LAUNCH_TIME"):
+        t = float(os.environ["NANOLAB_LAUNCH_TIME"])
+    elif "TORCHELASTIC_RUN_ID" in os.environ and Path(f"/proc/{os.getppid()}/stat").exists():
+        t = _process_start_time(os.getppid())
+    else:
+        t = time.time()
+    return time.strftime(fmt, time.localtime(t))
+
+
+def _process_start_time(pid: int) -> float:
+    """Unix time at which process `pid` started, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
 def wandb_api_key_available() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -118,16 +143,23 @@ def resolve_wandb_mode(mode: str) -> str:
 
 class Tracker:
     """Logs metrics to W&B and metrics.jsonl; use as a context manager so that the run is always
-    finished, with a failing exit code when training raised."""
+    finished, with a failing exit code when training raised. Disabled (the other ranks of a
+    DDP run), it keeps the summary in memory and writes nothing."""
 
-    def __init__(self, cfg: DictConfig, info: RunInfo, run_id: str, resume_step: int | None = None) -> None:
+    def __init__(
+        self, cfg: DictConfig, info: RunInfo, run_id: str, resume_step: int | None = None, enabled: bool = True
+    ) -> None:
+        self.enabled = enabled
+        self.summary: dict[str, Any] = {}
+        self.run = None
+        if not enabled:
+            return
         self.dir = info.dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
         # A resumed run replays the steps after its checkpoint; a fresh one starts a new file.
         self._drop_records_after(resume_step if resume_step is not None else -1)
         self.t0 = time.time()
-        self.summary: dict[str, Any] = {}
         self.last_step, self.last_tokens = resume_step or 0, 0
         self.run = self._start_wandb(cfg, info, run_id, resumed=resume_step is not None)
         self._warned = False
@@ -183,6 +215,8 @@ class Tracker:
         return None
 
     def log(self, metrics: dict[str, Any], step: int, tokens: int) -> None:
+        if not self.enabled:
+            return
         self.last_step, self.last_tokens = step, tokens
         record = {"step": step, "tokens": tokens, "time_s": round(time.time() - self.t0, 3), **metrics}
         with open(self.metrics_path, "a") as f:
@@ -204,6 +238,8 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.enabled:
+            return
         self.update_summary(outcome(exc) | {"wall_time_s": round(time.time() - self.t0, 3)})
         if exc is not None:
             self.log({"status": self.summary["status"]}, self.last_step, self.last_tokens)

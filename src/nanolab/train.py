@@ -24,6 +24,7 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -36,22 +37,36 @@ from nanolab.checkpoint import (
     save_checkpoint,
 )
 from nanolab.data import BatchSampler, TokenData
+from nanolab.distributed import World, gradient_sync, launched_by_torchrun, local_grad_accum, process_group
 from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens
 from nanolab.metrics import device_peak_flops, evaluate, flops_per_token
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import build_optimizer, build_schedule
-from nanolab.tracking import RunInfo, Tracker, hydra_run_info, record_failure, resolve_wandb_mode, safe_dirname
+from nanolab.tracking import (
+    RunInfo,
+    Tracker,
+    hydra_run_info,
+    launch_time,
+    record_failure,
+    resolve_wandb_mode,
+    safe_dirname,
+)
 
 log = logging.getLogger("nanolab.train")
 OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
+OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)  # as Hydra's now
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def pick_device(name: str) -> torch.device:
-    """`auto` is cuda, then mps, then cpu; anything else must be available."""
+def pick_device(name: str, job_num: int | None = None) -> torch.device:
+    """`auto` is cuda, then mps, then cpu; anything else must be available. With several GPUs,
+    job n of a multirun takes GPU n mod their number, so jobs that a parallel launcher
+    (hydra/launcher=joblib) runs at once spread over the GPUs."""
     if name == "auto":
         if torch.cuda.is_available():
+            if job_num is not None and torch.cuda.device_count() > 1 and not launched_by_torchrun():
+                return torch.device("cuda", job_num % torch.cuda.device_count())
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
@@ -99,6 +114,15 @@ def check_trainer_config(trainer: DictConfig) -> None:
         raise ConfigError(f"trainer.on_nonfinite={trainer.on_nonfinite!r} must be stop or skip_step")
 
 
+# Validation metrics a run can return to a sweeper, all of them lower-is-better.
+OBJECTIVES = ("val/ce", "val/ce_calibrated", "val/loss", "val/bpt", "val/brier", "val/ece")
+
+
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective={objective!r} must be one of {', '.join(OBJECTIVES)} (sweepers minimise it)")
+
+
 def resume_checkpoint_path(resume: bool | str, run_dir: Path) -> Path | None:
     """`resume=true`: the run directory's last.pt if it exists (so re-launching a preempted
     sweep with the same sweep dir continues every job that had started); `resume=<path>`: that
@@ -118,18 +142,22 @@ def is_finite(loss: torch.Tensor, grad_norm: torch.Tensor, scaler: torch.amp.Gra
     return bool(torch.isfinite(loss)) and (scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
 
 
-def batch_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, loss_cfg: DictConfig, head_chunk: int) -> torch.Tensor:
-    """The training loss of a batch; with head_chunk > 0 the output head and the loss run that
-    many tokens at a time, so the logits of the whole batch never exist (large vocabularies)."""
+def batch_loss(
+    forward: torch.nn.Module, model: GPT, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, loss_cfg: DictConfig, head_chunk: int
+) -> torch.Tensor:
+    """The training loss of a batch through `forward` (the model, or its compiled or DDP
+    wrapper); with head_chunk > 0 the output head and the loss run that many tokens at a time,
+    so the logits of the whole batch never exist (large vocabularies)."""
     if not head_chunk:
-        logits = model(x)
+        logits = forward(x)
         return loss_fn(logits.reshape(-1, logits.size(-1)), y.reshape(-1), loss_cfg)
-    hidden = model(x, head=False)
+    hidden = forward(x, head=False)
     head_params = list(model.lm_head.parameters())
     return chunked_head_loss(hidden.flatten(0, 1), y.flatten(), model.head, head_params, loss_fn, loss_cfg, head_chunk)
 
 
 def train_step(
+    forward: torch.nn.Module,
     model: GPT,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -138,18 +166,22 @@ def train_step(
     cfg: DictConfig,
     autocast: contextlib.AbstractContextManager,
     head_chunk: int,
+    accum: int,
+    world: World,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """One optimizer step over grad_accum micro-batches; returns (mean loss, grad norm, skipped)
-    with the first two as tensors, so nothing waits for the device unless the caller logs them.
-    With `trainer.on_nonfinite=skip_step` a non-finite step skips the update (`skipped`)."""
-    accum = cfg.trainer.grad_accum
+    """One optimizer step over `accum` micro-batches on each rank; returns (mean loss over all
+    ranks, grad norm, skipped) with the first two as tensors, so nothing waits for the device
+    unless the caller logs them. With `trainer.on_nonfinite=skip_step` a non-finite step skips
+    the update (`skipped`)."""
     total = torch.zeros((), device=sampler.device)
-    for _ in range(accum):
+    for micro in range(accum):
         x, y = sampler.next_batch()
-        with autocast:
-            loss = batch_loss(model, x, y, loss_fn, cfg.loss, head_chunk)
-        scaler.scale(loss / accum).backward()
+        with gradient_sync(forward, last_micro_step=micro == accum - 1):
+            with autocast:
+                loss = batch_loss(forward, model, x, y, loss_fn, cfg.loss, head_chunk)
+            scaler.scale(loss / accum).backward()
         total += loss.detach()
+    world.mean_(total)  # every rank sees the same loss, so every rank takes the same decisions
     scaler.unscale_(optimizer)  # so that clipping and the logged norm see true gradients
     max_norm = cfg.trainer.grad_clip if cfg.trainer.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -185,11 +217,19 @@ def stop_requests() -> Iterator[list[int]]:
 
 
 def train(cfg: DictConfig, info: RunInfo) -> float:
-    """Run training as configured; returns the best val/ce (the objective for sweepers)."""
+    """Run training as configured, alone or as one rank under torchrun; returns the best value
+    of `objective` over the evaluations (what sweepers such as Optuna minimise)."""
     check_trainer_config(cfg.trainer)
+    check_objective(cfg.objective)
     resolve_wandb_mode(cfg.logger.mode)  # bad values fail now, not after data preparation
     head_chunk_tokens(cfg.head_chunk_tokens, vocab_size=0)
-    device = pick_device(cfg.device)
+    with process_group(pick_device(cfg.device, info.job_num)) as (world, device):
+        return train_in(world, device, cfg, info)
+
+
+def train_in(world: World, device: torch.device, cfg: DictConfig, info: RunInfo) -> float:
+    """train() once the process knows its device and its place in the world."""
+    accum = local_grad_accum(cfg.trainer.grad_accum, cfg.trainer.fix_global_batch, world)
     dtype = pick_dtype(cfg.dtype, device)
     loss_fn = get_loss(cfg.loss)
     lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
@@ -206,10 +246,13 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
     data.check_block_size(cfg.model.block_size)
     model_config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size)
     model = GPT(model_config).to(device)
+    if world.rank > 0:  # dropout masks differ between ranks as between micro-batches
+        torch.manual_seed(cfg.seed + world.rank)
     head_chunk = head_chunk_tokens(cfg.head_chunk_tokens, model_config.vocab_size)
     optimizer = build_optimizer(model, cfg.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    sampler = BatchSampler(data.train, cfg.trainer.batch_size, model_config.block_size, cfg.seed, device)
+    streams = range(world.rank * accum, (world.rank + 1) * accum)
+    sampler = BatchSampler(data.train, cfg.trainer.batch_size, model_config.block_size, cfg.seed, device, streams)
 
     step, best_val_ce, skipped_steps = 0, math.inf, 0
     run_id = f"{int(time.time()):x}{random.Random().getrandbits(32):08x}"
@@ -219,23 +262,29 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         sampler.load_state_dict(ckpt["sampler"])
-        restore_rng_state(ckpt["rng"])
+        rng_ranks = ckpt.get("rng_ranks", [])
+        restore_rng_state(rng_ranks[world.rank] if len(rng_ranks) == world.size else ckpt["rng"])
         step, best_val_ce, run_id, skipped_steps = ckpt["step"], ckpt["best_val_ce"], ckpt["wandb_id"], ckpt["skipped_steps"]
         log.info("resuming from %s at step %d", ckpt_path, step)
-    train_model = torch.compile(model) if cfg.compile else model
+    forward = torch.compile(model) if cfg.compile else model
+    if world.distributed:
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
 
     autocast = autocast_context(device, dtype)
-    tokens_per_step = cfg.trainer.batch_size * model_config.block_size * cfg.trainer.grad_accum
+    tokens_per_step = cfg.trainer.batch_size * model_config.block_size * accum * world.size
     peak_flops = device_peak_flops(device, dtype)
     model_flops_per_token = flops_per_token(model)
     log.info(
-        "model %s: %.2fM parameters, %s on %s (%s), %d tokens/step, head %s, run dir %s",
+        "model %s: %.2fM parameters, %s on %s (%s), %d tokens/step (%d x %d x %d micro-batches x %d processes), head %s, run dir %s",
         cfg.model.name, model.num_params() / 1e6, cfg.loss.name, device, str(dtype).removeprefix("torch."),
-        tokens_per_step, f"in chunks of {head_chunk} tokens" if head_chunk else "in one piece", info.dir,
+        tokens_per_step, cfg.trainer.batch_size, model_config.block_size, accum, world.size, f"in chunks of {head_chunk} tokens" if head_chunk else "in one piece", info.dir,
     )
 
     def save_state(best: bool) -> None:
         if not cfg.trainer.save_checkpoints:
+            return
+        samplers, rngs = world.gather(sampler.state_dict()), world.gather(capture_rng_state())
+        if not world.main:
             return
         state = {
             "model": model.state_dict(),
@@ -246,8 +295,9 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
             "best_val_ce": best_val_ce,
             "config": OmegaConf.to_container(cfg, resolve=True),
             "data_meta": data.meta,
-            "rng": capture_rng_state(),
-            "sampler": sampler.state_dict(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,
+            "sampler": {"streams": {s: g for state in samplers for s, g in state["streams"].items()}},
             "wandb_id": run_id,
             "summary": tracker.summary,
             "skipped_steps": skipped_steps,
@@ -258,20 +308,22 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
 
     def evaluate_and_checkpoint() -> None:
         nonlocal best_val_ce
-        metrics = evaluate(model, data, loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters, autocast, head_chunk)
+        metrics = evaluate(model, data, loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters, autocast, head_chunk, world)
         tracker.log(metrics, step, step * tokens_per_step)
         log.info("step %d: train ce %.4f, val ce %.4f, val acc %.4f", step, metrics["train_eval/ce"], metrics["val/ce"], metrics["val/acc"])
         improved = metrics["val/ce"] < best_val_ce
         if improved:
             best_val_ce = metrics["val/ce"]
             tracker.update_summary({"best/val/ce": best_val_ce, "best/step": step})
+        if metrics[cfg.objective] < tracker.summary.get(f"best/{cfg.objective}", math.inf):
+            tracker.update_summary({f"best/{cfg.objective}": metrics[cfg.objective]})
         tracker.update_summary({f"final/{k}": v for k, v in metrics.items()})
         if step > 0:
             save_state(best=improved)
 
-    progress = tqdm(total=cfg.trainer.max_iters, initial=step, unit="step", dynamic_ncols=True, disable=None)
+    progress = tqdm(total=cfg.trainer.max_iters, initial=step, unit="step", dynamic_ncols=True, disable=None if world.main else True)
     with (
-        Tracker(cfg, info, run_id, resume_step=step if ckpt else None) as tracker,
+        Tracker(cfg, info, run_id, resume_step=step if ckpt else None, enabled=world.main) as tracker,
         progress,
         logging_redirect_tqdm(),
         stop_requests() as stop_signals,
@@ -285,7 +337,9 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
             lr = lr_at(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss, grad_norm, skipped = train_step(train_model, optimizer, scaler, sampler, loss_fn, cfg, autocast, head_chunk)
+            loss, grad_norm, skipped = train_step(
+                forward, model, optimizer, scaler, sampler, loss_fn, cfg, autocast, head_chunk, accum, world
+            )
             step += 1
             interval_steps += 1
             progress.update(1)
@@ -295,9 +349,12 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
                 log.warning("step %d: non-finite loss or gradient norm, update skipped (%d so far)", step, skipped_steps)
             logging = step % cfg.trainer.log_interval == 0 or step == cfg.trainer.max_iters
             evaluating = step % cfg.trainer.eval_interval == 0 or step == cfg.trainer.max_iters
+            stopping = bool(stop_signals)
+            if world.distributed:  # ranks receive a signal at different steps: they agree where they log
+                stopping = logging and world.any(stopping)
             # `stop` looks only where the loop waits for the device anyway, never every step: a
             # non-finite update leaves non-finite weights, so it is caught at the next look.
-            looking = cfg.trainer.on_nonfinite == "stop" and (logging or evaluating or stop_signals)
+            looking = cfg.trainer.on_nonfinite == "stop" and (logging or evaluating or stopping)
             if looking and not is_finite(loss, grad_norm, scaler):
                 tracker.log({"train/loss": loss.item(), "train/grad_norm": grad_norm.item()}, step, step * tokens_per_step)
                 raise Diverged(f"non-finite loss ({loss.item()}) or gradient norm ({grad_norm.item()}) at step {step}")
@@ -323,10 +380,10 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
             if evaluating:
                 evaluate_and_checkpoint()
                 interval_start, interval_steps = time.perf_counter(), 0  # keep eval out of tokens/s
-            if stop_signals:
+            if stopping:
                 save_state(best=False)
-                raise Interrupted(stop_signals[0])
-    return best_val_ce
+                raise Interrupted(stop_signals[0] if stop_signals else signal.SIGTERM)
+    return tracker.summary.get(f"best/{cfg.objective}", math.nan)
 
 
 # A single run exits with these; a multirun job records its failure instead and lets the others run.
@@ -355,4 +412,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    # The function of the imported module, not __main__'s: launchers that pickle the task
+    # (joblib, submitit) then refer to nanolab.train.main by name instead of copying its globals.
+    from nanolab.train import main as importable_main
+
+    importable_main()

@@ -1,0 +1,88 @@
+"""DDP under torchrun on CPU (gloo, 2 processes): gradient averaging is right (two processes
+train exactly as one process accumulating two micro-batches), one process writes, resume works."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, run_cli
+from nanolab import ConfigError
+from nanolab.distributed import World, local_grad_accum
+from wandb_offline import offline_runs
+
+# Dropout off: masks are drawn per rank, so they could never match one process's.
+COMMON = [*TINY, "model.dropout=0", "trainer.grad_accum=2", "trainer.eval_interval=4", "logger.mode=offline"]
+
+
+def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=<nproc> -m nanolab.train <args>` in cwd."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "nanolab.train"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_trajectory(a: list[dict], b: list[dict]) -> None:
+    """The same losses within 1e-5 at every step and evaluation. The gradients are the same sums
+    in another float32 order ((g0 + g1)/2 after an all-reduce against g0/2 + g1/2), so the
+    gradient norm is held to 1e-4 relative."""
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("train/loss", "val/ce", "val/ce_calibrated", "val/loss", "train_eval/ce"):
+            if key in ra:
+                assert rb[key] == pytest.approx(ra[key], abs=1e-5), (ra["step"], key)
+        if "train/grad_norm" in ra:
+            assert rb["train/grad_norm"] == pytest.approx(ra["train/grad_norm"], rel=1e-4), ra["step"]
+        if "val/acc" in ra:  # a logit 1e-6 away could flip one argmax: one token of 512
+            assert rb["val/acc"] == pytest.approx(ra["val/acc"], abs=2 / 512)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """8 steps of one process with 2 accumulated micro-batches of 8 sequences."""
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    run_cli(*COMMON, "trainer.max_iters=8", f"hydra.run.dir={run_dir}", cwd=run_dir.parent)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_accumulating_two_micro_batches(one_process, tmp_path):
+    out = torchrun(*COMMON, "trainer.max_iters=8", cwd=tmp_path)
+    # Both processes resolved the same default run directory (launch_time), and only rank 0 wrote.
+    run_dirs = list(tmp_path.glob("outputs/*/*"))
+    assert len(run_dirs) == 1, run_dirs
+    run_dir = run_dirs[0]
+    assert_same_trajectory(records(one_process), records(run_dir))
+    assert sorted(p.name for p in run_dir.iterdir() if p.suffix != ".log") == [
+        ".hydra", "best.pt", "last.pt", "metrics.jsonl", "summary.json", "wandb",
+    ]
+    runs = offline_runs(run_dir)
+    assert len(runs) == 1 and runs[0]["summary"]["status"] == "finished"
+    assert "8 x 32 x 1 micro-batches x 2 processes" in out.stdout + out.stderr + (run_dir / "train.log").read_text()
+    assert json.loads((run_dir / "summary.json").read_text())["best/val/ce"] == records(run_dir)[-1]["val/ce"]
+
+
+@pytest.mark.slow
+def test_ddp_run_resumes_where_it_stopped(one_process, tmp_path):
+    run_dir = tmp_path / "run"
+    torchrun(*COMMON, "trainer.max_iters=4", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    torchrun(*COMMON, "trainer.max_iters=8", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
+    assert_same_trajectory(records(one_process), records(run_dir))
+
+
+def test_global_batch_is_split_over_processes_or_grows():
+    assert local_grad_accum(8, True, World(rank=1, size=4)) == 2
+    assert local_grad_accum(8, False, World(rank=1, size=4)) == 8
+    with pytest.raises(ConfigError, match=r"trainer.grad_accum=2 cannot be split over 4 processes"):
+        local_grad_accum(2, True, World(size=4))
+
