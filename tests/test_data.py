@@ -114,6 +114,12 @@ def test_hf_loader_on_local_files(tmp_path):
     cfg.val_split, cfg.val_fraction, cfg.dir = None, 0.1, f"{tmp_path}/owt"
     meta = prepare(cfg)
     assert meta["val_tokens"] > 0 and meta["train_tokens"] + meta["val_tokens"] == expected
+    # shards of 100 tokens: documents cut across shards come back whole
+    unsharded = TokenData.load(cfg).train[:]
+    cfg.shard_gb, cfg.dir = 200 / 2**30, f"{tmp_path}/owt_sharded"
+    sharded = TokenData.load(cfg)
+    assert len(sharded.meta["train_shards"]) == -(-len(unsharded) // 100)
+    assert np.array_equal(sharded.train[np.arange(len(unsharded))], unsharded)
 
 
 def test_sampler_is_reproducible_and_resumable():
@@ -148,3 +154,47 @@ def test_chunked_encoding_equals_encoding_in_one_piece(data_root):
     assert chunked.tolist() == gpt2.encode(text)
     chars = CharTokenizer(sorted(set(text)))
     assert _encode(chars, text, np.dtype(np.uint16), desc="test").tolist() == chars.encode(text)
+
+
+SHARD_GB = 4000 / 2**30  # 4000 bytes: 2000 uint16 tokens per shard
+
+
+def test_sharded_split_reads_like_one_file(data_root, tmp_path):
+    raw = data_root / "shakespeare_char" / "input.txt"
+    whole = TokenData.load(data_cfg("text", data_root, path=raw, dir=tmp_path / "whole"))
+    sharded = TokenData.load(data_cfg("text", data_root, path=raw, dir=tmp_path / "sharded", shard_gb=SHARD_GB))
+    meta = sharded.meta
+    assert len(meta["train_shards"]) == -(-meta["train_tokens"] // 2000) and set(meta["train_shards"][:-1]) == {2000}
+    assert (tmp_path / "sharded" / "train_000.bin").exists() and not (tmp_path / "sharded" / "train.bin").exists()
+    assert len(sharded.train) == len(whole.train)
+    assert np.array_equal(sharded.train[np.arange(len(whole.train))], whole.train)
+    a = BatchSampler(whole.train, 16, 64, seed=3, device=torch.device("cpu"))
+    b = BatchSampler(sharded.train, 16, 64, seed=3, device=torch.device("cpu"))
+    for _ in range(20):  # 320 windows, many of them across shard boundaries
+        assert torch.equal(a.next_batch()[0], b.next_batch()[0])
+
+
+def test_interrupted_preparation_resumes_after_its_finished_shards(data_root, tmp_path, monkeypatch):
+    import nanolab.data
+
+    cfg = data_cfg("text", data_root, path=data_root / "shakespeare_char" / "input.txt", dir=tmp_path / "d", shard_gb=SHARD_GB)
+    real_atomic_path, written = nanolab.data.atomic_path, []
+
+    def killed_at_the_fourth_file(path):
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        written.append(path.name)
+        return real_atomic_path(path)
+
+    monkeypatch.setattr(nanolab.data, "atomic_path", killed_at_the_fourth_file)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg)
+    monkeypatch.undo()
+    assert written == ["train_000.bin", "train_001.bin", "train_002.bin"] and not (tmp_path / "d" / "meta.json").exists()
+    finished = {name: (tmp_path / "d" / name).stat().st_mtime_ns for name in written}
+    meta = prepare(cfg)
+    assert {name: (tmp_path / "d" / name).stat().st_mtime_ns for name in written} == finished  # kept, not rewritten
+    fresh = TokenData.load(data_cfg("text", data_root, path=data_root / "shakespeare_char" / "input.txt", dir=tmp_path / "fresh"))
+    assert meta["train_tokens"] == fresh.meta["train_tokens"]
+    assert np.array_equal(TokenData.load(cfg).train[np.arange(len(fresh.train))], fresh.train)
+    assert not (tmp_path / "d" / "preparing.json").exists()

@@ -3,7 +3,9 @@
 A prepared dataset is a flat array of token ids per split (uint16, or uint32 when the
 vocabulary needs it) and a meta.json describing the tokenizer, the token counts and a hash of
 the source. meta.json is written last, so a dataset without it (or with another source hash)
-is prepared again; a half-written bin is never taken for a valid one.
+is prepared again; a half-written bin is never taken for a valid one. A split larger than
+`data.shard_gb` is written as consecutive shards <split>_000.bin, <split>_001.bin, ..., each
+written atomically, so an interrupted preparation resumes after the shards it finished.
 
 Sources (`data.source`):
 - `shakespeare`: the tiny Shakespeare text, read from `data.raw_path`, downloaded there from
@@ -18,12 +20,13 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import re
 import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import tiktoken
@@ -173,9 +176,60 @@ def _token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def _write_bin(path: Path, tokens: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        tokens.tofile(tmp)
+def _bin_name(split: str, shard: int, n_shards: int) -> str:
+    return f"{split}.bin" if n_shards == 1 else f"{split}_{shard:03d}.bin"
+
+
+def _split_files(directory: Path, meta: dict, split: str) -> list[tuple[Path, int]]:
+    """(path, tokens) of each bin of a split: one, or its shards in order."""
+    sizes = meta.get(f"{split}_shards", [meta[f"{split}_tokens"]])
+    return [(directory / _bin_name(split, k, len(sizes)), n) for k, n in enumerate(sizes)]
+
+
+def _write_split(
+    directory: Path, split: str, total: int, dtype: np.dtype, shard_gb: float,
+    read: Callable[[int, int], Iterator[np.ndarray]],
+) -> list[int]:
+    """Write a split's `total` tokens, yielded in order by read(start, stop), as one bin or as
+    shards of at most shard_gb; returns the tokens per file. A shard already on disk at its
+    full size was finished by an earlier, interrupted preparation of the same source (shards
+    are written atomically, and prepare() clears a directory holding another source's), so it
+    is kept."""
+    shard_tokens = max(1, int(shard_gb * 2**30) // dtype.itemsize)
+    n_shards = max(1, math.ceil(total / shard_tokens))
+    sizes = [min(shard_tokens, total - k * shard_tokens) for k in range(n_shards)]
+    for k, size in enumerate(sizes):
+        path = directory / _bin_name(split, k, n_shards)
+        if n_shards > 1 and path.exists() and path.stat().st_size == size * dtype.itemsize:
+            log.info("%s: kept from an interrupted preparation", path)
+            continue
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                for ids in read(k * shard_tokens, k * shard_tokens + size):
+                    f.write(np.ascontiguousarray(ids, dtype=dtype).tobytes())
+    return sizes
+
+
+class ShardedTokens:
+    """A split stored as several consecutive bins, indexed like the one array they make up
+    (a window may span two shards, as it would span the same tokens in one file)."""
+
+    def __init__(self, shards: list[np.ndarray]) -> None:
+        self.shards = shards
+        self.starts = np.cumsum([0] + [len(s) for s in shards])
+        self.dtype = shards[0].dtype
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index)
+        shard = np.searchsorted(self.starts, index, side="right") - 1
+        out = np.empty(index.shape, dtype=self.dtype)
+        for k in np.unique(shard):
+            here = shard == k
+            out[here] = self.shards[k][index[here] - self.starts[k]]
+        return out
 
 
 # A newline followed by a non-space character always ends a GPT-2 pre-token (and a character
@@ -203,15 +257,18 @@ def _prepare_from_text(cfg: DictConfig, text: str) -> dict:
         tokenizer = GPT2Tokenizer()
     n_train = int(len(text) * (1 - cfg.val_fraction))
     dtype = _token_dtype(tokenizer.vocab_size)
-    counts = {}
-    for split, part in (("train", text[:n_train]), ("val", text[n_train:])):
-        tokens = _encode(tokenizer, part, dtype, desc=f"tokenizing {cfg.name} {split}")
-        _write_bin(Path(cfg.dir) / f"{split}.bin", tokens)
-        counts[split] = len(tokens)
     meta = {"tokenizer": cfg.tokenizer, "vocab_size": tokenizer.vocab_size, "dtype": dtype.name}
     if isinstance(tokenizer, CharTokenizer):
         meta["chars"] = tokenizer.chars
-    return meta | {"train_tokens": counts["train"], "val_tokens": counts["val"]}
+    for split, part in (("train", text[:n_train]), ("val", text[n_train:])):
+        tokens = _encode(tokenizer, part, dtype, desc=f"tokenizing {cfg.name} {split}")
+        sizes = _write_split(Path(cfg.dir), split, len(tokens), dtype, cfg.shard_gb, lambda a, b: iter([tokens[a:b]]))
+        meta |= _split_meta(split, sizes)
+    return meta
+
+
+def _split_meta(split: str, sizes: list[int]) -> dict:
+    return {f"{split}_tokens": sum(sizes)} | ({f"{split}_shards": sizes} if len(sizes) > 1 else {})
 
 
 def _prepare_from_hf(cfg: DictConfig) -> dict:
@@ -237,30 +294,24 @@ def _prepare_from_hf(cfg: DictConfig) -> dict:
         return {"ids": ids, "len": len(ids)}
 
     dtype = _token_dtype(tokenizer.vocab_size)
-    counts = {}
+    meta = {"tokenizer": "gpt2", "vocab_size": tokenizer.vocab_size, "dtype": dtype.name}
     for split, dset in splits.items():
+        # datasets caches what map() computed, so a preparation started again reuses it
         tokenized = dset.map(tokenize, remove_columns=dset.column_names, num_proc=cfg.num_proc, desc=f"tokenizing {split}")
-        total = int(np.sum(tokenized["len"], dtype=np.uint64))
-        path = Path(cfg.dir) / f"{split}.bin"
-        with atomic_path(path) as tmp:
-            out = np.memmap(tmp, dtype=dtype, mode="w+", shape=(total,))
-            n_shards = max(1, min(1024, len(tokenized)))
-            pos = 0
-            for i in tqdm(range(n_shards), desc=f"writing {path}", disable=None):
-                shard = tokenized.shard(num_shards=n_shards, index=i, contiguous=True).with_format("numpy")
-                ids = np.concatenate(shard["ids"]) if len(shard) else np.empty(0, dtype=dtype)
-                out[pos : pos + len(ids)] = ids
-                pos += len(ids)
-            out.flush()
-            del out
-        counts[split] = total
-    return {
-        "tokenizer": "gpt2",
-        "vocab_size": tokenizer.vocab_size,
-        "dtype": dtype.name,
-        "train_tokens": counts["train"],
-        "val_tokens": counts["val"],
-    }
+        ends = np.cumsum(tokenized.with_format("numpy")["len"], dtype=np.int64)  # each document's end in the split
+        rows = tokenized.with_format("numpy")
+
+        def read(start: int, stop: int, split: str = split) -> Iterator[np.ndarray]:
+            """Tokens start..stop of the split, a thousand documents at a time."""
+            first = int(np.searchsorted(ends, start, side="right"))
+            last = int(np.searchsorted(ends, stop - 1, side="right")) + 1 if stop > start else first
+            for r in tqdm(range(first, last, 1000), desc=f"writing {split} tokens {start:,}-{stop:,}", unit="kdoc", disable=None):
+                ids = np.concatenate(rows[r : min(r + 1000, last)]["ids"])
+                offset = int(ends[r - 1]) if r else 0
+                yield ids[max(start - offset, 0) : stop - offset]
+
+        meta |= _split_meta(split, _write_split(Path(cfg.dir), split, int(ends[-1]) if len(ends) else 0, dtype, cfg.shard_gb, read))
+    return meta
 
 
 def _source_hash(cfg: DictConfig, text: str | None) -> str:
@@ -279,15 +330,31 @@ def _read_meta(directory: Path) -> dict | None:
     try:
         meta = json.loads((directory / "meta.json").read_text())
         for split in ("train", "val"):
-            expected = meta[f"{split}_tokens"] * np.dtype(meta["dtype"]).itemsize
-            if (directory / f"{split}.bin").stat().st_size != expected:
-                return None
+            for path, tokens in _split_files(directory, meta, split):
+                if path.stat().st_size != tokens * np.dtype(meta["dtype"]).itemsize:
+                    return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return meta
 
 
 SOURCES = {"shakespeare": _read_shakespeare, "text": _read_text}
+
+
+PREPARING = "preparing.json"
+
+
+def _start_preparing(directory: Path, source_hash: str) -> None:
+    """Record which source is being prepared. Bins left by an interrupted preparation of the
+    same source are kept (finished shards are reused); any others are removed first."""
+    try:
+        same = json.loads((directory / PREPARING).read_text())["source_hash"] == source_hash
+    except (OSError, ValueError, KeyError):
+        same = False
+    if not same:
+        for path in directory.glob("*.bin"):
+            path.unlink()
+        write_json(directory / PREPARING, {"source_hash": source_hash})
 
 
 def prepare(cfg: DictConfig) -> dict:
@@ -298,6 +365,8 @@ def prepare(cfg: DictConfig) -> dict:
         raise DataError(f"data.tokenizer={cfg.tokenizer!r} is not one of ['char', 'gpt2']")
     if not 0 < cfg.val_fraction < 1:
         raise DataError(f"data.val_fraction={cfg.val_fraction} must lie in (0, 1)")
+    if not cfg.shard_gb > 0:
+        raise DataError(f"data.shard_gb={cfg.shard_gb} must be > 0 (the largest bin file, in GiB)")
     directory = Path(cfg.dir)
     text = SOURCES[cfg.source](cfg) if cfg.source in SOURCES else None
     source_hash = _source_hash(cfg, text)
@@ -308,9 +377,11 @@ def prepare(cfg: DictConfig) -> dict:
     log.info("preparing %s in %s", cfg.name, directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "meta.json").unlink(missing_ok=True)  # invalid until the new bins are complete
+    _start_preparing(directory, source_hash)
     meta = _prepare_from_text(cfg, text) if text is not None else _prepare_from_hf(cfg)
     meta = {"name": cfg.name, "source_hash": source_hash} | meta
     write_json(directory / "meta.json", meta)
+    (directory / PREPARING).unlink()
     log.info("%s: %d train / %d val tokens, vocabulary %d", cfg.name, meta["train_tokens"], meta["val_tokens"], meta["vocab_size"])
     return meta
 
@@ -322,15 +393,17 @@ def prepare(cfg: DictConfig) -> dict:
 class TokenData:
     """A prepared dataset: both splits as read-only memory maps, and its meta."""
 
-    train: np.ndarray
-    val: np.ndarray
+    train: np.ndarray | ShardedTokens
+    val: np.ndarray | ShardedTokens
     meta: dict
 
     @classmethod
     def load(cls, cfg: DictConfig) -> "TokenData":
         meta = prepare(cfg)
-        directory = Path(cfg.dir)
-        splits = {s: np.memmap(directory / f"{s}.bin", dtype=meta["dtype"], mode="r") for s in ("train", "val")}
+        splits = {}
+        for split in ("train", "val"):
+            maps = [np.memmap(path, dtype=meta["dtype"], mode="r") for path, _ in _split_files(Path(cfg.dir), meta, split)]
+            splits[split] = maps[0] if len(maps) == 1 else ShardedTokens(maps)
         return cls(meta=meta, **splits)
 
     @property
