@@ -33,6 +33,16 @@ def test_head_benchmark_compares_whole_and_chunked_heads(tmp_path, loss):
     assert result["grad_rel_diff_hidden"] < 1e-5 and result["grad_rel_diff_weight"] < 1e-5
 
 
+@pytest.mark.slow
+def test_profile_splits_step_time_by_operator_family(tmp_path):
+    run_cli(*TINY, "bench.what=profile", "bench.steps=3", "bench.warmup=1", f"hydra.run.dir={tmp_path}",
+            cwd=tmp_path, module="nanolab.bench")
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert sum(result["share"].values()) == pytest.approx(1.0)
+    assert {"matmul", "optimizer", "attention"} <= set(result["self_ms_per_step"])
+    assert "aten::mm" in (tmp_path / "profile.txt").read_text()
+
+
 def test_bad_bench_settings_are_named(tmp_path):
     out = run_cli("bench.what=everything", f"hydra.run.dir={tmp_path}", cwd=tmp_path, module="nanolab.bench", check=False)
     assert out.returncode == 2 and "bench.what='everything' is not one of step, compile, head" in out.stdout + out.stderr
