@@ -86,3 +86,30 @@ def test_global_batch_is_split_over_processes_or_grows():
     with pytest.raises(ConfigError, match=r"trainer.grad_accum=2 cannot be split over 4 processes"):
         local_grad_accum(2, True, World(size=4))
 
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_saves_a_checkpoint_that_resumes(tmp_path):
+    """Preemption: torchrun passes SIGTERM to every rank; they agree to stop at one step, rank 0
+    saves last.pt there, and the run resumes from it."""
+    import signal
+    import time
+
+    import torch
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nanolab.train",
+               *COMMON, "trainer.max_iters=100000", "trainer.eval_interval=100000", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=os.environ | {"OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and len(records(run_dir)) > 5):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+    step = torch.load(run_dir / "last.pt", weights_only=True)["step"]
+    assert step == records(run_dir)[-1]["step"] > 0
+    torchrun(*COMMON, f"trainer.max_iters={step + 2}", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+    assert [r["step"] for r in records(run_dir) if "train/loss" in r][-3:] == [step, step + 1, step + 2]

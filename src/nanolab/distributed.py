@@ -11,6 +11,7 @@ process, so a plain `python -m nanolab.train` runs the same code as a world of o
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import os
@@ -104,6 +105,10 @@ def process_group(device: torch.device) -> Iterator[tuple[World, torch.device]]:
         logging.getLogger("nanolab").setLevel(logging.WARNING)
     try:
         yield world, device
+        # Leave together: a rank that tears gloo down while rank 0 still writes its summary
+        # and finishes W&B can abort at exit ("terminate called without an active exception").
+        gc.collect()  # the DDP wrapper's reducer, which holds communication state
+        torch_dist.barrier()
     finally:
         torch_dist.destroy_process_group()
 
