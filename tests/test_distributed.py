@@ -113,3 +113,20 @@ def test_sigterm_to_torchrun_saves_a_checkpoint_that_resumes(tmp_path):
     torchrun(*COMMON, f"trainer.max_iters={step + 2}", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
     assert [r["step"] for r in records(run_dir) if "train/loss" in r][-3:] == [step, step + 1, step + 2]
+
+
+def test_launch_time_is_one_time_for_all_processes_of_a_launch(monkeypatch):
+    import time
+
+    from nanolab.tracking import launch_time
+
+    monkeypatch.setenv("NANOLAB_LAUNCH_TIME", "1700000000")  # several nodes: exported before srun
+    assert launch_time("%Y-%m-%d %H:%M") == time.strftime("%Y-%m-%d %H:%M", time.localtime(1700000000))
+    monkeypatch.setenv("NANOLAB_LAUNCH_TIME", "yesterday")
+    with pytest.raises(ValueError, match="NANOLAB_LAUNCH_TIME='yesterday' must be Unix seconds"):
+        launch_time("%H")
+    monkeypatch.delenv("NANOLAB_LAUNCH_TIME")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")  # under torchrun: the launcher's start time
+    first = launch_time("%Y-%m-%d %H:%M:%S")
+    time.sleep(1.1)
+    assert launch_time("%Y-%m-%d %H:%M:%S") == first <= time.strftime("%Y-%m-%d %H:%M:%S")

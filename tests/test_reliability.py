@@ -271,6 +271,7 @@ def test_bad_text_file_fails_early_and_prepares_nothing(tmp_path, content, messa
     [
         (["model.n_head=3"], "model.n_embd=32 must be divisible by model.n_head=3"),
         (["hydra.run.dir=/proc/nanolab_out"], "hydra.run.dir=/proc/nanolab_out is not a writable directory"),
+        (["hydra.run.dir=${oc.env:NANOLAB_UNSET_VARIABLE}"], "hydra.run.dir cannot be resolved"),
         (["data=text", "data.path=/nonexistent/corpus.txt"], "data.path=/nonexistent/corpus.txt does not exist"),
     ],
 )

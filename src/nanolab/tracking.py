@@ -106,7 +106,10 @@ def launch_time(fmt: str) -> str:
     seconds) overrides it, for several nodes: `export NANOLAB_LAUNCH_TIME=$(date +%s)` before
     srun. Otherwise it is now."""
     if os.environ.get("NANOLAB_LAUNCH_TIME"):
-        t = float(os.environ["NANOLAB_LAUNCH_TIME"])
+        try:
+            t = float(os.environ["NANOLAB_LAUNCH_TIME"])
+        except ValueError:
+            raise ValueError(f"NANOLAB_LAUNCH_TIME={os.environ['NANOLAB_LAUNCH_TIME']!r} must be Unix seconds: export NANOLAB_LAUNCH_TIME=$(date +%s)") from None
     elif "TORCHELASTIC_RUN_ID" in os.environ and Path(f"/proc/{os.getppid()}/stat").exists():
         t = _process_start_time(os.getppid())
     else:
@@ -270,7 +273,13 @@ def record_failure(run_dir: Path, exc: BaseException) -> None:
         write_json(run_dir / "summary.json", outcome(exc))
 
 
-def _check_writable(directory: str, key: str) -> None:
+def _check_writable(config: DictConfig, key: str) -> None:
+    """Exit with one clear line if the output directory `key` cannot be resolved or written."""
+    try:
+        directory = OmegaConf.select(config, key, throw_on_missing=True)
+    except Exception as e:  # an interpolation that fails: a bad environment variable, say
+        print(f"{key} cannot be resolved: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG_ERROR)
     try:
         Path(directory).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
@@ -287,10 +296,10 @@ class RunCallbacks(Callback):
     never goes unnoticed either."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check_writable(config.hydra.run.dir, "hydra.run.dir")
+        _check_writable(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check_writable(config.hydra.sweep.dir, "hydra.sweep.dir")
+        _check_writable(config, "hydra.sweep.dir")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
