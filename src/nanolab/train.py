@@ -273,6 +273,8 @@ def train_in(world: World, device: torch.device, cfg: DictConfig, info: RunInfo)
     autocast = autocast_context(device, dtype)
     tokens_per_step = cfg.trainer.batch_size * model_config.block_size * accum * world.size
     peak_flops = device_peak_flops(device, dtype)
+    if peak_flops:
+        peak_flops *= world.size  # tokens/s counts every process's tokens
     model_flops_per_token = flops_per_token(model)
     log.info(
         "model %s: %.2fM parameters, %s on %s (%s), %d tokens/step (%d x %d x %d micro-batches x %d processes), head %s, run dir %s",
