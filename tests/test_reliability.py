@@ -238,6 +238,7 @@ BAD_INPUTS = [
     (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite='ignore' must be stop or skip_step"),
     (["optim.lr=0"], "optim.lr=0 must be > 0"),
     (["optim.fused=maybe"], "optim.fused='maybe' must be auto, true or false"),
+    (["compile=sometimes"], "compile='sometimes' must be auto, true or false"),
     (["head_chunk_tokens=-8"], "head_chunk_tokens=-8 must be auto, 0"),
     (["objective=val/acc"], "objective='val/acc' must be one of val/ce, val/ce_calibrated"),
     (["trainer.grad_accum=0"], "trainer.grad_accum=0 must be > 0"),

@@ -6,12 +6,13 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from conftest import REPO, TINY, compose_train, run_cli
 from nanolab.losses import LOSSES
 from nanolab.tracking import RunInfo
-from nanolab.train import train
+from nanolab.train import train, use_compile
 from wandb_offline import offline_runs
 
 GROUPS = ["model", "data", "loss", "optim", "schedule", "logger", "experiment", "hparams_search"]
@@ -31,6 +32,12 @@ def test_every_config_composes(group):
     for path in sorted((REPO / "configs" / group).glob("*.yaml")):
         cfg = compose_train(f"{group}={path.stem}")
         assert cfg.model.n_embd % cfg.model.n_head == 0
+
+
+def test_default_compiles_on_cuda_only():
+    default = compose_train().compile
+    assert use_compile(default, torch.device("cuda")) and not use_compile(default, torch.device("cpu"))
+    assert use_compile(True, torch.device("cpu")) and not use_compile(False, torch.device("cuda"))
 
 
 def test_sample_and_evaluate_configs_compose():

@@ -49,7 +49,7 @@ from nanolab.metrics import device_peak_flops, evaluate, flops_per_token, measur
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import build_optimizer
 from nanolab.tracking import RunInfo
-from nanolab.train import autocast_context, batch_loss, pick_device, pick_dtype, seed_everything, train, train_step
+from nanolab.train import autocast_context, batch_loss, pick_device, pick_dtype, seed_everything, train, train_step, use_compile
 
 log = logging.getLogger("nanolab.bench")
 
@@ -80,7 +80,7 @@ class Setup:
         self.data.check_block_size(cfg.model.block_size)
         config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=self.data.vocab_size)
         self.model = GPT(config).to(self.device)
-        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.step_model = torch.compile(self.model) if use_compile(cfg.compile, self.device) else self.model
         self.head_chunk = head_chunk_tokens(cfg.head_chunk_tokens, config.vocab_size)
         self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -369,7 +369,7 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "model": cfg.model.name, "loss": cfg.loss.name, "data": cfg.data.name, "dtype": cfg.dtype,
-        "compile": cfg.compile, "batch": f"{cfg.trainer.batch_size} x {cfg.model.block_size} x {cfg.trainer.grad_accum}",
+        "compile": use_compile(cfg.compile, device), "batch": f"{cfg.trainer.batch_size} x {cfg.model.block_size} x {cfg.trainer.grad_accum}",
     }
 
 
