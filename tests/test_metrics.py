@@ -34,6 +34,20 @@ def test_temperature_scaling_recovers_a_known_temperature(true_t):
     assert fit_temperature(logits * true_t, targets) == pytest.approx(true_t, rel=0.05)
 
 
+def test_temperature_fit_finds_the_minimum_at_gpt2_vocabulary_near_uniform_logits():
+    # The start of a GPT-2-vocabulary run: logits near zero, so the loss is almost flat in T.
+    g = torch.Generator().manual_seed(0)
+    logits = 0.05 * torch.randn(300, 50257, generator=g)
+    targets = torch.multinomial((logits / 0.05).softmax(-1), 1, generator=g).squeeze(1)
+    t = fit_temperature(logits, targets)
+    assert t == pytest.approx(0.05, rel=0.1)
+
+    def nll(temperature: float) -> float:
+        return F.cross_entropy(logits / temperature, targets).item()
+
+    assert nll(t) <= min(nll(1.02 * t), nll(t / 1.02), nll(1.0) - 0.5)
+
+
 def test_calibrated_ce_repairs_an_overconfident_model_and_leaves_a_calibrated_one():
     logits, targets = synthetic()
     calibrated = metrics_of(logits, targets, calibrate=True)

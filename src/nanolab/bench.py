@@ -49,7 +49,17 @@ from nanolab.metrics import device_peak_flops, evaluate, flops_per_token, measur
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import build_optimizer
 from nanolab.tracking import RunInfo
-from nanolab.train import autocast_context, batch_loss, pick_device, pick_dtype, seed_everything, train, train_step, use_compile
+from nanolab.train import (
+    autocast_context,
+    batch_loss,
+    keep_freed_memory_for_reuse,
+    pick_device,
+    pick_dtype,
+    seed_everything,
+    train,
+    train_step,
+    use_compile,
+)
 
 log = logging.getLogger("nanolab.bench")
 
@@ -73,6 +83,8 @@ class Setup:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
+        if self.device.type == "cpu" and cfg.cpu_keep_freed_memory:
+            keep_freed_memory_for_reuse()  # as training does
         self.autocast = autocast_context(self.device, self.dtype)
         self.loss_fn = get_loss(cfg.loss)
         seed_everything(cfg.seed)
@@ -278,6 +290,8 @@ def _head_worker(spec: dict[str, Any], out: Any) -> None:
     """One head variant in a fresh process, so its peak resident memory is its own."""
     torch.manual_seed(0)
     device = torch.device(spec["device"])
+    if device.type == "cpu" and spec["keep_freed_memory"]:
+        keep_freed_memory_for_reuse()  # as training does
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec["dtype"]]
     cfg = OmegaConf.create(spec["loss"])
     loss_fn = get_loss(cfg)
@@ -335,7 +349,7 @@ def bench_head(cfg: DictConfig) -> dict[str, Any]:
             spec = {
                 "device": str(device), "dtype": str(dtype).removeprefix("torch."), "loss": OmegaConf.to_container(cfg.loss),
                 "tokens": h.tokens, "n_embd": h.n_embd, "vocab_size": h.vocab_size, "chunk": chunk_tokens,
-                "repeats": cfg.bench.repeats, "grads_path": f"{tmp}/{name}.pt",
+                "repeats": cfg.bench.repeats, "grads_path": f"{tmp}/{name}.pt", "keep_freed_memory": cfg.cpu_keep_freed_memory,
             }
             log.info("head %s: %d tokens, n_embd %d, vocabulary %d", name, h.tokens, h.n_embd, h.vocab_size)
             queue = context.Queue()

@@ -23,7 +23,7 @@ from nanolab.data import TokenData
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.metrics import TokenTotals, update_totals
 from nanolab.sample import checkpoint_file, load_model
-from nanolab.train import pick_device
+from nanolab.train import keep_freed_memory_for_reuse, pick_device
 
 log = logging.getLogger("nanolab.evaluate")
 
@@ -43,7 +43,7 @@ def evaluate_split(
         rows = np.arange(start, min(start + batch_size, n_windows))[:, None] * block
         window = torch.from_numpy(tokens[rows + np.arange(block + 1)].astype(np.int64)).to(device)
         update_totals(totals, model, window[:, :-1], window[:, 1:], loss_fn, loss_cfg, head_chunk)
-    return totals.compute() | {"tokens": totals.tokens}
+    return totals.compute(device) | {"tokens": totals.tokens}
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -52,7 +52,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.batch_tokens < 1:
         raise ConfigError(f"batch_tokens={cfg.batch_tokens} must be >= 1")
     path = checkpoint_file(cfg.checkpoint)
-    model, state = load_model(path, pick_device(cfg.device))
+    device = pick_device(cfg.device)
+    if device.type == "cpu" and cfg.cpu_keep_freed_memory:
+        keep_freed_memory_for_reuse()
+    model, state = load_model(path, device)
     train_cfg = OmegaConf.create(state["config"])
     data = TokenData.load(train_cfg.data)
     if data.meta["vocab_size"] != model.config.vocab_size:
