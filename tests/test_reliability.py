@@ -239,6 +239,7 @@ BAD_INPUTS = [
     (["optim.lr=0"], "optim.lr=0 must be > 0"),
     (["optim.fused=maybe"], "optim.fused='maybe' must be auto, true or false"),
     (["compile=sometimes"], "compile='sometimes' must be auto, true or false"),
+    (["cpu_keep_freed_memory=maybe"], "cpu_keep_freed_memory='maybe' must be true or false"),
     (["head_chunk_tokens=-8"], "head_chunk_tokens=-8 must be auto, 0"),
     (["objective=val/acc"], "objective='val/acc' must be one of val/ce, val/ce_calibrated"),
     (["trainer.grad_accum=0"], "trainer.grad_accum=0 must be > 0"),

@@ -260,6 +260,8 @@ def train_in(world: World, device: torch.device, cfg: DictConfig, info: RunInfo)
     accum = local_grad_accum(cfg.trainer.grad_accum, cfg.trainer.fix_global_batch, world)
     dtype = pick_dtype(cfg.dtype, device)
     compiled = use_compile(cfg.compile, device)
+    if not isinstance(cfg.cpu_keep_freed_memory, bool):
+        raise ConfigError(f"cpu_keep_freed_memory={cfg.cpu_keep_freed_memory!r} must be true or false")
     if device.type == "cpu" and cfg.cpu_keep_freed_memory:
         keep_freed_memory_for_reuse()
     loss_fn = get_loss(cfg.loss)
