@@ -50,7 +50,7 @@ def test_large_cpu_temporaries_reuse_memory_instead_of_faulting_it_in_again():
     code = """
 import resource, torch
 from nanolab.train import keep_freed_memory_for_reuse
-keep_freed_memory_for_reuse()
+keep_freed_memory_for_reuse(True, torch.device("cpu"))
 def page_faults_of_a_temporary():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(768, 50257).sum()

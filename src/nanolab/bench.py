@@ -83,8 +83,7 @@ class Setup:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
-        if self.device.type == "cpu" and cfg.cpu_keep_freed_memory:
-            keep_freed_memory_for_reuse()  # as training does
+        keep_freed_memory_for_reuse(cfg.cpu_keep_freed_memory, self.device)  # as training does
         self.autocast = autocast_context(self.device, self.dtype)
         self.loss_fn = get_loss(cfg.loss)
         seed_everything(cfg.seed)
@@ -290,8 +289,7 @@ def _head_worker(spec: dict[str, Any], out: Any) -> None:
     """One head variant in a fresh process, so its peak resident memory is its own."""
     torch.manual_seed(0)
     device = torch.device(spec["device"])
-    if device.type == "cpu" and spec["keep_freed_memory"]:
-        keep_freed_memory_for_reuse()  # as training does
+    keep_freed_memory_for_reuse(spec["keep_freed_memory"], device)  # as training does
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec["dtype"]]
     cfg = OmegaConf.create(spec["loss"])
     loss_fn = get_loss(cfg)

@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 
 # Bump when the on-disk format or the preparation changes, so old data is prepared again.
 FORMAT_VERSION = 1
-# data.shard_gb's default, for data configs saved in checkpoints before the key existed
-# (nanolab.evaluate prepares data from the checkpoint's config).
-SHARD_GB_DEFAULT = 4
 
 
 class DataError(ConfigError):
@@ -362,8 +359,6 @@ def _start_preparing(directory: Path, source_hash: str) -> None:
 
 def prepare(cfg: DictConfig) -> dict:
     """Make sure data/<name>/ holds bins for the configured source; returns its meta."""
-    if "shard_gb" not in cfg:
-        cfg = OmegaConf.merge(cfg, {"shard_gb": SHARD_GB_DEFAULT})
     if cfg.source not in (*SOURCES, "hf"):
         raise DataError(f"data.source={cfg.source!r} is not one of {[*SOURCES, 'hf']}")
     if cfg.tokenizer not in ("char", "gpt2"):

@@ -26,6 +26,8 @@ from nanolab.sample import checkpoint_file, load_model
 from nanolab.train import keep_freed_memory_for_reuse, pick_device
 
 log = logging.getLogger("nanolab.evaluate")
+# Data keys added after some checkpoints were saved, with the value those runs had in effect.
+DATA_KEYS_ADDED = {"shard_gb": 4}
 
 
 @torch.no_grad()
@@ -53,11 +55,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"batch_tokens={cfg.batch_tokens} must be >= 1")
     path = checkpoint_file(cfg.checkpoint)
     device = pick_device(cfg.device)
-    if device.type == "cpu" and cfg.cpu_keep_freed_memory:
-        keep_freed_memory_for_reuse()
+    keep_freed_memory_for_reuse(cfg.cpu_keep_freed_memory, device)
     model, state = load_model(path, device)
     train_cfg = OmegaConf.create(state["config"])
-    data = TokenData.load(train_cfg.data)
+    data = TokenData.load(OmegaConf.merge(DATA_KEYS_ADDED, train_cfg.data))
     if data.meta["vocab_size"] != model.config.vocab_size:
         raise ConfigError(f"{path} was trained on another vocabulary than data/{train_cfg.data.name} now holds")
     windows_per_batch = max(1, cfg.batch_tokens // model.config.block_size)

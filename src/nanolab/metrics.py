@@ -123,7 +123,8 @@ class TokenTotals:
         hit = (prediction == targets).float()
         self.correct += int(hit.sum())
         self.correct_top5 += int((top5.indices == targets[:, None]).any(dim=-1).sum())
-        # Brier score: sum_c (p_c - y_c)^2 = sum_c p_c^2 - 2 p_y + 1
+        # Brier score: sum_c (p_c - y_c)^2 = sum_c p_c^2 - 2 p_y + 1; p_c^2 = exp(2 log p_c), taken in
+        # place as log_probs is not read again (one logits-sized temporary fewer).
         self.brier += float((log_probs.mul_(2).exp_().sum(-1) - 2 * log_p_target.exp() + 1).sum())
         bins = (confidence * ECE_BINS).long().clamp(max=ECE_BINS - 1).cpu()
         self.bin_count += torch.bincount(bins, minlength=ECE_BINS)

@@ -82,15 +82,18 @@ def pick_device(name: str, job_num: int | None = None) -> torch.device:
     return device
 
 
-def keep_freed_memory_for_reuse() -> None:
-    """Have glibc's malloc keep freed large blocks for reuse instead of unmapping them.
+def keep_freed_memory_for_reuse(setting: bool, device: torch.device) -> None:
+    """The `cpu_keep_freed_memory` config applied: on a CPU, have glibc's malloc keep freed large
+    blocks for reuse instead of unmapping them.
 
     By default glibc gives every block over 32 MiB back to the OS when it is freed, so on a CPU
     each logits-sized temporary at GPT-2's vocabulary (150 MB for 768 tokens) is mapped again
     and faulted in page by page: nano at vocabulary 50257 spent more time in the kernel than
     computing. Measured there: 680 -> 358 ms per step, and baby 6.3 -> 4.5 s per step for 31%
     more peak memory; nothing changes at small vocabularies (docs/benchmarks.md)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not isinstance(setting, bool):
+        raise ConfigError(f"cpu_keep_freed_memory={setting!r} must be true or false")
+    if not setting or device.type != "cpu" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(M_MMAP_THRESHOLD, 2**30)
@@ -260,10 +263,7 @@ def train_in(world: World, device: torch.device, cfg: DictConfig, info: RunInfo)
     accum = local_grad_accum(cfg.trainer.grad_accum, cfg.trainer.fix_global_batch, world)
     dtype = pick_dtype(cfg.dtype, device)
     compiled = use_compile(cfg.compile, device)
-    if not isinstance(cfg.cpu_keep_freed_memory, bool):
-        raise ConfigError(f"cpu_keep_freed_memory={cfg.cpu_keep_freed_memory!r} must be true or false")
-    if device.type == "cpu" and cfg.cpu_keep_freed_memory:
-        keep_freed_memory_for_reuse()
+    keep_freed_memory_for_reuse(cfg.cpu_keep_freed_memory, device)
     loss_fn = get_loss(cfg.loss)
     lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
     if device.type == "cuda":
