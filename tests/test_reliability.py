@@ -235,7 +235,7 @@ BAD_INPUTS = [
     (["trainer.batch_size=0"], "trainer.batch_size=0 must be > 0"),
     (["trainer.max_iters=-5"], "trainer.max_iters=-5 must be > 0"),
     (["trainer.eval_interval=0"], "trainer.eval_interval=0 must be > 0"),
-    (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite='ignore' must be stop or skip_step"),
+    (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite='ignore' must be one of stop, skip_step"),
     (["optim.lr=0"], "optim.lr=0 must be > 0"),
     (["optim.fused=maybe"], "optim.fused='maybe' must be auto, true or false"),
     (["compile=sometimes"], "compile='sometimes' must be auto, true or false"),
@@ -248,8 +248,8 @@ BAD_INPUTS = [
     (["loss=mse", "loss.k=0"], "loss.k=0 must be > 0"),
     (["loss=mse", "loss.M=-2"], "loss.M=-2 must be > 0"),
     (["device=cuda"], "CUDA is not available"),
-    (["dtype=float64"], "dtype='float64' is not one of"),
-    (["logger.mode=sometimes"], "logger.mode='sometimes' is not one of"),
+    (["dtype=float64"], "dtype='float64' must be one of auto, float32, bfloat16, float16"),
+    (["logger.mode=sometimes"], "logger.mode='sometimes' must be one of auto, online, offline, disabled"),
     (["resume=/nonexistent/last.pt"], "checkpoint /nonexistent/last.pt does not exist"),
 ]
 

@@ -67,9 +67,9 @@ def test_slurm_preset_composes():
 
 
 def test_parallel_jobs_spread_over_gpus(monkeypatch):
-    from nanolab import train
+    from nanolab import runtime
 
-    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(train.torch.cuda, "device_count", lambda: 4)
-    assert [str(train.pick_device("auto", n)) for n in (0, 1, 5)] == ["cuda:0", "cuda:1", "cuda:1"]
-    assert str(train.pick_device("auto")) == "cuda"  # a single run
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runtime.torch.cuda, "device_count", lambda: 4)
+    assert [str(runtime.pick_device("auto", n)) for n in (0, 1, 5)] == ["cuda:0", "cuda:1", "cuda:1"]
+    assert str(runtime.pick_device("auto")) == "cuda"  # a single run

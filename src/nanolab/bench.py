@@ -21,6 +21,7 @@ measured in the same run. Results are printed and written to bench.json in the r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,7 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from queue import Empty
+from typing import Any, Callable, Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -42,31 +44,15 @@ from torch.nn import functional as F
 
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import write_json
-from nanolab.data import BatchSampler, TokenData
 from nanolab.distributed import World
 from nanolab.losses import chunked_head_loss, get_loss, head_chunk_tokens
-from nanolab.metrics import device_peak_flops, evaluate, flops_per_token, measure_cpu_matmul_flops
-from nanolab.model import GPT, GPTConfig
-from nanolab.optim import build_optimizer
+from nanolab.metrics import evaluate, flops_per_token
+from nanolab.run import Run, build_run, train_step
+from nanolab.runtime import Runtime, measure_cpu_matmul_flops, pick_device, sync
 from nanolab.tracking import RunInfo
-from nanolab.train import (
-    autocast_context,
-    batch_loss,
-    keep_freed_memory_for_reuse,
-    pick_device,
-    pick_dtype,
-    seed_everything,
-    train,
-    train_step,
-    use_compile,
-)
+from nanolab.trainer import train
 
 log = logging.getLogger("nanolab.bench")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -76,77 +62,57 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-class Setup:
-    """Model, optimizer, sampler and loss as nanolab.train builds them from the same config."""
+def runtime_of(cfg: DictConfig) -> Runtime:
+    """The runtime nanolab.train would set up for this config (device, dtype, compile, TF32,
+    the CPU allocator setting)."""
+    return Runtime.create(pick_device(cfg.device), cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory)
 
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-        self.device = pick_device(cfg.device)
-        self.dtype = pick_dtype(cfg.dtype, self.device)
-        keep_freed_memory_for_reuse(cfg.cpu_keep_freed_memory, self.device)  # as training does
-        self.autocast = autocast_context(self.device, self.dtype)
-        self.loss_fn = get_loss(cfg.loss)
-        seed_everything(cfg.seed)
-        self.data = TokenData.load(cfg.data)
-        self.data.check_block_size(cfg.model.block_size)
-        config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=self.data.vocab_size)
-        self.model = GPT(config).to(self.device)
-        self.step_model = torch.compile(self.model) if use_compile(cfg.compile, self.device) else self.model
-        self.head_chunk = head_chunk_tokens(cfg.head_chunk_tokens, config.vocab_size)
-        self.optimizer = build_optimizer(self.model, cfg.optim, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        accum = cfg.trainer.grad_accum
-        self.sampler = BatchSampler(self.data.train, cfg.trainer.batch_size, config.block_size, cfg.seed, self.device, range(accum))
-        self.tokens_per_step = cfg.trainer.batch_size * config.block_size * cfg.trainer.grad_accum
 
-    def bare_steps(self, n: int) -> float:
-        """Seconds per step over n steps of train_step and nothing else."""
+def setup(cfg: DictConfig) -> Run:
+    """Model, optimizer, sampler and loss exactly as nanolab.train builds them."""
+    return build_run(cfg, World(), runtime_of(cfg))
+
+
+def bare_steps(run: Run, n: int) -> float:
+    """Seconds per step over n steps of the training step and nothing else."""
+    sync(run.runtime.device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        train_step(run)
+    sync(run.runtime.device)
+    return (time.perf_counter() - t0) / n
+
+
+class Laps:
+    """The `lap` hook of train_step: seconds spent in each phase, with a device sync at each
+    boundary so that queued GPU work is charged to the phase that queued it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.times = device, {}
+        sync(device)
+        self.t = time.perf_counter()
+
+    def __call__(self, phase: str) -> None:
         sync(self.device)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            train_step(
-                self.step_model, self.model, self.optimizer, self.scaler, self.sampler, self.loss_fn, self.cfg,
-                self.autocast, self.head_chunk, self.cfg.trainer.grad_accum, World(),
-            )
-        sync(self.device)
-        return (time.perf_counter() - t0) / n
+        now = time.perf_counter()
+        self.times[phase] = self.times.get(phase, 0.0) + now - self.t
+        self.t = now
 
-    def split_step(self) -> dict[str, float]:
-        """One step with a timer between its phases (seconds each)."""
-        times, t = {}, time.perf_counter()
 
-        def lap(name: str) -> None:
-            nonlocal t
-            sync(self.device)
-            now = time.perf_counter()
-            times[name] = times.get(name, 0.0) + now - t
-            t = now
+def split_step(run: Run) -> dict[str, float]:
+    """One training step with a timer between its phases (seconds each)."""
+    laps = Laps(run.runtime.device)
+    train_step(run, lap=laps)
+    return laps.times
 
-        accum = self.cfg.trainer.grad_accum
-        for _ in range(accum):
-            x, y = self.sampler.next_batch()
-            lap("data")
-            with self.autocast:
-                loss = batch_loss(self.step_model, self.model, x, y, self.loss_fn, self.cfg.loss, self.head_chunk)
-            lap("forward")
-            self.scaler.scale(loss / accum).backward()
-            lap("backward")
-        self.scaler.unscale_(self.optimizer)
-        clip = self.cfg.trainer.grad_clip if self.cfg.trainer.grad_clip > 0 else math.inf
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        lap("optimizer")
-        return times
 
-    def eval_seconds(self) -> float:
-        sync(self.device)
-        t0 = time.perf_counter()
-        t = self.cfg.trainer
-        evaluate(self.model, self.data, self.loss_fn, self.cfg.loss, t.batch_size, t.eval_iters, self.autocast, self.head_chunk)
-        sync(self.device)
-        return time.perf_counter() - t0
+def eval_seconds(run: Run) -> float:
+    sync(run.runtime.device)
+    t0 = time.perf_counter()
+    t = run.cfg.trainer
+    evaluate(run.model, run.data, run.loss_fn, run.cfg.loss, t.batch_size, t.eval_iters, run.runtime.autocast(), run.head_chunk)
+    sync(run.runtime.device)
+    return time.perf_counter() - t0
 
 
 def loop_step_seconds(cfg: DictConfig, steps: int, directory: Path) -> list[float]:
@@ -167,23 +133,23 @@ def loop_step_seconds(cfg: DictConfig, steps: int, directory: Path) -> list[floa
 
 def bench_step(cfg: DictConfig) -> dict[str, Any]:
     b = cfg.bench
-    setup = Setup(cfg)
+    run = setup(cfg)
     block = cfg.trainer.log_interval
-    peak_flops = device_peak_flops(setup.device, setup.dtype)
-    flops = flops_per_token(setup.model)
+    peak_flops = run.runtime.peak_flops()
+    flops = flops_per_token(run.model)
     log.info("warming up (%d steps)", b.warmup)
-    setup.bare_steps(b.warmup)
+    bare_steps(run, b.warmup)
     bare, loop, splits = [], [], []
     peaks = []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(b.repeats):
             log.info("repeat %d/%d: bare, split, loop", repeat + 1, b.repeats)
-            bare += [setup.bare_steps(block) for _ in range(b.steps // block)]
-            splits += [setup.split_step() for _ in range(b.steps)]
+            bare += [bare_steps(run, block) for _ in range(b.steps // block)]
+            splits += [split_step(run) for _ in range(b.steps)]
             loop += loop_step_seconds(cfg, b.warmup + b.steps, Path(tmp) / f"loop{repeat}")[b.warmup // block :]
-            if setup.device.type == "cpu":
+            if run.runtime.device.type == "cpu":
                 peaks.append(measure_cpu_matmul_flops())
-    eval_s = statistics.median(setup.eval_seconds() for _ in range(3))
+    eval_s = statistics.median(eval_seconds(run) for _ in range(3))
     if peaks:  # the CPU's peak measured between the repeats, like the steps
         peak_flops = statistics.median(peaks)
     step_s, loop_s = statistics.median(bare), statistics.median(loop)
@@ -194,14 +160,14 @@ def bench_step(cfg: DictConfig) -> dict[str, Any]:
         "bare_ms": 1000 * step_s,
         "loop_ms": 1000 * loop_s,
         "loop_overhead": loop_s / step_s - 1,
-        "tokens_per_s": setup.tokens_per_step / step_s,
-        "mfu": flops * setup.tokens_per_step / step_s / peak_flops if peak_flops else None,
-        "loop_mfu": flops * setup.tokens_per_step / loop_s / peak_flops if peak_flops else None,
+        "tokens_per_s": run.tokens_per_step / step_s,
+        "mfu": flops * run.tokens_per_step / step_s / peak_flops if peak_flops else None,
+        "loop_mfu": flops * run.tokens_per_step / loop_s / peak_flops if peak_flops else None,
         "peak_flops": peak_flops,
         "split_ms": {k: 1000 * v for k, v in split.items()},
         "eval_s": eval_s,
         "eval_share": n_evals * eval_s / (n_evals * eval_s + cfg.trainer.max_iters * loop_s),
-        "peak_memory_mb": peak_memory_mb(setup.device),
+        "peak_memory_mb": peak_memory_mb(run.runtime.device),
         "samples": {"bare": len(bare), "loop": len(loop), "split": len(splits)},
     }
 
@@ -211,11 +177,11 @@ def bench_compile(cfg: DictConfig) -> dict[str, Any]:
     b, block = cfg.bench, cfg.trainer.log_interval
     results = {}
     for compiled in (False, True):
-        setup = Setup(OmegaConf.merge(cfg, {"compile": compiled}))
+        run = setup(OmegaConf.merge(cfg, {"compile": compiled}))
         t0 = time.perf_counter()
-        first = setup.bare_steps(1)  # eager: warm-up; compiled: compilation happens here
-        setup.bare_steps(b.warmup)
-        blocks = [setup.bare_steps(block) for _ in range(b.repeats * b.steps // block)]
+        first = bare_steps(run, 1)  # eager: warm-up; compiled: compilation happens here
+        bare_steps(run, b.warmup)
+        blocks = [bare_steps(run, block) for _ in range(b.repeats * b.steps // block)]
         results["compiled" if compiled else "eager"] = {
             "ms": 1000 * statistics.median(blocks),
             "first_step_s": first,
@@ -258,14 +224,14 @@ def op_family(event: Any) -> str:
 def bench_profile(cfg: DictConfig) -> dict[str, Any]:
     """torch.profiler over `bench.steps` bare steps: self time per operator family (per step and
     as a share), with the top-operator table in profile.txt next to bench.json."""
-    setup = Setup(cfg)
-    setup.bare_steps(cfg.bench.warmup)
+    run = setup(cfg)
+    bare_steps(run, cfg.bench.warmup)
+    cuda = run.runtime.device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU]
-    if setup.device.type == "cuda":
+    if cuda:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
-        setup.bare_steps(cfg.bench.steps)
-    cuda = setup.device.type == "cuda"
+        bare_steps(run, cfg.bench.steps)
     families: dict[str, float] = {}
     for e in prof.events():
         us = e.self_device_time_total if cuda else e.self_cpu_time_total
@@ -285,12 +251,23 @@ def bench_profile(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+class WorkerFailed(RuntimeError):
+    """A benchmark's worker process raised or died; the message says which and why."""
+
+
 def _head_worker(spec: dict[str, Any], out: Any) -> None:
-    """One head variant in a fresh process, so its peak resident memory is its own."""
+    """One head variant in a fresh process, so its peak resident memory is its own. Puts its
+    result, or the error that stopped it, on `out`."""
+    try:
+        out.put(_measure_head(spec))
+    except BaseException as e:  # the parent reports it; a traceback here would be lost
+        out.put({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"})
+
+
+def _measure_head(spec: dict[str, Any]) -> dict[str, float]:
     torch.manual_seed(0)
-    device = torch.device(spec["device"])
-    keep_freed_memory_for_reuse(spec["keep_freed_memory"], device)  # as training does
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[spec["dtype"]]
+    runtime = Runtime.create(torch.device(spec["device"]), spec["dtype"], False, spec["keep_freed_memory"])  # as training does
+    device = runtime.device
     cfg = OmegaConf.create(spec["loss"])
     loss_fn = get_loss(cfg)
     hidden = torch.randn(spec["tokens"], spec["n_embd"], device=device)
@@ -303,7 +280,7 @@ def _head_worker(spec: dict[str, Any], out: Any) -> None:
     def run() -> tuple[torch.Tensor, torch.Tensor]:
         h = hidden.clone().requires_grad_()
         weight.grad = None
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with runtime.autocast():
             if spec["chunk"]:
                 loss = chunked_head_loss(h, targets, head, [weight], loss_fn, cfg, spec["chunk"])
             else:
@@ -325,7 +302,7 @@ def _head_worker(spec: dict[str, Any], out: Any) -> None:
         sync(device)
         times.append(time.perf_counter() - t0)
     torch.save([g.float().cpu() for g in grads], spec["grads_path"])
-    out.put({"peak_mb": peak, "ms": 1000 * statistics.median(times)})
+    return {"peak_mb": peak, "ms": 1000 * statistics.median(times)}
 
 
 def _current_rss_mb() -> float:
@@ -333,28 +310,43 @@ def _current_rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
+def run_worker(target: Callable[[dict[str, Any], Any], None], spec: dict[str, Any], name: str) -> dict[str, float]:
+    """Run target(spec, queue) in a fresh process and return what it puts on the queue; raise
+    WorkerFailed with its error if it reported one, or with its exit code if it died without
+    a result (out of memory, say): the parent never waits on a dead worker."""
+    context = multiprocessing.get_context("spawn")  # a fresh process (and CUDA-safe)
+    queue = context.Queue()
+    worker = context.Process(target=target, args=(spec, queue))
+    worker.start()
+    while True:
+        try:
+            result = queue.get(timeout=0.5)
+            break
+        except Empty:
+            if not worker.is_alive() and queue.empty():
+                raise WorkerFailed(f"the {name} died with exit code {worker.exitcode} and no result") from None
+    worker.join()
+    if "error" in result:
+        raise WorkerFailed(f"the {name} failed: {result['error']}")
+    return result
+
+
 def bench_head(cfg: DictConfig) -> dict[str, Any]:
     """The whole output head against the chunked one: extra peak memory of forward + backward,
     time, and how far apart their gradients are."""
     h = cfg.bench.head
-    device = pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device)
+    runtime = runtime_of(cfg)
     chunk = head_chunk_tokens(h.chunk_tokens, h.vocab_size) or head_chunk_tokens("auto", 1 << 30)
-    context = multiprocessing.get_context("spawn")  # a fresh process per variant (and CUDA-safe)
     results, grads = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, chunk_tokens in (("whole", 0), ("chunked", chunk)):
             spec = {
-                "device": str(device), "dtype": str(dtype).removeprefix("torch."), "loss": OmegaConf.to_container(cfg.loss),
+                "device": str(runtime.device), "dtype": str(runtime.dtype).removeprefix("torch."), "loss": OmegaConf.to_container(cfg.loss),
                 "tokens": h.tokens, "n_embd": h.n_embd, "vocab_size": h.vocab_size, "chunk": chunk_tokens,
                 "repeats": cfg.bench.repeats, "grads_path": f"{tmp}/{name}.pt", "keep_freed_memory": cfg.cpu_keep_freed_memory,
             }
-            log.info("head %s: %d tokens, n_embd %d, vocabulary %d", name, h.tokens, h.n_embd, h.vocab_size)
-            queue = context.Queue()
-            worker = context.Process(target=_head_worker, args=(spec, queue))
-            worker.start()
-            results[name] = queue.get()
-            worker.join()
+            log.info("head %s: %d tokens, n_embd %d, vocabulary %d, %s", name, h.tokens, h.n_embd, h.vocab_size, spec["dtype"])
+            results[name] = run_worker(_head_worker, spec, f"{name} head ({spec['dtype']} on {spec['device']})")
             grads[name] = torch.load(spec["grads_path"])
     rel = [float((c - w).abs().max() / w.abs().max()) for w, c in zip(grads["whole"], grads["chunked"])]
     return {
@@ -375,13 +367,14 @@ BENCHES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
 
 
 def describe(cfg: DictConfig) -> dict[str, Any]:
-    device = pick_device(cfg.device)
+    runtime = runtime_of(cfg)
+    device = runtime.device
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "model": cfg.model.name, "loss": cfg.loss.name, "data": cfg.data.name, "dtype": cfg.dtype,
-        "compile": use_compile(cfg.compile, device), "batch": f"{cfg.trainer.batch_size} x {cfg.model.block_size} x {cfg.trainer.grad_accum}",
+        "model": cfg.model.name, "loss": cfg.loss.name, "data": cfg.data.name, "dtype": str(runtime.dtype).removeprefix("torch."),
+        "compile": runtime.compile, "batch": f"{cfg.trainer.batch_size} x {cfg.model.block_size} x {cfg.trainer.grad_accum}",
     }
 
 
@@ -395,9 +388,19 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{key:<{width}}  {value}")
 
 
+@contextlib.contextmanager
+def worker_failures_exit() -> Iterator[None]:
+    """A benchmark whose worker failed ends with its error in one line and exit code 1."""
+    try:
+        yield
+    except WorkerFailed as e:
+        log.error("%s", e)
+        sys.exit(1)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="bench")
 def main(cfg: DictConfig) -> None:
-    with exit_on_config_error(log):
+    with exit_on_config_error(log), worker_failures_exit():
         if cfg.bench.what not in BENCHES:
             raise ConfigError(f"bench.what={cfg.bench.what!r} is not one of {', '.join(BENCHES)}")
         for key in ("steps", "warmup", "repeats"):

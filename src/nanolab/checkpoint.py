@@ -1,24 +1,106 @@
 """Checkpoints: everything needed to continue a run exactly, written atomically.
 
-A checkpoint holds the model and optimizer, the GradScaler, the step, the best val/ce, the
-resolved config, the dataset's meta (so sampling needs no data directory), the RNG states of
-python, numpy and torch (CPU and CUDA), the training sampler's generator and the W&B run id.
-It contains only tensors and plain Python values, so it loads with `weights_only=True`.
+A checkpoint holds the model and optimizer, the GradScaler, the run state (step, best val/ce,
+skipped steps, W&B run id), the resolved config, the dataset's meta (so sampling needs no data
+directory), the RNG states of python, numpy and torch (CPU and CUDA) of every rank, the
+training sampler's generators and the run's summary. It contains only tensors and plain
+Python values, so it loads with `weights_only=True`.
+
+Checkpoints written by older versions are brought up to date in one place, `upgrade`, when
+they are loaded: nothing else in nanolab needs to know how old a checkpoint is.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from nanolab import ConfigError
 from nanolab.atomic import atomic_path
+from nanolab.data import stream_seed
+from nanolab.model import GPT, GPTConfig
 
+if TYPE_CHECKING:
+    from nanolab.run import Run
+    from nanolab.tracking import Tracker
+    from nanolab.trainer import RunState
+
+log = logging.getLogger(__name__)
 FORMAT = 1
+
+# Keys added to the saved config after checkpoints were first written, with the value those
+# runs had in effect. head_chunk_tokens only chooses how the loss is computed (same values in
+# less memory), so `auto` keeps evaluating an old large-vocabulary checkpoint affordable.
+CONFIG_KEYS_ADDED = {
+    "loss.z_loss": 0.0,
+    "data.shard_gb": 4,
+    "head_chunk_tokens": "auto",
+    "trainer.on_nonfinite": "stop",
+    "trainer.fix_global_batch": True,
+}
+
+
+def upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of any earlier version in today's layout (in place, and returned)."""
+    config = state["config"]
+    for dotted, value in CONFIG_KEYS_ADDED.items():
+        *parents, key = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node.setdefault(key, value)
+    if config.get("optim", {}).get("name") == "adamw":
+        config["optim"].setdefault("fused", "auto")
+    state["model_config"].setdefault("logit_softcap", None)
+    state.setdefault("skipped_steps", 0)
+    state.setdefault("rng_ranks", [state["rng"]])  # saved before DDP: one process
+    sampler = state["sampler"]
+    if "generator" in sampler:  # saved before per-micro-batch data streams: one generator drew all
+        streams = {0: sampler.pop("generator")}
+        accum = config.get("trainer", {}).get("grad_accum", 1)
+        if accum > 1:
+            log.warning("checkpoint from before per-micro-batch data streams: streams 1-%d start afresh", accum - 1)
+        for s in range(1, accum):
+            streams[s] = torch.Generator().manual_seed(stream_seed(config["seed"], s)).get_state()
+        sampler["streams"] = streams
+    return state
+
+
+class Checkpoint(NamedTuple):
+    """A loaded checkpoint and the file it came from."""
+
+    path: Path
+    state: dict[str, Any]
+
+
+class Checkpointer:
+    """Saves a training run: last.pt at every evaluation and stop, best.pt as well when val/ce
+    improved. Every rank calls `save` (the run's state is gathered); rank 0 writes."""
+
+    def __init__(self, run: Run, tracker: Tracker, directory: Path) -> None:
+        self.run, self.tracker, self.directory = run, tracker, directory
+
+    def save(self, run_state: RunState, best: bool) -> None:
+        if not self.run.cfg.trainer.save_checkpoints:
+            return
+        run_part = self.run.state_dict()
+        if run_part is None:  # not rank 0
+            return
+        checkpoint = {
+            **run_part,
+            **run_state.state_dict(),
+            "config": OmegaConf.to_container(self.run.cfg, resolve=True),
+            "summary": self.tracker.summary,
+        }
+        save_checkpoint(self.directory / "last.pt", checkpoint)
+        if best:
+            save_checkpoint(self.directory / "best.pt", checkpoint)
 
 
 def capture_rng_state() -> dict:
@@ -50,7 +132,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint; a missing, truncated or foreign file raises ConfigError naming it."""
+    """Read a checkpoint, upgraded to today's layout; a missing, truncated or foreign file
+    raises ConfigError naming it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
@@ -60,7 +143,38 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {path} is unreadable (truncated or not a nanolab checkpoint): {e}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{path} is not a nanolab checkpoint of format {FORMAT}")
-    return state
+    return upgrade(state)
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A run directory means its best.pt (else last.pt); a file is taken as it is."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise ConfigError(f"checkpoint={path} is a directory without best.pt or last.pt")
+    return p
+
+
+def resume_checkpoint_path(resume: bool | str, run_dir: Path) -> Path | None:
+    """`resume=true`: the run directory's last.pt if it exists (so re-launching a preempted
+    sweep with the same sweep dir continues every job that had started); `resume=<path>`: that
+    checkpoint file, or the last.pt of that run directory."""
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        return run_dir / "last.pt" if (run_dir / "last.pt").exists() else None
+    path = Path(resume)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def load_model(path: Path, device: torch.device) -> tuple[GPT, dict]:
+    """The trained model of a checkpoint (in eval mode, on `device`) and the checkpoint."""
+    state = load_checkpoint(path)
+    model = GPT(GPTConfig(**state["model_config"]))
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), state
 
 
 def check_compatible(path: Path, state: dict, model_config: dict) -> None:

@@ -459,10 +459,6 @@ class BatchSampler:
     def load_state_dict(self, state: dict) -> None:
         """Restore this sampler's streams from a state holding them, possibly among others
         (a DDP checkpoint holds every rank's)."""
-        if "generator" in state:  # saved before streams existed: one generator drew every micro-batch
-            if len(self.generators) > 1:
-                log.warning("checkpoint from before per-micro-batch data streams: streams 1+ start afresh")
-            state = {"streams": {s: g.get_state() for s, g in self.generators.items()} | {0: state["generator"]}}
         saved = state["streams"]
         missing = sorted(set(self.generators) - set(saved))
         if missing:

@@ -9,6 +9,7 @@ to evaluation_<split>.json beside the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import hydra
@@ -19,23 +20,22 @@ from tqdm.auto import tqdm
 
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import write_json
+from nanolab.checkpoint import checkpoint_file, load_model
 from nanolab.data import TokenData
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.metrics import TokenTotals, update_totals
-from nanolab.sample import checkpoint_file, load_model
-from nanolab.train import keep_freed_memory_for_reuse, pick_device
+from nanolab.runtime import Runtime, pick_device
 
 log = logging.getLogger("nanolab.evaluate")
-# Data keys added after some checkpoints were saved, with the value those runs had in effect.
-DATA_KEYS_ADDED = {"shard_gb": 4}
 
 
 @torch.no_grad()
 def evaluate_split(
-    model: torch.nn.Module, tokens: np.ndarray, loss_cfg: DictConfig, batch_size: int, head_chunk: int = 0
+    model: torch.nn.Module, tokens: np.ndarray, loss_cfg: DictConfig, batch_size: int, head_chunk: int = 0,
+    autocast: contextlib.AbstractContextManager | None = None,
 ) -> dict[str, float]:
     """Metrics over every token of `tokens`, in consecutive windows of the model's context; with
-    head_chunk > 0 the logits of that many tokens at a time."""
+    head_chunk > 0 the logits of that many tokens at a time; forward passes under `autocast`."""
     block = model.config.block_size
     n_windows = (len(tokens) - 1) // block
     device = next(model.parameters()).device
@@ -44,7 +44,8 @@ def evaluate_split(
     for start in tqdm(range(0, n_windows, batch_size), desc="evaluating", unit="batch", disable=None):
         rows = np.arange(start, min(start + batch_size, n_windows))[:, None] * block
         window = torch.from_numpy(tokens[rows + np.arange(block + 1)].astype(np.int64)).to(device)
-        update_totals(totals, model, window[:, :-1], window[:, 1:], loss_fn, loss_cfg, head_chunk)
+        with autocast or contextlib.nullcontext():
+            update_totals(totals, model, window[:, :-1], window[:, 1:], loss_fn, loss_cfg, head_chunk)
     return totals.compute(device) | {"tokens": totals.tokens}
 
 
@@ -54,16 +55,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.batch_tokens < 1:
         raise ConfigError(f"batch_tokens={cfg.batch_tokens} must be >= 1")
     path = checkpoint_file(cfg.checkpoint)
-    device = pick_device(cfg.device)
-    keep_freed_memory_for_reuse(cfg.cpu_keep_freed_memory, device)
-    model, state = load_model(path, device)
+    runtime = Runtime.create(pick_device(cfg.device), cfg.dtype, False, cfg.cpu_keep_freed_memory)
+    model, state = load_model(path, runtime.device)
     train_cfg = OmegaConf.create(state["config"])
-    data = TokenData.load(OmegaConf.merge(DATA_KEYS_ADDED, train_cfg.data))
+    data = TokenData.load(train_cfg.data)
     if data.meta["vocab_size"] != model.config.vocab_size:
         raise ConfigError(f"{path} was trained on another vocabulary than data/{train_cfg.data.name} now holds")
     windows_per_batch = max(1, cfg.batch_tokens // model.config.block_size)
-    head_chunk = head_chunk_tokens(train_cfg.get("head_chunk_tokens", "auto"), model.config.vocab_size)
-    metrics = evaluate_split(model, getattr(data, cfg.split), train_cfg.loss, windows_per_batch, head_chunk)
+    head_chunk = head_chunk_tokens(train_cfg.head_chunk_tokens, model.config.vocab_size)
+    metrics = evaluate_split(model, getattr(data, cfg.split), train_cfg.loss, windows_per_batch, head_chunk, runtime.autocast())
     write_json(path.parent / f"evaluation_{cfg.split}.json", {"checkpoint": str(path), "step": state["step"], **metrics})
     return metrics
 

@@ -42,7 +42,7 @@ def get_loss(cfg: DictConfig) -> LossFn:
         raise ConfigError(f"loss.name={cfg.name!r} is not a registered loss; choose one of {sorted(LOSSES)}")
     if cfg.name in _CHECKS:
         _CHECKS[cfg.name](cfg)
-    weight = cfg.get("z_loss", 0.0)  # absent from configs saved in checkpoints before it existed
+    weight = cfg.z_loss
     if weight < 0:
         raise ConfigError(f"loss.z_loss={weight} must be >= 0 (0 turns it off; PaLM used 1e-4)")
     if weight == 0:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import time
 
 import torch
 from omegaconf import DictConfig
@@ -224,51 +223,3 @@ def flops_per_token(model: GPT) -> float:
     12·L·H·Q·T (nanoGPT's estimate_mfu, after the PaLM paper's appendix B)."""
     c: GPTConfig = model.config
     return 6 * model.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
-
-
-# Dense bf16/fp16 tensor-core peaks from the vendors' datasheets (no sparsity), matched
-# against torch.cuda.get_device_name() in order, so "H100 PCIe" comes before "H100".
-GPU_PEAK_BF16 = [
-    ("GB200", 2.5e15),
-    ("B200", 2.25e15),
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H800", 989e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-    ("A10", 125e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-    ("V100", 125e12),
-    ("T4", 65e12),
-]
-
-
-def measure_cpu_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
-    """Best observed float32 matmul throughput of this CPU (FLOP/s), in about a tenth of a second."""
-    g = torch.Generator().manual_seed(0)  # never touch the global RNG: resumed runs restore it
-    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    a @ b  # warm-up: thread pool and caches
-    best = math.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
-def device_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """The peak that MFU is measured against: a datasheet number on known GPUs (half of it for
-    float32, which runs as TF32), a measured matmul peak on CPU, None where unknown."""
-    if device.type == "cpu":
-        return measure_cpu_matmul_flops()
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_BF16:
-            if key in name:
-                return peak if dtype in (torch.bfloat16, torch.float16) else peak / 2
-    return None

@@ -13,31 +13,11 @@ import torch
 from omegaconf import DictConfig
 
 from nanolab import ConfigError, exit_on_config_error
-from nanolab.checkpoint import load_checkpoint
+from nanolab.checkpoint import checkpoint_file, load_model
 from nanolab.data import tokenizer_from_meta
-from nanolab.model import GPT, GPTConfig
-from nanolab.train import pick_device
+from nanolab.runtime import Runtime, pick_device
 
 log = logging.getLogger("nanolab.sample")
-
-
-def checkpoint_file(path: str) -> Path:
-    """A run directory means its best.pt (else last.pt); a file is taken as it is."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (p / name).is_file():
-                return p / name
-        raise ConfigError(f"checkpoint={path} is a directory without best.pt or last.pt")
-    return p
-
-
-def load_model(path: Path, device: torch.device) -> tuple[GPT, dict]:
-    """The trained model (in eval mode) and its checkpoint."""
-    state = load_checkpoint(path)
-    model = GPT(GPTConfig(**state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state
 
 
 def sample(cfg: DictConfig) -> list[str]:
@@ -45,7 +25,7 @@ def sample(cfg: DictConfig) -> list[str]:
         raise ConfigError("max_new_tokens must be >= 0 and num_samples >= 1")
     if cfg.temperature < 0:
         raise ConfigError(f"temperature={cfg.temperature} must be >= 0")
-    device = pick_device(cfg.device)
+    device = Runtime.create(pick_device(cfg.device)).device
     model, state = load_model(checkpoint_file(cfg.checkpoint), device)
     tokenizer = tokenizer_from_meta(state["data_meta"])
     prompt = cfg.prompt

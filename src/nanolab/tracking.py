@@ -273,6 +273,10 @@ def record_failure(run_dir: Path, exc: BaseException) -> None:
         write_json(run_dir / "summary.json", outcome(exc))
 
 
+OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
+OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)  # as Hydra's now
+
+
 def _check_writable(config: DictConfig, key: str) -> None:
     """Exit with one clear line if the output directory `key` cannot be resolved or written."""
     try:
@@ -290,12 +294,20 @@ def _check_writable(config: DictConfig, key: str) -> None:
 
 
 class RunCallbacks(Callback):
-    """Hydra callbacks. Before anything runs, the output directory must be writable (Hydra would
-    otherwise fail later with a stack trace). After a multirun, each job's status is listed and
+    """Hydra callbacks. Before anything runs, the config must hold (`check_config`: a bad value
+    is one line and exit 2, with nothing written) and the output directory must be writable
+    (Hydra would otherwise fail later with a stack trace). After a multirun, each job's status is listed and
     the exit code is 1 if any job did not finish: one failed job never stops the others, but it
     never goes unnoticed either."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from nanolab.config import check_config
+
+        try:
+            check_config(config)  # a bad value is one line, before Hydra writes anything
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            sys.exit(EXIT_CONFIG_ERROR)
         _check_writable(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

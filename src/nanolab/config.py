@@ -1,0 +1,312 @@
+"""Typed configs: a dataclass schema for each config group, kept in Hydra's ConfigStore under
+`schema/<group>/<option>`, and `check_config`, which holds a composed config to them.
+
+The yaml files in configs/ are the only source of default values: every schema field is
+MISSING, so a schema states types and fixed choices (enums), never numbers. The yamls do not
+list the schemas in their defaults, because Hydra would then report a wrong type as a
+multi-line error with exit code 1; `check_config` reports it as every other bad value is
+reported: one line naming the key and what it must be, exit code 2, before a file is written
+(it runs in the run's `on_run_start` callback, and again when training starts).
+"""
+
+from __future__ import annotations
+
+import enum
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException, ValidationError
+
+from nanolab import ConfigError
+from nanolab.losses import get_loss, head_chunk_tokens
+from nanolab.model import GPTConfig
+from nanolab.optim import build_schedule, check_optim
+from nanolab.runtime import use_compile
+
+
+class Dtype(enum.Enum):
+    auto = enum.auto()
+    float32 = enum.auto()
+    bfloat16 = enum.auto()
+    float16 = enum.auto()
+
+
+class OnNonfinite(enum.Enum):
+    stop = enum.auto()
+    skip_step = enum.auto()
+
+
+class LoggerMode(enum.Enum):
+    auto = enum.auto()
+    online = enum.auto()
+    offline = enum.auto()
+    disabled = enum.auto()
+
+
+class DataSource(enum.Enum):
+    shakespeare = enum.auto()
+    text = enum.auto()
+    hf = enum.auto()
+
+
+class TokenizerName(enum.Enum):
+    char = enum.auto()
+    gpt2 = enum.auto()
+
+
+@dataclass
+class TrainKeys:
+    """The top-level keys of train.yaml. `compile`, `head_chunk_tokens` and `resume` mix words
+    and numbers or paths; their own checks name the allowed values."""
+
+    seed: int = MISSING
+    device: str = MISSING
+    dtype: Dtype = MISSING
+    compile: Any = MISSING
+    cpu_keep_freed_memory: bool = MISSING
+    head_chunk_tokens: Any = MISSING
+    resume: Any = MISSING
+    objective: str = MISSING
+
+
+@dataclass
+class Trainer:
+    max_iters: int = MISSING
+    batch_size: int = MISSING
+    grad_accum: int = MISSING
+    fix_global_batch: bool = MISSING
+    grad_clip: float = MISSING
+    eval_interval: int = MISSING
+    eval_iters: int = MISSING
+    log_interval: int = MISSING
+    save_checkpoints: bool = MISSING
+    on_nonfinite: OnNonfinite = MISSING
+
+
+@dataclass
+class Model:
+    name: str = MISSING
+    n_layer: int = MISSING
+    n_head: int = MISSING
+    n_embd: int = MISSING
+    block_size: int = MISSING
+    dropout: float = MISSING
+    bias: bool = MISSING
+    logit_softcap: Optional[float] = MISSING
+
+
+@dataclass
+class Optim:
+    name: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+
+
+@dataclass
+class AdamW(Optim):
+    betas: list[float] = field(default_factory=lambda: MISSING)
+    eps: float = MISSING
+    fused: Any = MISSING  # auto | true | false, checked by optim.py
+
+
+@dataclass
+class SGD(Optim):
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+
+
+@dataclass
+class Schedule:
+    name: str = MISSING
+    warmup_iters: int = MISSING
+
+
+@dataclass
+class Cosine(Schedule):
+    decay_iters: int = MISSING
+    min_lr: float = MISSING
+
+
+@dataclass
+class Loss:
+    name: str = MISSING
+    ignore_index: int = MISSING
+    z_loss: float = MISSING
+
+
+@dataclass
+class LabelSmoothing(Loss):
+    epsilon: float = MISSING
+
+
+@dataclass
+class SquareLoss(Loss):
+    k: float = MISSING
+    M: float = MISSING
+
+
+@dataclass
+class Focal(Loss):
+    gamma: float = MISSING
+
+
+@dataclass
+class Data:
+    name: str = MISSING
+    source: DataSource = MISSING
+    tokenizer: TokenizerName = MISSING
+    val_fraction: float = MISSING
+    shard_gb: float = MISSING
+    dir: str = MISSING
+
+
+@dataclass
+class ShakespeareData(Data):
+    raw_path: str = MISSING
+    url: str = MISSING
+
+
+@dataclass
+class TextData(Data):
+    path: Optional[str] = MISSING
+
+
+@dataclass
+class HFData(Data):
+    hf_path: str = MISSING
+    hf_name: Optional[str] = MISSING
+    data_files: Any = MISSING
+    text_field: str = MISSING
+    val_split: Optional[str] = MISSING
+    num_proc: int = MISSING
+
+
+@dataclass
+class Logger:
+    project: str = MISSING
+    entity: Optional[str] = MISSING
+    mode: LoggerMode = MISSING
+    group: Optional[str] = MISSING
+    name: Optional[str] = MISSING
+    tags: list[str] = field(default_factory=lambda: MISSING)
+    init_timeout: float = MISSING
+
+
+# group -> (the key whose value picks the schema, {value: schema}); a group with one schema
+# has no selecting key. Options are stored as schema/<group>/<option>.
+SCHEMAS: dict[str, tuple[str | None, dict[str, type]]] = {
+    "trainer": (None, {"default": Trainer}),
+    "model": (None, {"gpt": Model}),
+    "logger": (None, {"wandb": Logger}),
+    "optim": ("name", {"adamw": AdamW, "sgd": SGD}),
+    "schedule": ("name", {"cosine": Cosine, "constant": Schedule}),
+    "loss": ("name", {"ce": Loss, "squentropy": Loss, "brier": Loss, "label_smoothing": LabelSmoothing, "mse": SquareLoss, "focal": Focal}),
+    "data": ("source", {"shakespeare": ShakespeareData, "text": TextData, "hf": HFData}),
+}
+
+
+def register_schemas() -> None:
+    store = ConfigStore.instance()
+    store.store(group="schema", name="train", node=TrainKeys)
+    for group, (_, options) in SCHEMAS.items():
+        for option, schema in options.items():
+            store.store(group=f"schema/{group}", name=option, node=schema)
+
+
+register_schemas()
+
+
+def _schema_class(group: str, node: DictConfig) -> type | None:
+    """The schema of `node` (a group of the composed config), or None for an option nanolab
+    does not know (a user's own loss or optimizer: its own checks apply)."""
+    key, options = SCHEMAS[group]
+    option = next(iter(options)) if key is None else node.get(key)
+    if isinstance(option, str) and option in options:
+        return ConfigStore.instance().load(f"schema/{group}/{option}.yaml").node._metadata.object_type  # noqa: SLF001
+    if key == "source":  # data sources are a fixed set
+        raise ConfigError(f"data.source={option!r} must be one of {', '.join(options)}")
+    return None
+
+
+def _expectation(field_type: Any) -> str:
+    """What a key must be, in the words of the config: 'an integer', 'one of a, b'."""
+    if isinstance(field_type, type) and issubclass(field_type, enum.Enum):
+        return "one of " + ", ".join(field_type.__members__)
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return words.get(field_type, f"of type {field_type}")
+
+
+def _typed(path: str, node: DictConfig, schema: type) -> None:
+    """Check the values of `node` (at `path`, '' for the top level) against `schema` and write
+    the values it converts ('yes' for a bool, '12' for an int) back into `node`."""
+    prefix = f"{path}." if path else ""
+    hints = typing.get_type_hints(schema)
+    if path and set(node) - set(hints):
+        unknown = sorted(set(node) - set(hints))[0]
+        raise ConfigError(f"{prefix}{unknown} is not a key of {path}; its keys are {', '.join(hints)}")
+    # Scalars only, as given (interpolations unresolved: a schedule follows trainer.max_iters).
+    given = {k: node._get_node(k)._value() for k in hints if k in node and not OmegaConf.is_config(node[k])}  # noqa: SLF001
+    try:
+        typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), given), enum_to_str=True)
+    except ValidationError as e:
+        hint = hints[e.key]
+        expected = _expectation(typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint)
+        raise ConfigError(f"{prefix}{e.key}={given.get(e.key)!r} must be {expected}") from None
+    for key, value in given.items():
+        converted = typed[key]
+        widened = isinstance(value, int) and not isinstance(value, bool) and isinstance(converted, float)
+        if value is not None and not widened and not OmegaConf.is_interpolation(node, key) and type(converted) is not type(value):
+            node[key] = converted  # an int stays an int where a float is expected: messages quote what was given
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check a composed training config before anything runs or is written: types against the
+    schemas (converting in place), then the values of every group. Raises one ConfigError
+    naming the first bad key and what it must be."""
+    check_types(cfg)
+    check_values(cfg)
+
+
+# Validation metrics a run can return to a sweeper, all of them lower-is-better.
+OBJECTIVES = ("val/ce", "val/ce_calibrated", "val/loss", "val/bpt", "val/brier", "val/ece")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Values that no type can express (positive counts, known names, each module's own
+    parameter checks), all without touching data or devices."""
+    trainer = cfg.trainer
+    for key in ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
+        if not trainer[key] > 0:
+            raise ConfigError(f"trainer.{key}={trainer[key]} must be > 0")
+    if trainer.grad_clip < 0:
+        raise ConfigError(f"trainer.grad_clip={trainer.grad_clip} must be >= 0 (0 turns clipping off)")
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"objective={cfg.objective!r} must be one of {', '.join(OBJECTIVES)} (sweepers minimise it)")
+    use_compile(cfg.compile, torch.device("cpu"))
+    head_chunk_tokens(cfg.head_chunk_tokens, vocab_size=0)
+    get_loss(cfg.loss)
+    check_optim(cfg.optim)
+    build_schedule(cfg.schedule, cfg.optim.lr)
+    GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=1)
+
+
+def check_types(cfg: DictConfig) -> None:
+    """Hold a composed training config to the schemas, in place: one ConfigError naming the
+    first key whose value has the wrong type, is not one of its fixed choices, or cannot be
+    resolved (an unset environment variable, say)."""
+    _typed("", cfg, TrainKeys)
+    for group in SCHEMAS:
+        schema = _schema_class(group, cfg[group])
+        if schema is not None:
+            _typed(group, cfg[group], schema)
+    for key in cfg:
+        if key == "hydra":
+            continue
+        try:
+            OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{e.full_key or key} cannot be resolved: {str(e).splitlines()[0]}") from None

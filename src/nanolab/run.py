@@ -1,0 +1,188 @@
+"""A training run's parts, built once from the config, and the training step.
+
+`build_run` makes the model, optimizer, GradScaler, batch sampler, loss and schedule exactly
+as nanolab.train uses them; nanolab.bench builds the same `Run` and times the same
+`train_step`, whose `lap` hook marks the end of each phase (data, forward, backward,
+optimizer) for bench's time split and costs nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
+
+from nanolab.checkpoint import Checkpoint, capture_rng_state, check_compatible, restore_rng_state
+from nanolab.data import BatchSampler, TokenData
+from nanolab.distributed import World, gradient_sync, local_grad_accum
+from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens
+from nanolab.model import GPT, GPTConfig
+from nanolab.optim import build_optimizer, build_schedule
+from nanolab.runtime import Runtime, seed_everything
+
+
+@dataclass
+class Run:
+    """Everything a training step touches."""
+
+    cfg: DictConfig
+    world: World
+    runtime: Runtime
+    data: TokenData
+    model: GPT
+    forward: torch.nn.Module  # the model, compiled and/or DDP-wrapped: what a step calls
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    sampler: BatchSampler
+    loss_fn: LossFn
+    lr_at: Callable[[int], float]
+    head_chunk: int  # tokens per chunk of the output head and loss; 0: one piece
+    accum: int  # micro-batches per optimizer step on this rank
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens per optimizer step over all ranks."""
+        return self.cfg.trainer.batch_size * self.model.config.block_size * self.accum * self.world.size
+
+    def state_dict(self) -> dict | None:
+        """The run's part of a checkpoint: model, optimizer, scaler, and every rank's data
+        streams and RNG states. Every rank must call it (it gathers); rank 0 gets the state,
+        the others None."""
+        samplers, rngs = self.world.gather(self.sampler.state_dict()), self.world.gather(capture_rng_state())
+        if not self.world.main:
+            return None
+        return {
+            "model": self.model.state_dict(),
+            "model_config": self.model.config.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "data_meta": self.data.meta,
+            "rng": rngs[0],
+            "rng_ranks": rngs,
+            "sampler": {"streams": {s: g for state in samplers for s, g in state["streams"].items()}},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a checkpoint: weights, optimizer, scaler, this rank's data streams and
+        RNG state (the first rank's when the world size changed)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        rng_ranks = state["rng_ranks"]
+        restore_rng_state(rng_ranks[self.world.rank] if len(rng_ranks) == self.world.size else state["rng"])
+
+
+def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoint | None = None) -> Run:
+    """The run's parts from the config, seeded; continued from a checkpoint when `resume` is
+    given (its model must fit the configured one)."""
+    accum = local_grad_accum(cfg.trainer.grad_accum, cfg.trainer.fix_global_batch, world)
+    loss_fn = get_loss(cfg.loss)
+    lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
+    seed_everything(cfg.seed)
+    data = TokenData.load(cfg.data)
+    data.check_block_size(cfg.model.block_size)
+    model_config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size)
+    model = GPT(model_config).to(runtime.device)
+    if world.rank > 0:  # dropout masks differ between ranks as between micro-batches
+        torch.manual_seed(cfg.seed + world.rank)
+    streams = range(world.rank * accum, (world.rank + 1) * accum)
+    run = Run(
+        cfg=cfg,
+        world=world,
+        runtime=runtime,
+        data=data,
+        model=model,
+        forward=model,
+        optimizer=build_optimizer(model, cfg.optim, runtime.device),
+        scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16),
+        sampler=BatchSampler(data.train, cfg.trainer.batch_size, model_config.block_size, cfg.seed, runtime.device, streams),
+        loss_fn=loss_fn,
+        lr_at=lr_at,
+        head_chunk=head_chunk_tokens(cfg.head_chunk_tokens, model_config.vocab_size),
+        accum=accum,
+    )
+    if resume is not None:
+        check_compatible(resume.path, resume.state, model_config.to_dict())
+        run.load_state_dict(resume.state)
+    if runtime.compile:
+        run.forward = torch.compile(run.forward)
+    if world.distributed:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        run.forward = DistributedDataParallel(run.forward, device_ids=device_ids)
+    return run
+
+
+def batch_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss of a batch; with a head chunk the output head and the loss run that
+    many tokens at a time, so the logits of the whole batch never exist (large vocabularies)."""
+    if not run.head_chunk:
+        logits = run.forward(x)
+        return run.loss_fn(logits.reshape(-1, logits.size(-1)), y.reshape(-1), run.cfg.loss)
+    hidden = run.forward(x, head=False)
+    head_params = list(run.model.lm_head.parameters())
+    return chunked_head_loss(hidden.flatten(0, 1), y.flatten(), run.model.head, head_params, run.loss_fn, run.cfg.loss, run.head_chunk)
+
+
+class StepResult(NamedTuple):
+    """A step's mean loss over all ranks and its gradient norm, as device tensors (reading
+    them waits for the device), and whether the update was skipped."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    skipped: bool
+
+
+def is_finite(result: StepResult, scaler: torch.amp.GradScaler) -> bool:
+    """Whether a step's loss and gradient norm are finite. With float16 the GradScaler owns
+    inf/nan gradients (it skips the step and lowers the scale), so only the loss counts there.
+    This waits for the device, so the loop calls it only where it waits anyway."""
+    return bool(torch.isfinite(result.loss)) and (scaler.is_enabled() or bool(torch.isfinite(result.grad_norm)))
+
+
+def _no_lap(phase: str) -> None:
+    pass
+
+
+def train_step(run: Run, lap: Callable[[str], None] = _no_lap) -> StepResult:
+    """One optimizer step over the run's micro-batches on each rank, at the learning rate
+    already set. With `trainer.on_nonfinite=skip_step` a non-finite step skips the update.
+    `lap(phase)` is called as each phase ends: data, forward, backward (per micro-batch) and
+    optimizer."""
+    trainer = run.cfg.trainer
+    total = torch.zeros((), device=run.runtime.device)
+    for micro in range(run.accum):
+        x, y = run.sampler.next_batch()
+        lap("data")
+        with gradient_sync(run.forward, last_micro_step=micro == run.accum - 1):
+            with run.runtime.autocast():
+                loss = batch_loss(run, x, y)
+            lap("forward")
+            run.scaler.scale(loss / run.accum).backward()
+            lap("backward")
+        total += loss.detach()
+    run.world.mean_(total)  # every rank sees the same loss, so every rank takes the same decisions
+    run.scaler.unscale_(run.optimizer)  # so that clipping and the logged norm see true gradients
+    max_norm = trainer.grad_clip if trainer.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
+    result = StepResult(total / run.accum, grad_norm, skipped=False)
+    if trainer.on_nonfinite == "skip_step" and not is_finite(result, run.scaler):
+        result = result._replace(skipped=True)
+    else:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    lap("optimizer")
+    return result
+
+
+def set_lr(run: Run, step: int) -> float:
+    """Set the schedule's learning rate for `step` on every parameter group; returns it."""
+    lr = run.lr_at(step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    return lr

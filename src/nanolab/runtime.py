@@ -1,0 +1,176 @@
+"""Where and how a process computes: device, dtype, autocast, compile, seeds, the CPU allocator
+setting and the device's peak FLOPs. Every entry point (train, evaluate, sample, bench) sets
+itself up through `Runtime.create`, so they all run with the same settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import platform
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nanolab import ConfigError
+from nanolab.distributed import launched_by_torchrun
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
+
+
+def pick_device(name: str, job_num: int | None = None) -> torch.device:
+    """`auto` is cuda, then mps, then cpu; anything else must be available. With several GPUs,
+    job n of a multirun takes GPU n mod their number, so jobs that a parallel launcher
+    (hydra/launcher=joblib) runs at once spread over the GPUs."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            if job_num is not None and torch.cuda.device_count() > 1 and not launched_by_torchrun():
+                return torch.device("cuda", job_num % torch.cuda.device_count())
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda, cuda:<n> or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={name} but MPS is not available here; use device=auto or device=cpu")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is bfloat16 on CUDA GPUs that support it, float16 on older ones, float32 elsewhere."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in DTYPES:
+        raise ConfigError(f"dtype={name!r} is not one of {['auto', *DTYPES]}")
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"dtype=bfloat16 but {torch.cuda.get_device_name(device)} lacks it; use dtype=float16")
+    return DTYPES[name]
+
+
+def use_compile(value: bool | str, device: torch.device) -> bool:
+    """`auto` compiles on CUDA only: on CPU compiling measured 1.05x faster on nano after 9.5 s
+    and slower on baby (docs/benchmarks.md), while on a GPU it fuses far more and pays back."""
+    if value == "auto":
+        return device.type == "cuda"
+    if not isinstance(value, bool):
+        raise ConfigError(f"compile={value!r} must be auto, true or false")
+    return value
+
+
+def keep_freed_memory_for_reuse(setting: bool, device: torch.device) -> None:
+    """The `cpu_keep_freed_memory` config applied: on a CPU, have glibc's malloc keep freed large
+    blocks for reuse instead of unmapping them.
+
+    By default glibc gives every block over 32 MiB back to the OS when it is freed, so on a CPU
+    each logits-sized temporary at GPT-2's vocabulary (150 MB for 768 tokens) is mapped again
+    and faulted in page by page; the measured effect is in docs/benchmarks.md."""
+    if not isinstance(setting, bool):
+        raise ConfigError(f"cpu_keep_freed_memory={setting!r} must be true or false")
+    if not setting or device.type != "cpu" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(M_MMAP_THRESHOLD, 2**30)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on CPU), before reading a clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A process's device and numerics, resolved from the top-level config keys."""
+
+    device: torch.device
+    dtype: torch.dtype
+    compile: bool
+
+    @classmethod
+    def create(
+        cls, device: torch.device, dtype: str = "float32", compile: bool | str = False, keep_freed_memory: bool = True
+    ) -> "Runtime":
+        """Resolve `auto` settings for `device` and apply the process-wide ones: TF32 matmuls
+        on CUDA and the CPU allocator setting."""
+        runtime = cls(device, pick_dtype(dtype, device), use_compile(compile, device))
+        keep_freed_memory_for_reuse(keep_freed_memory, device)
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls for float32 work
+        return runtime
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision in `dtype` for forward passes; nothing in float32."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def peak_flops(self) -> float | None:
+        """The peak that MFU is measured against (see `device_peak_flops`)."""
+        return device_peak_flops(self.device, self.dtype)
+
+
+# Dense bf16/fp16 tensor-core peaks from the vendors' datasheets (no sparsity), matched
+# against torch.cuda.get_device_name() in order, so "H100 PCIe" comes before "H100".
+GPU_PEAK_BF16 = [
+    ("GB200", 2.5e15),
+    ("B200", 2.25e15),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+]
+
+
+def measure_cpu_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+    """Best observed float32 matmul throughput of this CPU (FLOP/s), in about a tenth of a second."""
+    g = torch.Generator().manual_seed(0)  # never touch the global RNG: resumed runs restore it
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    a @ b  # warm-up: thread pool and caches
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def device_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The peak that MFU is measured against: a datasheet number on known GPUs (half of it for
+    float32, which runs as TF32), a measured matmul peak on CPU, None where unknown."""
+    if device.type == "cpu":
+        return measure_cpu_matmul_flops()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in GPU_PEAK_BF16:
+            if key in name:
+                return peak if dtype in (torch.bfloat16, torch.float16) else peak / 2
+    return None

@@ -1,0 +1,249 @@
+"""The training loop: a `Trainer` that steps a `Run` and hands each step to the periodic
+concerns, each deciding its own interval (as torchtitan's Trainer.train does):
+
+    while step < max_iters:
+        train_step                          (nanolab.run)
+        skipped and non-finite steps        (trainer.on_nonfinite)
+        metric_logger  every trainer.log_interval steps
+        validator      every trainer.eval_interval steps, then the checkpointer
+        stop           when a SIGTERM/SIGINT arrived: checkpoint, then exit
+
+The loop's own state (step, best val/ce, skipped steps, W&B run id) is a `RunState` with a
+state_dict, saved in every checkpoint next to the run's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from nanolab import Diverged, Interrupted
+from nanolab.checkpoint import Checkpoint, Checkpointer, load_checkpoint, resume_checkpoint_path
+from nanolab.config import check_config
+from nanolab.distributed import World, process_group
+from nanolab.metrics import evaluate, flops_per_token
+from nanolab.run import Run, StepResult, build_run, is_finite, set_lr, train_step
+from nanolab.runtime import Runtime, pick_device
+from nanolab.tracking import RunInfo, Tracker
+
+log = logging.getLogger("nanolab.train")
+
+
+def train(cfg: DictConfig, info: RunInfo) -> float:
+    """Run training as configured, alone or as one rank under torchrun; returns the best value
+    of `objective` over the evaluations (what sweepers such as Optuna minimise)."""
+    check_config(cfg)
+    with process_group(pick_device(cfg.device, info.job_num)) as (world, device):
+        return Trainer(cfg, world, device, info).train()
+
+
+def new_run_id() -> str:
+    """A W&B run id unique across machines: launch time and 32 random bits, in hex."""
+    return f"{int(time.time()):x}{random.Random().getrandbits(32):08x}"
+
+
+@dataclass
+class RunState:
+    """What the loop itself carries from step to step and across a resume."""
+
+    step: int = 0
+    best_val_ce: float = math.inf
+    skipped_steps: int = 0
+    run_id: str = field(default_factory=new_run_id)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "best_val_ce": self.best_val_ce, "skipped_steps": self.skipped_steps, "wandb_id": self.run_id}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.best_val_ce = state["step"], state["best_val_ce"]
+        self.skipped_steps, self.run_id = state["skipped_steps"], state["wandb_id"]
+
+
+class MetricLogger:
+    """Every `trainer.log_interval` steps (and at the last): loss, lr, gradient norm, step
+    time, tokens/s and MFU, timed over the steps since the last log or evaluation."""
+
+    def __init__(self, run: Run, tracker: Tracker, progress: tqdm, step: int) -> None:
+        self.run, self.tracker, self.progress = run, tracker, progress
+        self.flops_per_token = flops_per_token(run.model)
+        peak = run.runtime.peak_flops()
+        self.peak_flops = peak * run.world.size if peak else None  # tokens/s counts every process's tokens
+        self.restart_clock(step)
+
+    def restart_clock(self, step: int) -> None:
+        """Time the steps after `step` (restarted after an evaluation, so it stays out of tokens/s)."""
+        self.interval_start, self.interval_first_step = time.perf_counter(), step
+
+    def should_log(self, step: int) -> bool:
+        return step % self.run.cfg.trainer.log_interval == 0 or step == self.run.cfg.trainer.max_iters
+
+    def log(self, step: int, result: StepResult, lr: float) -> None:
+        dt = (time.perf_counter() - self.interval_start) / (step - self.interval_first_step)
+        tokens_per_s = self.run.tokens_per_step / dt
+        stats = {
+            "train/loss": result.loss.item(),
+            "train/lr": lr,
+            "train/grad_norm": result.grad_norm.item(),
+            "perf/step_ms": 1000 * dt,
+            "perf/tokens_per_s": tokens_per_s,
+        }
+        if self.peak_flops:
+            stats["perf/mfu"] = self.flops_per_token * tokens_per_s / self.peak_flops
+        self.tracker.log(stats, step, step * self.run.tokens_per_step)
+        self.progress.set_postfix(loss=f"{stats['train/loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+        if self.progress.disable:
+            log.info("step %d: loss %.4f, %.1f ms/step, %.0f tokens/s", step, stats["train/loss"], 1000 * dt, tokens_per_s)
+        self.restart_clock(step)
+
+
+class Validator:
+    """Every `trainer.eval_interval` steps (and at the last): the loss-independent metrics on
+    both splits, the best values in the summary."""
+
+    def __init__(self, run: Run, tracker: Tracker) -> None:
+        self.run, self.tracker = run, tracker
+
+    def should_validate(self, step: int) -> bool:
+        return step % self.run.cfg.trainer.eval_interval == 0 or step == self.run.cfg.trainer.max_iters
+
+    def validate(self, state: RunState) -> bool:
+        """Evaluate at the current step; returns whether val/ce improved on the best so far."""
+        run, cfg = self.run, self.run.cfg
+        metrics = evaluate(
+            run.model, run.data, run.loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters,
+            run.runtime.autocast(), run.head_chunk, run.world,
+        )
+        self.tracker.log(metrics, state.step, state.step * run.tokens_per_step)
+        log.info("step %d: train ce %.4f, val ce %.4f, val acc %.4f", state.step, metrics["train_eval/ce"], metrics["val/ce"], metrics["val/acc"])
+        improved = metrics["val/ce"] < state.best_val_ce
+        if improved:
+            state.best_val_ce = metrics["val/ce"]
+            self.tracker.update_summary({"best/val/ce": state.best_val_ce, "best/step": state.step})
+        if metrics[cfg.objective] < self.tracker.summary.get(f"best/{cfg.objective}", math.inf):
+            self.tracker.update_summary({f"best/{cfg.objective}": metrics[cfg.objective]})
+        self.tracker.update_summary({f"final/{k}": v for k, v in metrics.items()})
+        return improved
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Turn SIGTERM and SIGINT (preemption, Ctrl-C) into a request that the loop honours after
+    the current step; a second signal stops at once. Yields the list of signals received."""
+    received: list[int] = []
+
+    def request_stop(signum: int, frame: object) -> None:
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+        log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
+
+    try:
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread: leave signals to whoever owns them
+        previous = {}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """One training run in this process: its parts, its state and the loop."""
+
+    def __init__(self, cfg: DictConfig, world: World, device: torch.device, info: RunInfo) -> None:
+        self.cfg, self.info = cfg, info
+        runtime = Runtime.create(device, cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory)
+        path = resume_checkpoint_path(cfg.resume, info.dir)
+        self.resume = Checkpoint(path, load_checkpoint(path)) if path else None
+        if path:
+            info.dir = path.parent  # continue in the original run directory
+        self.run = build_run(cfg, world, runtime, self.resume)
+        self.state = RunState()
+        if self.resume:
+            self.state.load_state_dict(self.resume.state)
+            log.info("resuming from %s at step %d", path, self.state.step)
+        self._describe()
+
+    def _describe(self) -> None:
+        run, cfg = self.run, self.cfg
+        log.info(
+            "model %s: %.2fM parameters, %s on %s (%s), %d tokens/step (%d x %d x %d micro-batches x %d processes), head %s, run dir %s",
+            cfg.model.name, run.model.num_params() / 1e6, cfg.loss.name, run.runtime.device, str(run.runtime.dtype).removeprefix("torch."),
+            run.tokens_per_step, cfg.trainer.batch_size, run.model.config.block_size, run.accum, run.world.size,
+            f"in chunks of {run.head_chunk} tokens" if run.head_chunk else "in one piece", self.info.dir,
+        )
+
+    def train(self) -> float:
+        """Train to trainer.max_iters; returns the best value of `objective`."""
+        run, state = self.run, self.state
+        self.tracker = Tracker(self.cfg, self.info, state.run_id, resume_step=state.step if self.resume else None, enabled=run.world.main)
+        progress = tqdm(total=self.cfg.trainer.max_iters, initial=state.step, unit="step", dynamic_ncols=True, disable=None if run.world.main else True)
+        with self.tracker, progress, logging_redirect_tqdm(), stop_requests() as self.stop_signals:
+            self.validator = Validator(run, self.tracker)
+            self.checkpointer = Checkpointer(run, self.tracker, self.info.dir)
+            if self.resume:
+                self.tracker.update_summary(self.resume.state["summary"])
+            else:
+                self.validator.validate(state)  # the untrained baseline (ln V for every loss)
+            self.metric_logger = MetricLogger(run, self.tracker, progress, state.step)
+            while state.step < self.cfg.trainer.max_iters:
+                lr = set_lr(run, state.step)
+                result = train_step(run)
+                state.step += 1
+                progress.update(1)
+                self.after_step(result, lr)
+        return self.tracker.summary.get(f"best/{self.cfg.objective}", math.nan)
+
+    def after_step(self, result: StepResult, lr: float) -> None:
+        """The periodic concerns, each at its own interval: skipped steps, non-finite values,
+        logging, validation with its checkpoint, a requested stop."""
+        step = self.state.step
+        if result.skipped:
+            self.count_skipped_step()
+        logging_now = self.metric_logger.should_log(step)
+        validating = self.validator.should_validate(step)
+        stopping = self.stop_requested(at_log_step=logging_now)
+        # `stop` looks only where the loop waits for the device anyway, never every step: a
+        # non-finite update leaves non-finite weights, so it is caught at the next look.
+        if self.cfg.trainer.on_nonfinite == "stop" and (logging_now or validating or stopping):
+            self.stop_if_diverged(result)
+        if logging_now:
+            self.metric_logger.log(step, result, lr)
+        if validating:
+            improved = self.validator.validate(self.state)
+            self.checkpointer.save(self.state, best=improved)
+            self.metric_logger.restart_clock(step)
+        if stopping:
+            self.checkpointer.save(self.state, best=False)
+            raise Interrupted(self.stop_signals[0] if self.stop_signals else signal.SIGTERM)
+
+    def count_skipped_step(self) -> None:
+        state = self.state
+        state.skipped_steps += 1
+        self.tracker.log({"train/skipped_steps": state.skipped_steps}, state.step, state.step * self.run.tokens_per_step)
+        log.warning("step %d: non-finite loss or gradient norm, update skipped (%d so far)", state.step, state.skipped_steps)
+
+    def stop_requested(self, at_log_step: bool) -> bool:
+        """Whether to stop after this step. Ranks receive a signal at different steps, so under
+        DDP they agree at log steps."""
+        if self.run.world.distributed:
+            return at_log_step and self.run.world.any(bool(self.stop_signals))
+        return bool(self.stop_signals)
+
+    def stop_if_diverged(self, result: StepResult) -> None:
+        if not is_finite(result, self.run.scaler):
+            step = self.state.step
+            self.tracker.log({"train/loss": result.loss.item(), "train/grad_norm": result.grad_norm.item()}, step, step * self.run.tokens_per_step)
+            raise Diverged(f"non-finite loss ({result.loss.item()}) or gradient norm ({result.grad_norm.item()}) at step {step}")

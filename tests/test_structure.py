@@ -1,0 +1,162 @@
+"""The shape of the code that users and later features rely on: entry points that import only
+library modules, a short loop, typed configs that refuse wrong types in one line, and
+checkpoints of earlier versions that still resume, sample and evaluate."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from nanolab.bench import WorkerFailed, run_worker
+from nanolab.checkpoint import upgrade
+
+SRC = REPO / "src" / "nanolab"
+OLD_CHECKPOINT = Path(__file__).with_name("data") / "checkpoint_507db7a.pt"
+# The overrides the old checkpoint was trained with (tests/data/README.md).
+OLD_RUN = [
+    "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "trainer.batch_size=4",
+    "trainer.eval_iters=2", "trainer.log_interval=1", "schedule.warmup_iters=2", "optim.lr=1e-2", "logger.mode=disabled",
+]
+
+
+def entry_points() -> set[str]:
+    """Modules behind the console scripts, plus nanolab.bench (run as python -m)."""
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    return {target.split(":")[0].removeprefix("nanolab.") for target in scripts.values()} | {"bench"}
+
+
+def imported_nanolab_modules(path: Path) -> set[str]:
+    """Every nanolab module a file imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nanolab"):
+            if node.module == "nanolab":
+                found |= {alias.name for alias in node.names}
+            else:
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("nanolab.")}
+    return found
+
+
+def test_entry_points_import_library_modules_never_each_other():
+    entries = entry_points()
+    assert {"train", "evaluate", "sample", "compare", "bench"} <= entries
+    for path in sorted(SRC.glob("*.py")):
+        module = path.stem
+        others = imported_nanolab_modules(path) & entries - {module}
+        assert not others, f"nanolab.{module} imports the entry point(s) {sorted(others)}"
+
+
+def test_no_function_of_the_loop_is_longer_than_60_lines():
+    for name in ("train.py", "trainer.py", "run.py"):
+        for node in ast.walk(ast.parse((SRC / name).read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 60, f"{name}: {node.name} has {length} lines"
+
+
+WRONG_TYPES = [
+    ("trainer.max_iters=abc", "trainer.max_iters='abc' must be an integer"),
+    ("trainer.batch_size=1.5", "trainer.batch_size=1.5 must be an integer"),
+    ("optim.lr=abc", "optim.lr='abc' must be a number"),
+    ("trainer.on_nonfinite=maybe", "trainer.on_nonfinite='maybe' must be one of stop, skip_step"),
+    ("model.n_embd=12.5", "model.n_embd=12.5 must be an integer"),
+    ("seed=1.5", "seed=1.5 must be an integer"),
+    ("model.bias=sometimes", "model.bias='sometimes' must be true or false"),
+    ("data.tokenizer=bytes", "data.tokenizer='bytes' must be one of char, gpt2"),
+]
+
+
+@pytest.mark.parametrize("override,message", WRONG_TYPES, ids=[o for o, _ in WRONG_TYPES])
+def test_a_wrong_type_is_one_line_exit_2_and_nothing_written(tmp_path, override, message):
+    proc = run_cli(override, cwd=tmp_path, check=False)  # the default run directory, under tmp_path
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 2 and lines == [message], lines
+    assert list(tmp_path.iterdir()) == [], "a refused run wrote files"
+
+
+def test_values_the_schema_converts_reach_the_run():
+    # A word for a boolean and a quoted number are what the user meant; an integer is a number.
+    from conftest import TINY, compose_train
+    from nanolab.config import check_config
+
+    cfg = compose_train(*TINY, "optim.lr=1", "trainer.save_checkpoints=no", "trainer.max_iters='12'")
+    check_config(cfg)
+    assert (cfg.optim.lr, cfg.trainer.save_checkpoints, cfg.trainer.max_iters) == (1, False, 12)
+    assert type(cfg.trainer.max_iters) is int
+
+
+def test_upgrade_fills_every_key_added_since_the_first_checkpoints():
+    state = torch.load(OLD_CHECKPOINT, weights_only=True)
+    for key in ("rng_ranks", "skipped_steps"):
+        del state[key]
+    del state["config"]["loss"]["z_loss"], state["config"]["data"]["shard_gb"], state["config"]["head_chunk_tokens"]
+    del state["config"]["optim"]["fused"], state["model_config"]["logit_softcap"]
+    state["config"]["trainer"]["grad_accum"] = 3
+    state["sampler"] = {"generator": state["sampler"]["streams"][0]}
+    upgrade(state)
+    config = state["config"]
+    assert (config["loss"]["z_loss"], config["data"]["shard_gb"], config["head_chunk_tokens"], config["optim"]["fused"]) == (0.0, 4, "auto", "auto")
+    assert state["skipped_steps"] == 0 and state["rng_ranks"] == [state["rng"]] and state["model_config"]["logit_softcap"] is None
+    assert sorted(state["sampler"]["streams"]) == [0, 1, 2]  # streams 1 and 2 start afresh, 0 continues
+
+
+def test_a_checkpoint_of_commit_507db7a_resumes_exactly_samples_and_evaluates(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(OLD_CHECKPOINT, run_dir / "last.pt")
+    run_cli(*OLD_RUN, "trainer.max_iters=9", "trainer.eval_interval=3", "resume=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    got = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    want = json.loads(OLD_CHECKPOINT.with_name("checkpoint_507db7a_resumed.json").read_text())
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for g, w in zip(got, want):
+        assert {k: g[k] for k in w} == pytest.approx(w, abs=1e-6), w["step"]
+
+    out = run_cli(f"checkpoint={OLD_CHECKPOINT}", "num_samples=1", "max_new_tokens=20", cwd=tmp_path, module="nanolab.sample")
+    assert len(out.stdout.split("-" * 40)[0]) >= 20
+    # The checkpoint's data paths are relative (data/shakespeare_char), as it was written.
+    (tmp_path / "data").symlink_to(data_root)
+    shutil.copy(OLD_CHECKPOINT, tmp_path / "old.pt")
+    run_cli("checkpoint=old.pt", "split=val", cwd=tmp_path, module="nanolab.evaluate")
+    result = json.loads((tmp_path / "evaluation_val.json").read_text())
+    assert result["step"] == 6 and result["tokens"] == (111_540 - 1) // 16 * 16
+    assert 3.0 < result["ce"] < 4.2 and result["ce_calibrated"] <= result["ce"] + 0.01
+
+
+def _dies(spec: dict, out: object) -> None:
+    os._exit(3)
+
+
+def _raises(spec: dict, out: object) -> None:
+    out.put({"error": "RuntimeError: no kernel for this dtype"})
+
+
+def test_a_worker_that_dies_or_fails_ends_the_benchmark_with_its_error():
+    with pytest.raises(WorkerFailed, match="the test worker died with exit code 3"):
+        run_worker(_dies, {}, "test worker")
+    with pytest.raises(WorkerFailed, match="the test worker failed: RuntimeError: no kernel"):
+        run_worker(_raises, {}, "test worker")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_head_benchmark_in_half_precision_runs_or_is_refused_in_one_line(tmp_path, dtype):
+    proc = run_cli(f"dtype={dtype}", "bench.what=head", "bench.repeats=1", "bench.head.tokens=512", "bench.head.n_embd=32",
+                   "bench.head.vocab_size=8192", "bench.head.chunk_tokens=128", f"hydra.run.dir={tmp_path}",
+                   cwd=tmp_path, module="nanolab.bench", check=False)
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text, text
+    if proc.returncode == 0:
+        assert json.loads((tmp_path / "bench.json").read_text())["dtype"] == dtype
+    else:
+        errors = [line for line in text.splitlines() if "ERROR" in line]
+        assert proc.returncode == 1 and len(errors) == 1 and dtype in errors[0], text
