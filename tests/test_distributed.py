@@ -80,6 +80,16 @@ def test_ddp_run_resumes_where_it_stopped(one_process, tmp_path):
     assert_same_trajectory(records(one_process), records(run_dir))
 
 
+@pytest.mark.slow
+def test_one_rank_prepares_the_data_while_the_others_wait(tmp_path, data_root):
+    """Two ranks preparing one directory at once delete each other's files; one prepares."""
+    fresh = tmp_path / "fresh" / "shakespeare_char"
+    run_dir = tmp_path / "run"
+    torchrun(*COMMON, "trainer.max_iters=2", f"data.dir={fresh}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert sorted(p.name for p in fresh.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
 def test_global_batch_is_split_over_processes_or_grows():
     assert local_grad_accum(8, True, World(rank=1, size=4)) == 2
     assert local_grad_accum(8, False, World(rank=1, size=4)) == 8

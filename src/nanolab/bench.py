@@ -34,12 +34,13 @@ import tempfile
 import time
 from pathlib import Path
 from queue import Empty
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.autograd import DeviceType
 from torch.nn import functional as F
 
 from nanolab import ConfigError, exit_on_config_error
@@ -55,8 +56,15 @@ from nanolab.trainer import train
 log = logging.getLogger("nanolab.bench")
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement on CUDA (the CPU's peak resident set cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated by tensors on CUDA; the process's peak resident set on CPU."""
+    """Peak GPU memory allocated by tensors on CUDA since the last reset; the process's peak
+    resident set on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -141,10 +149,13 @@ def bench_step(cfg: DictConfig) -> dict[str, Any]:
     bare_steps(run, b.warmup)
     bare, loop, splits = [], [], []
     peaks = []
+    reset_peak_memory(run.runtime.device)
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(b.repeats):
             log.info("repeat %d/%d: bare, split, loop", repeat + 1, b.repeats)
             bare += [bare_steps(run, block) for _ in range(b.steps // block)]
+            if repeat == 0:  # before the loop builds a second model in this process
+                memory_mb = peak_memory_mb(run.runtime.device)
             splits += [split_step(run) for _ in range(b.steps)]
             loop += loop_step_seconds(cfg, b.warmup + b.steps, Path(tmp) / f"loop{repeat}")[b.warmup // block :]
             if run.runtime.device.type == "cpu":
@@ -167,7 +178,7 @@ def bench_step(cfg: DictConfig) -> dict[str, Any]:
         "split_ms": {k: 1000 * v for k, v in split.items()},
         "eval_s": eval_s,
         "eval_share": n_evals * eval_s / (n_evals * eval_s + cfg.trainer.max_iters * loop_s),
-        "peak_memory_mb": peak_memory_mb(run.runtime.device),
+        "peak_memory_mb": memory_mb,
         "samples": {"bare": len(bare), "loop": len(loop), "split": len(splits)},
     }
 
@@ -221,6 +232,20 @@ def op_family(event: Any) -> str:
     return next((family for family, keys in OP_FAMILIES if any(k in lowered for k in keys)), "other")
 
 
+def self_time_by_family(events: Iterable[Any], cuda: bool) -> dict[str, float]:
+    """Self time (µs) of each operator family over profiler events. On CUDA, the device time
+    of the CPU-side ops, which carry the time of the kernels they launched: the kernel events
+    themselves would count it a second time."""
+    families: dict[str, float] = {}
+    for e in events:
+        if e.device_type != DeviceType.CPU:
+            continue
+        us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if us:
+            families[op_family(e)] = families.get(op_family(e), 0.0) + us
+    return families
+
+
 def bench_profile(cfg: DictConfig) -> dict[str, Any]:
     """torch.profiler over `bench.steps` bare steps: self time per operator family (per step and
     as a share), with the top-operator table in profile.txt next to bench.json."""
@@ -232,11 +257,7 @@ def bench_profile(cfg: DictConfig) -> dict[str, Any]:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         bare_steps(run, cfg.bench.steps)
-    families: dict[str, float] = {}
-    for e in prof.events():
-        us = e.self_device_time_total if cuda else e.self_cpu_time_total
-        if us:
-            families[op_family(e)] = families.get(op_family(e), 0.0) + us
+    families = self_time_by_family(prof.events(), cuda)
     total = sum(families.values())
     sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     out_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -289,8 +310,7 @@ def _measure_head(spec: dict[str, Any]) -> dict[str, float]:
         return h.grad, weight.grad
 
     sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     base = peak_memory_mb(device) if device.type == "cuda" else _current_rss_mb()
     grads = run()
     sync(device)

@@ -40,6 +40,7 @@ FORMAT = 1
 CONFIG_KEYS_ADDED = {
     "loss.z_loss": 0.0,
     "data.shard_gb": 4,
+    "data.shared_filesystem": True,
     "head_chunk_tokens": "auto",
     "trainer.on_nonfinite": "stop",
     "trainer.fix_global_batch": True,
@@ -60,6 +61,9 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
     state["model_config"].setdefault("logit_softcap", None)
     state.setdefault("skipped_steps", 0)
     state.setdefault("rng_ranks", [state["rng"]])  # saved before DDP: one process
+    for rng in (state["rng"], *state["rng_ranks"]):
+        if isinstance(rng["cuda"], list):  # every visible GPU's state: the run's was the first
+            rng["cuda"] = rng["cuda"][0] if rng["cuda"] else None
     sampler = state["sampler"]
     if "generator" in sampler:  # saved before per-micro-batch data streams: one generator drew all
         streams = {0: sampler.pop("generator")}
@@ -103,24 +107,26 @@ class Checkpointer:
             save_checkpoint(self.directory / "best.pt", checkpoint)
 
 
-def capture_rng_state() -> dict:
+def capture_rng_state(device: torch.device) -> dict:
+    """The RNG states of python, numpy, torch's CPU generator and, on a GPU, of the run's own
+    device only: the states of every visible GPU could not be restored where fewer are visible."""
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": {"keys": torch.from_numpy(np_state[1].copy()), "pos": np_state[2], "gauss": [np_state[3], np_state[4]]},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
 
 
-def restore_rng_state(state: dict) -> None:
+def restore_rng_state(state: dict, device: torch.device) -> None:
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     np_state = state["numpy"]
     np.random.set_state(("MT19937", np_state["keys"].numpy(), np_state["pos"], *np_state["gauss"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

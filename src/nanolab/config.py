@@ -162,6 +162,7 @@ class Data:
     val_fraction: float = MISSING
     shard_gb: float = MISSING
     dir: str = MISSING
+    shared_filesystem: bool = MISSING
 
 
 @dataclass

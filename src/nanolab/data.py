@@ -357,8 +357,10 @@ def _start_preparing(directory: Path, source_hash: str) -> None:
         write_json(directory / PREPARING, {"source_hash": source_hash})
 
 
-def prepare(cfg: DictConfig) -> dict:
-    """Make sure data/<name>/ holds bins for the configured source; returns its meta."""
+def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
+    """Make sure data/<name>/ holds bins for the configured source; returns its meta. With
+    `allowed=False` (a rank of a DDP run that does not prepare) data that is missing or stale
+    is an error instead."""
     if cfg.source not in (*SOURCES, "hf"):
         raise DataError(f"data.source={cfg.source!r} is not one of {[*SOURCES, 'hf']}")
     if cfg.tokenizer not in ("char", "gpt2"):
@@ -373,6 +375,11 @@ def prepare(cfg: DictConfig) -> dict:
     meta = _read_meta(directory)
     if meta is not None and meta.get("source_hash") == source_hash:
         return meta
+    if not allowed:
+        raise DataError(
+            f"{directory} holds no prepared {cfg.name} data for this process, and another rank prepared it: "
+            "if the nodes of this run do not share a filesystem, set data.shared_filesystem=false"
+        )
 
     log.info("preparing %s in %s", cfg.name, directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -398,8 +405,9 @@ class TokenData:
     meta: dict
 
     @classmethod
-    def load(cls, cfg: DictConfig) -> "TokenData":
-        meta = prepare(cfg)
+    def load(cls, cfg: DictConfig, prepare_missing: bool = True) -> "TokenData":
+        """The prepared dataset, preparing it first when needed (and `prepare_missing`)."""
+        meta = prepare(cfg, allowed=prepare_missing)
         splits = {}
         for split in ("train", "val"):
             maps = [np.memmap(path, dtype=meta["dtype"], mode="r") for path, _ in _split_files(Path(cfg.dir), meta, split)]

@@ -11,6 +11,7 @@ process, so a plain `python -m nanolab.train` runs the same code as a world of o
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import io
 import logging
@@ -57,6 +58,33 @@ class World:
             torch_dist.all_reduce(t)
             t /= self.size
         return t
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum `t` over ranks in place."""
+        if self.distributed:
+            torch_dist.all_reduce(t)
+        return t
+
+    def gather_to_main(self, obj: Any) -> list[Any] | None:
+        """Every rank's `obj`, in rank order, on rank 0 (None elsewhere): unlike `gather`, the
+        other ranks receive nothing, so large objects are sent once."""
+        if not self.distributed:
+            return [obj]
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        blobs: list[Any] | None = [None] * self.size if self.main else None
+        torch_dist.gather_object(buffer.getvalue(), blobs, dst=0)
+        return [torch.load(io.BytesIO(blob), weights_only=False) for blob in blobs] if self.main else None
+
+    def wait_for_all(self) -> None:
+        """A barrier without a time limit worth the name (a week): the ranks that wait here may
+        wait for another to prepare a dataset for hours, longer than the process group's
+        timeout. If that rank fails instead, torchrun stops the waiting ones."""
+        if not self.distributed:
+            return
+        group = torch_dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
+        torch_dist.barrier(group=group)
+        torch_dist.destroy_process_group(group)
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order, on every rank."""
@@ -130,7 +158,9 @@ def local_grad_accum(grad_accum: int, fix_global_batch: bool, world: World) -> i
 
 def gradient_sync(model: torch.nn.Module, last_micro_step: bool) -> contextlib.AbstractContextManager:
     """DDP all-reduces gradients in backward; on every micro-step but an optimizer step's last
-    that work would be thrown away, so it is skipped (gradients accumulate locally)."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel) and not last_micro_step:
-        return model.no_sync()
+    that work would be thrown away, so it is skipped (gradients accumulate locally). `model`
+    may be the DDP module or its compiled wrapper."""
+    ddp = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule keeps the module there
+    if isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and not last_micro_step:
+        return ddp.no_sync()
     return contextlib.nullcontext()

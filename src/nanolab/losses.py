@@ -10,10 +10,11 @@ parameters if it has any), and add configs/loss/name.yaml with `name: name` and 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nanolab import ConfigError
 from torch.nn import functional as F
@@ -144,15 +145,18 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     the logits of one chunk exist at a time and nothing is recomputed in the backward pass."""
 
     @staticmethod
-    def forward(ctx, hidden, targets, head, loss_fn, cfg, chunk_tokens, *params):  # noqa: ANN001 (autograd API)
+    def forward(ctx, hidden, targets, chunk_loss, ignore_index, chunk_tokens, grad_scale, *params):  # noqa: ANN001 (autograd API)
         total = torch.zeros((), device=hidden.device)
         grad_hidden = torch.zeros_like(hidden)
         grad_params = [torch.zeros_like(p) for p in params]
-        for rows, share in _chunks(targets, cfg.ignore_index, chunk_tokens):
+        for rows, share in _chunks(targets, ignore_index, chunk_tokens):
             h = hidden[rows].detach().requires_grad_()
             with torch.enable_grad():
-                loss = loss_fn(head(h), targets[rows], cfg) * share
-            grads = torch.autograd.grad(loss, [h, *params])
+                loss = chunk_loss(h, targets[rows]) * share
+                scaled = loss if grad_scale is None else loss * grad_scale
+            grads = torch.autograd.grad(scaled, [h, *params])
+            if grad_scale is not None:  # differentiated scaled (the float16 backward), kept unscaled
+                grads = [g / grad_scale for g in grads]
             grad_hidden[rows] = grads[0]
             for acc, g in zip(grad_params, grads[1:]):
                 acc += g
@@ -166,12 +170,15 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         return grad_hidden * grad_output, None, None, None, None, None, *(g * grad_output for g in grad_params)
 
 
-def _chunks(targets: torch.Tensor, ignore_index: int, chunk_tokens: int) -> list[tuple[slice, float]]:
+def _chunks(targets: torch.Tensor, ignore_index: int | None, chunk_tokens: int) -> list[tuple[slice, float]]:
     """(rows, share) of each chunk holding counted tokens, share being its fraction of them: a
     chunk's mean times its share is its part of the batch's mean. Chunks of ignored tokens only
-    are left out (their mean is 0/0). One device sync, to read the counts."""
-    counts = (targets != ignore_index).split(chunk_tokens)
-    counts = torch.stack([c.sum() for c in counts]).tolist()
+    are left out (their mean is 0/0). One device sync reads the counts, unless ignore_index is
+    None: the caller knows that every token counts."""
+    if ignore_index is None:
+        counts = [len(t) for t in targets.split(chunk_tokens)]
+    else:
+        counts = torch.stack([(c != ignore_index).sum() for c in targets.split(chunk_tokens)]).tolist()
     total = sum(counts)
     return [
         (slice(i * chunk_tokens, (i + 1) * chunk_tokens), n / total) for i, n in enumerate(counts) if n > 0
@@ -193,6 +200,19 @@ def head_chunk_tokens(setting: int | str, vocab_size: int) -> int:
     return setting
 
 
+def head_loss(
+    head: Callable[[torch.Tensor], torch.Tensor], loss_fn: LossFn, cfg: DictConfig, compile: bool = False
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(hidden, targets) -> the loss of head(hidden): what the chunked head computes per chunk.
+    Compiled, it fuses the head's matmul output, the float32 upcast and the loss (and their
+    backward) instead of making several passes over a chunk's logits; it then takes the loss's
+    parameters as plain values, since compiled code would guard on a DictConfig's internals."""
+    if not compile:
+        return lambda h, t: loss_fn(head(h), t, cfg)
+    params = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))
+    return torch.compile(lambda h, t: loss_fn(head(h), t, params))
+
+
 def chunked_head_loss(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -201,16 +221,27 @@ def chunked_head_loss(
     loss_fn: LossFn,
     cfg: DictConfig,
     chunk_tokens: int,
+    grad_scale: torch.Tensor | None = None,
+    chunk_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    all_counted: bool = False,
 ) -> torch.Tensor:
     """loss_fn(head(hidden), targets, cfg) without ever holding the logits of all tokens: at a
     50k vocabulary those, and every loss's temporaries of the same size, dominate memory.
 
     hidden is (N, d), targets (N,); head maps (n, d) hidden states to (n, C) logits using
     head_params. The value and the gradients equal the unchunked loss's for any loss that is a
-    mean over counted tokens, which every registered loss is."""
+    mean over counted tokens, which every registered loss is. The gradients are taken in the
+    forward pass, before any loss scaling the caller applies: under float16 autocast pass the
+    GradScaler's scale as `grad_scale` so that they are taken scaled, as they would be in one
+    piece (per-logit gradients of about 1/(V·N) underflow in float16 otherwise). `chunk_loss`,
+    head_loss(head, loss_fn, cfg) by default, may be its compiled form. With `all_counted`
+    (no target can equal ignore_index, as in training batches of token ids) the chunks' shares
+    are known without reading the targets back from the device."""
+    chunk_loss = chunk_loss or head_loss(head, loss_fn, cfg)
+    ignore_index = None if all_counted else cfg.ignore_index
     if not torch.is_grad_enabled():
         total = torch.zeros((), device=hidden.device)
-        for rows, share in _chunks(targets, cfg.ignore_index, chunk_tokens):
-            total += loss_fn(head(hidden[rows]), targets[rows], cfg) * share
+        for rows, share in _chunks(targets, ignore_index, chunk_tokens):
+            total += chunk_loss(hidden[rows], targets[rows]) * share
         return total
-    return _ChunkedHeadLoss.apply(hidden, targets, head, loss_fn, cfg, chunk_tokens, *head_params)
+    return _ChunkedHeadLoss.apply(hidden, targets, chunk_loss, ignore_index, chunk_tokens, grad_scale, *head_params)

@@ -8,7 +8,6 @@ next-token accuracy, `bpt` is bits per token (bits per character on character da
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 
 import torch
@@ -80,23 +79,30 @@ def calibrated_ce(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return total / len(targets)
 
 
+# The sums a TokenTotals keeps, and their dtypes.
+SUMS = {
+    "tokens": torch.float64, "loss": torch.float64, "ce": torch.float64, "correct": torch.float64,
+    "correct_top5": torch.float64, "brier": torch.float64,
+    "bin_count": torch.float32, "bin_confidence": torch.float32, "bin_correct": torch.float32,
+}
+
+
 class TokenTotals:
-    """Sums over evaluated tokens, turned into per-token metrics at the end. With `calibrate`,
-    logits are also kept (up to CALIBRATION_ELEMENTS) for temperature scaling."""
+    """Sums over evaluated tokens, turned into per-token metrics at the end. The sums stay on
+    the logits' device and are read once, in `compute`: reading them after every batch would
+    make the host wait for the device about nine times per batch. With `calibrate`, logits are
+    also kept (up to CALIBRATION_ELEMENTS) for temperature scaling."""
 
     def __init__(self, calibrate: bool = False) -> None:
-        self.tokens = 0
-        self.loss = 0.0
-        self.ce = 0.0
-        self.correct = 0
-        self.correct_top5 = 0
-        self.brier = 0.0
-        self.bin_count = torch.zeros(ECE_BINS)
-        self.bin_confidence = torch.zeros(ECE_BINS)
-        self.bin_correct = torch.zeros(ECE_BINS)
         self.calibrate = calibrate
+        self.sums: dict[str, torch.Tensor] = {}
         self.kept_logits: list[torch.Tensor] = []
         self.kept_targets: list[torch.Tensor] = []
+        self.kept_rows = 0  # rows kept so far, ignored targets included (counting them needs no sync)
+        self.ignore_index = -1
+
+    def _add(self, name: str, value: torch.Tensor) -> None:
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
 
     @torch.no_grad()
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, loss_cfg: DictConfig) -> None:
@@ -104,63 +110,88 @@ class TokenTotals:
         # and every pass below over a strided view would copy it again.
         logits = logits.reshape(-1, logits.size(-1)).float().contiguous()
         targets = targets.reshape(-1)
+        self.ignore_index = loss_cfg.ignore_index
         keep = targets != loss_cfg.ignore_index
-        if not bool(keep.all()):
-            logits, targets = logits[keep], targets[keep]
-        n = len(targets)
-        if n == 0:
-            return
-        self.tokens += n
-        self.loss += float(loss_fn(logits, targets, loss_cfg)) * n
+        weight = keep.float()  # ignored tokens are masked, not removed: removing them would sync
+        n = keep.sum()
+        self._add("tokens", n.double())
+        self._add("loss", loss_fn(logits, targets, loss_cfg).double() * n)
         # Every metric below from one log-softmax: at GPT-2's vocabulary each pass over the
         # logits of a batch costs tens of milliseconds on a CPU.
+        safe_targets = targets.clamp(min=0)
         log_probs = logits.log_softmax(dim=-1)
-        log_p_target = log_probs.gather(1, targets[:, None]).squeeze(1)
-        self.ce -= float(log_p_target.sum())
+        log_p_target = log_probs.gather(1, safe_targets[:, None]).squeeze(1)
+        self._add("ce", -(log_p_target * weight).sum().double())
         top5 = log_probs.topk(min(5, logits.size(-1)), dim=-1)
         confidence, prediction = top5.values[:, 0].exp(), top5.indices[:, 0]
-        hit = (prediction == targets).float()
-        self.correct += int(hit.sum())
-        self.correct_top5 += int((top5.indices == targets[:, None]).any(dim=-1).sum())
+        hit = (prediction == targets).float() * weight
+        self._add("correct", hit.sum().double())
+        self._add("correct_top5", ((top5.indices == targets[:, None]).any(dim=-1).float() * weight).sum().double())
         # Brier score: sum_c (p_c - y_c)^2 = sum_c p_c^2 - 2 p_y + 1; p_c^2 = exp(2 log p_c), taken in
         # place as log_probs is not read again (one logits-sized temporary fewer).
-        self.brier += float((log_probs.mul_(2).exp_().sum(-1) - 2 * log_p_target.exp() + 1).sum())
-        bins = (confidence * ECE_BINS).long().clamp(max=ECE_BINS - 1).cpu()
-        self.bin_count += torch.bincount(bins, minlength=ECE_BINS)
-        self.bin_confidence += torch.bincount(bins, weights=confidence.cpu(), minlength=ECE_BINS)
-        self.bin_correct += torch.bincount(bins, weights=hit.cpu(), minlength=ECE_BINS)
+        brier = log_probs.mul_(2).exp_().sum(-1) - 2 * log_p_target.exp() + 1
+        self._add("brier", (brier * weight).sum().double())
+        bins = (confidence * ECE_BINS).long().clamp(0, ECE_BINS - 1)  # 0 for nan: the metrics are nan, not a crash
+        self._add("bin_count", torch.bincount(bins, weights=weight, minlength=ECE_BINS))
+        self._add("bin_confidence", torch.bincount(bins, weights=confidence * weight, minlength=ECE_BINS))
+        self._add("bin_correct", torch.bincount(bins, weights=hit, minlength=ECE_BINS))
         if self.calibrate:
             self._keep(logits, targets)
 
     def _keep(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        room = CALIBRATION_ELEMENTS // logits.size(-1) - sum(len(t) for t in self.kept_targets)
+        room = CALIBRATION_ELEMENTS // logits.size(-1) - self.kept_rows
         if room > 0:
-            self.kept_logits.append(logits[:room].cpu())
-            self.kept_targets.append(targets[:room].cpu())
+            self.kept_logits.append(logits[:room])
+            self.kept_targets.append(targets[:room])
+            self.kept_rows += len(self.kept_targets[-1])
 
-    def merge(self, other: "TokenTotals") -> None:
-        """Add the totals of other tokens (another rank's), as if `update` had seen them next."""
-        for key in ("tokens", "loss", "ce", "correct", "correct_top5", "brier", "bin_count", "bin_confidence", "bin_correct"):
-            setattr(self, key, getattr(self, key) + getattr(other, key))
-        for logits, targets in zip(other.kept_logits, other.kept_targets):
-            self._keep(logits, targets)
+    def combine(self, world: World, device: torch.device) -> None:
+        """Under DDP, the totals of every rank's tokens: the sums on every rank, the kept
+        logits (rank after rank, as one process would have kept them) on rank 0 alone."""
+        if not world.distributed:
+            return
+        for name in SUMS:  # a rank that evaluated no batch contributes zeros
+            empty = torch.zeros(ECE_BINS if name.startswith("bin_") else (), dtype=SUMS[name], device=device)
+            world.sum_(self.sums.setdefault(name, empty))
+        if self.calibrate:
+            # Rank 0 keeps the first rows over the ranks in order: send only what it can keep.
+            before = sum(world.gather(self.kept_rows)[: world.rank])
+            room = max(0, CALIBRATION_ELEMENTS // self.kept_logits[0].size(-1) - before) if self.kept_logits else 0
+            mine = (torch.cat(self.kept_logits)[:room].cpu(), torch.cat(self.kept_targets)[:room].cpu()) if room else None
+            ranks = world.gather_to_main(mine)
+            self.kept_logits, self.kept_targets, self.kept_rows = [], [], 0
+            for kept in ranks or []:
+                if kept is not None:
+                    self._keep(kept[0].to(device), kept[1].to(device))
+
+    @property
+    def tokens(self) -> int:
+        return int(self.sums["tokens"])
 
     def compute(self, device: torch.device | None = None) -> dict[str, float]:
-        """Per-token metrics; the temperature is fitted on `device` (the evaluation's GPU, say)."""
-        ce = self.ce / self.tokens
+        """Per-token metrics, read from the device at once; the temperature is fitted on
+        `device` (the evaluation's GPU, say). Without kept logits (DDP ranks other than 0)
+        there is no calibrated cross-entropy."""
+        ece_gap = (self.sums["bin_confidence"] - self.sums["bin_correct"]).abs().sum().double()
+        names = ["tokens", "loss", "ce", "correct", "correct_top5", "brier"]
+        values = dict(zip([*names, "ece_gap"], torch.stack([*(self.sums[k] for k in names), ece_gap]).tolist()))
+        tokens = values["tokens"]
+        ce = values["ce"] / tokens
         metrics = {
-            "loss": self.loss / self.tokens,
+            "loss": values["loss"] / tokens,
             "ce": ce,
             "ppl": math.exp(min(ce, 700.0)),
             "bpt": ce / math.log(2),
-            "acc": self.correct / self.tokens,
-            "acc_top5": self.correct_top5 / self.tokens,
-            "brier": self.brier / self.tokens,
+            "acc": values["correct"] / tokens,
+            "acc_top5": values["correct_top5"] / tokens,
+            "brier": values["brier"] / tokens,
             # expected calibration error: |confidence - accuracy| per bin, weighted by its tokens
-            "ece": float((self.bin_confidence - self.bin_correct).abs().sum()) / self.tokens,
+            "ece": values["ece_gap"] / tokens,
         }
         if self.kept_targets:
             logits, targets = torch.cat(self.kept_logits).to(device), torch.cat(self.kept_targets).to(device)
+            counted = targets != self.ignore_index
+            logits, targets = logits[counted], targets[counted]
             metrics["ce_calibrated"] = calibrated_ce(logits, targets)
             metrics["temperature"] = fit_temperature(logits, targets)
         return metrics
@@ -191,9 +222,9 @@ def evaluate(
     world: World = World(),
 ) -> dict[str, float]:
     """`val/<m>` and `train_eval/<m>` over eval_iters batches of each split, for m in loss, ce,
-    ppl, bpt, acc, acc_top5, brier, ece; for val also ce_calibrated and temperature. Under DDP
-    each rank evaluates a consecutive share of the batches and the totals are combined in
-    order, so the metrics are those of one process evaluating them all."""
+    ppl, bpt, acc, acc_top5, brier, ece; for val also ce_calibrated and temperature (on rank 0
+    alone under DDP). Under DDP each rank evaluates a consecutive share of the batches and the
+    totals are combined, so the metrics are those of one process evaluating them all."""
     device = next(model.parameters()).device
     mine = range(eval_iters * world.rank // world.size, eval_iters * (world.rank + 1) // world.size)
     model.eval()
@@ -206,16 +237,10 @@ def evaluate(
             if i in mine:
                 with autocast:
                     update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
-        if world.distributed:
-            totals = functools.reduce(_merged, world.gather(totals))
+        totals.combine(world, device)
         metrics |= {f"{prefix}/{k}": v for k, v in totals.compute(device).items()}
     model.train()
     return metrics
-
-
-def _merged(a: TokenTotals, b: TokenTotals) -> TokenTotals:
-    a.merge(b)
-    return a
 
 
 def flops_per_token(model: GPT) -> float:

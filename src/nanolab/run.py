@@ -17,9 +17,9 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from nanolab.checkpoint import Checkpoint, capture_rng_state, check_compatible, restore_rng_state
-from nanolab.data import BatchSampler, TokenData
+from nanolab.data import BatchSampler, TokenData, prepare
 from nanolab.distributed import World, gradient_sync, local_grad_accum
-from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens
+from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens, head_loss
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import build_optimizer, build_schedule
 from nanolab.runtime import Runtime, seed_everything
@@ -34,7 +34,7 @@ class Run:
     runtime: Runtime
     data: TokenData
     model: GPT
-    forward: torch.nn.Module  # the model, compiled and/or DDP-wrapped: what a step calls
+    forward: torch.nn.Module  # the model, DDP-wrapped and/or compiled: what a step calls
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     sampler: BatchSampler
@@ -42,6 +42,7 @@ class Run:
     lr_at: Callable[[int], float]
     head_chunk: int  # tokens per chunk of the output head and loss; 0: one piece
     accum: int  # micro-batches per optimizer step on this rank
+    chunk_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # a chunk's head + loss, compiled with the model
 
     @property
     def tokens_per_step(self) -> int:
@@ -52,7 +53,8 @@ class Run:
         """The run's part of a checkpoint: model, optimizer, scaler, and every rank's data
         streams and RNG states. Every rank must call it (it gathers); rank 0 gets the state,
         the others None."""
-        samplers, rngs = self.world.gather(self.sampler.state_dict()), self.world.gather(capture_rng_state())
+        samplers = self.world.gather(self.sampler.state_dict())
+        rngs = self.world.gather(capture_rng_state(self.runtime.device))
         if not self.world.main:
             return None
         return {
@@ -70,11 +72,19 @@ class Run:
         """Continue from a checkpoint: weights, optimizer, scaler, this rank's data streams and
         RNG state (the first rank's when the world size changed)."""
         self.model.load_state_dict(state["model"])
+        # load_state_dict would also restore each group's kernel choice (fused, foreach) as it
+        # was where the checkpoint was written: a CPU checkpoint would run unfused on a GPU, a
+        # GPU one would turn the opt-in CPU kernel on. The config and this device decide.
+        kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        for group, kernel in zip(self.optimizer.param_groups, kernels):
+            group.update(kernel)
+        if state["scaler"]:  # a disabled scaler (float32, bfloat16) saves {}: a float16 run starts its own
+            self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         rng_ranks = state["rng_ranks"]
-        restore_rng_state(rng_ranks[self.world.rank] if len(rng_ranks) == self.world.size else state["rng"])
+        rng = rng_ranks[self.world.rank] if len(rng_ranks) == self.world.size else state["rng"]
+        restore_rng_state(rng, self.runtime.device)
 
 
 def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoint | None = None) -> Run:
@@ -84,7 +94,7 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
     loss_fn = get_loss(cfg.loss)
     lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
     seed_everything(cfg.seed)
-    data = TokenData.load(cfg.data)
+    data = load_data(cfg.data, world)
     data.check_block_size(cfg.model.block_size)
     model_config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size)
     model = GPT(model_config).to(runtime.device)
@@ -105,16 +115,38 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
         lr_at=lr_at,
         head_chunk=head_chunk_tokens(cfg.head_chunk_tokens, model_config.vocab_size),
         accum=accum,
+        chunk_loss=head_loss(model.head, loss_fn, cfg.loss, compile=runtime.compile),
     )
     if resume is not None:
         check_compatible(resume.path, resume.state, model_config.to_dict())
         run.load_state_dict(resume.state)
-    if runtime.compile:
-        run.forward = torch.compile(run.forward)
+    run.forward = wrap_forward(model, runtime, world)
+    return run
+
+
+def wrap_forward(model: GPT, runtime: Runtime, world: World) -> torch.nn.Module:
+    """What a training step calls: the model, DDP-wrapped under torchrun, then compiled. In
+    this order torch.compile sees DDP's buckets and splits the graph at their boundaries
+    (DDPOptimizer), so gradient all-reduces overlap the compiled backward."""
+    forward: torch.nn.Module = model
     if world.distributed:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        run.forward = DistributedDataParallel(run.forward, device_ids=device_ids)
-    return run
+        forward = DistributedDataParallel(forward, device_ids=device_ids)
+    if runtime.compile:
+        forward = torch.compile(forward)
+    return forward
+
+
+def load_data(cfg: DictConfig, world: World) -> TokenData:
+    """The dataset, prepared first if needed. Under torchrun one rank prepares it (global rank
+    0 with `data.shared_filesystem`, else local rank 0 of each node) while the others wait:
+    ranks preparing the same directory at once delete each other's files."""
+    if not world.distributed:
+        return TokenData.load(cfg)
+    if world.rank == 0 if cfg.shared_filesystem else world.local_rank == 0:
+        prepare(cfg)
+    world.wait_for_all()
+    return TokenData.load(cfg, prepare_missing=False)
 
 
 def batch_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -125,7 +157,15 @@ def batch_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return run.loss_fn(logits.reshape(-1, logits.size(-1)), y.reshape(-1), run.cfg.loss)
     hidden = run.forward(x, head=False)
     head_params = list(run.model.lm_head.parameters())
-    return chunked_head_loss(hidden.flatten(0, 1), y.flatten(), run.model.head, head_params, run.loss_fn, run.cfg.loss, run.head_chunk)
+    # With float16 the GradScaler's scale must reach the gradients the chunked head takes
+    # inside its forward pass, or per-logit gradients (~1/(V*N)) underflow to zero.
+    grad_scale = run.scaler.scale(torch.ones((), device=hidden.device)) if run.scaler.is_enabled() else None
+    # Training targets are token ids, never negative: with a negative ignore_index (the
+    # default) every one counts, and the chunks need not read the targets back to know it.
+    return chunked_head_loss(
+        hidden.flatten(0, 1), y.flatten(), run.model.head, head_params, run.loss_fn, run.cfg.loss, run.head_chunk, grad_scale,
+        run.chunk_loss, all_counted=run.cfg.loss.ignore_index < 0,
+    )
 
 
 class StepResult(NamedTuple):
@@ -172,7 +212,9 @@ def train_step(run: Run, lap: Callable[[str], None] = _no_lap) -> StepResult:
     result = StepResult(total / run.accum, grad_norm, skipped=False)
     if trainer.on_nonfinite == "skip_step" and not is_finite(result, run.scaler):
         result = result._replace(skipped=True)
-    else:
+    if run.scaler.is_enabled() or not result.skipped:
+        # With float16 the GradScaler owns skipping: its step skips non-finite gradients and
+        # its update must follow every unscale_, or the next step's unscale_ raises.
         run.scaler.step(run.optimizer)
         run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)

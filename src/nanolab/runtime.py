@@ -46,16 +46,24 @@ def pick_device(name: str, job_num: int | None = None) -> torch.device:
     return device
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` (a GPU) computes bfloat16 in hardware: compute capability 8.0 (Ampere)
+    or later. torch.cuda.is_bf16_supported() also counts emulation, which V100s and T4s offer
+    at a fraction of float16's speed, and asks about the current device, not this one."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 on CUDA GPUs that support it, float16 on older ones, float32 elsewhere."""
+    """`auto` is bfloat16 on CUDA GPUs that have it in hardware, float16 (with a GradScaler) on
+    older ones, float32 elsewhere."""
     if name == "auto":
         if device.type != "cuda":
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bfloat16(device) else torch.float16
     if name not in DTYPES:
         raise ConfigError(f"dtype={name!r} is not one of {['auto', *DTYPES]}")
-    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"dtype=bfloat16 but {torch.cuda.get_device_name(device)} lacks it; use dtype=float16")
+    if name == "bfloat16" and device.type == "cuda" and not native_bfloat16(device):
+        raise ConfigError(f"dtype=bfloat16 but {torch.cuda.get_device_name(device)} has no bfloat16 in hardware (only a slow emulation); use dtype=float16")
     return DTYPES[name]
 
 
@@ -128,25 +136,31 @@ class Runtime:
         return device_peak_flops(self.device, self.dtype)
 
 
-# Dense bf16/fp16 tensor-core peaks from the vendors' datasheets (no sparsity), matched
-# against torch.cuda.get_device_name() in order, so "H100 PCIe" comes before "H100".
-GPU_PEAK_BF16 = [
-    ("GB200", 2.5e15),
-    ("B200", 2.25e15),
-    ("H200", 989e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),
-    ("H800", 989e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-    ("A10G", 70e12),
-    ("A10", 125e12),
-    ("RTX 4090", 165e12),
-    ("RTX 3090", 71e12),
-    ("V100", 125e12),
-    ("T4", 65e12),
+# Dense tensor-core peaks from the vendors' datasheets (no sparsity): (name, bf16/fp16,
+# float32), float32 being TF32 (half of bf16) where the GPU has it. V100 and T4 have no TF32,
+# so float32 runs on their plain FP32 units. Matched against torch.cuda.get_device_name() in
+# order, so the longer names come first ("H100 NVL" before "H100", "L40" before "L4").
+GPU_PEAKS = [
+    ("GB200", 2.5e15, 1.25e15),
+    ("B200", 2.25e15, 1.125e15),
+    ("H200 NVL", 835e12, 417.5e12),
+    ("H200", 989e12, 494.5e12),
+    ("H100 NVL", 835e12, 417.5e12),
+    ("H100 PCIe", 756e12, 378e12),
+    ("H100", 989e12, 494.5e12),
+    ("H800 PCIe", 756e12, 378e12),
+    ("H800", 989e12, 494.5e12),
+    ("A100", 312e12, 156e12),
+    ("A800", 312e12, 156e12),
+    ("L40S", 362e12, 183e12),
+    ("L40", 181e12, 90.5e12),
+    ("L4", 121e12, 60e12),
+    ("A10G", 70e12, 35e12),
+    ("A10", 125e12, 62.5e12),
+    ("RTX 4090", 165e12, 82.6e12),
+    ("RTX 3090", 71e12, 35.6e12),
+    ("V100", 125e12, 15.7e12),
+    ("T4", 65e12, 8.1e12),
 ]
 
 
@@ -164,13 +178,13 @@ def measure_cpu_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
 
 
 def device_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """The peak that MFU is measured against: a datasheet number on known GPUs (half of it for
-    float32, which runs as TF32), a measured matmul peak on CPU, None where unknown."""
+    """The peak that MFU is measured against: a datasheet number on known GPUs (GPU_PEAKS), a
+    measured matmul peak on CPU, None where unknown."""
     if device.type == "cpu":
         return measure_cpu_matmul_flops()
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_BF16:
+        for key, half, single in GPU_PEAKS:
             if key in name:
-                return peak if dtype in (torch.bfloat16, torch.float16) else peak / 2
+                return half if dtype in (torch.bfloat16, torch.float16) else single
     return None

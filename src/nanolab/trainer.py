@@ -72,14 +72,21 @@ class RunState:
 
 class MetricLogger:
     """Every `trainer.log_interval` steps (and at the last): loss, lr, gradient norm, step
-    time, tokens/s and MFU, timed over the steps since the last log or evaluation."""
+    time, tokens/s and MFU, timed over the steps since the last log or evaluation. A compiled
+    model's first step in this process compiles it: it is left out of the timing."""
 
     def __init__(self, run: Run, tracker: Tracker, progress: tqdm, step: int) -> None:
         self.run, self.tracker, self.progress = run, tracker, progress
         self.flops_per_token = flops_per_token(run.model)
         peak = run.runtime.peak_flops()
         self.peak_flops = peak * run.world.size if peak else None  # tokens/s counts every process's tokens
+        self.compiling = run.runtime.compile
         self.restart_clock(step)
+
+    def step_done(self, step: int) -> None:
+        if self.compiling:
+            self.compiling = False
+            self.restart_clock(step)
 
     def restart_clock(self, step: int) -> None:
         """Time the steps after `step` (restarted after an evaluation, so it stays out of tokens/s)."""
@@ -89,21 +96,18 @@ class MetricLogger:
         return step % self.run.cfg.trainer.log_interval == 0 or step == self.run.cfg.trainer.max_iters
 
     def log(self, step: int, result: StepResult, lr: float) -> None:
-        dt = (time.perf_counter() - self.interval_start) / (step - self.interval_first_step)
-        tokens_per_s = self.run.tokens_per_step / dt
-        stats = {
-            "train/loss": result.loss.item(),
-            "train/lr": lr,
-            "train/grad_norm": result.grad_norm.item(),
-            "perf/step_ms": 1000 * dt,
-            "perf/tokens_per_s": tokens_per_s,
-        }
-        if self.peak_flops:
-            stats["perf/mfu"] = self.flops_per_token * tokens_per_s / self.peak_flops
+        stats = {"train/loss": result.loss.item(), "train/lr": lr, "train/grad_norm": result.grad_norm.item()}
+        timed_steps = step - self.interval_first_step  # 0 right after a compiling step
+        if timed_steps:
+            dt = (time.perf_counter() - self.interval_start) / timed_steps
+            stats |= {"perf/step_ms": 1000 * dt, "perf/tokens_per_s": self.run.tokens_per_step / dt}
+            if self.peak_flops:
+                stats["perf/mfu"] = self.flops_per_token * stats["perf/tokens_per_s"] / self.peak_flops
+            self.progress.set_postfix(loss=f"{stats['train/loss']:.4f}", tok_s=f"{stats['perf/tokens_per_s']:,.0f}", refresh=False)
         self.tracker.log(stats, step, step * self.run.tokens_per_step)
-        self.progress.set_postfix(loss=f"{stats['train/loss']:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
         if self.progress.disable:
-            log.info("step %d: loss %.4f, %.1f ms/step, %.0f tokens/s", step, stats["train/loss"], 1000 * dt, tokens_per_s)
+            timing = f", {stats['perf/step_ms']:.1f} ms/step, {stats['perf/tokens_per_s']:.0f} tokens/s" if timed_steps else ""
+            log.info("step %d: loss %.4f%s", step, stats["train/loss"], timing)
         self.restart_clock(step)
 
 
@@ -130,8 +134,9 @@ class Validator:
         if improved:
             state.best_val_ce = metrics["val/ce"]
             self.tracker.update_summary({"best/val/ce": state.best_val_ce, "best/step": state.step})
-        if metrics[cfg.objective] < self.tracker.summary.get(f"best/{cfg.objective}", math.inf):
-            self.tracker.update_summary({f"best/{cfg.objective}": metrics[cfg.objective]})
+        objective = metrics.get(cfg.objective)  # val/ce_calibrated exists on rank 0 alone
+        if objective is not None and objective < self.tracker.summary.get(f"best/{cfg.objective}", math.inf):
+            self.tracker.update_summary({f"best/{cfg.objective}": objective})
         self.tracker.update_summary({f"final/{k}": v for k, v in metrics.items()})
         return improved
 
@@ -203,6 +208,7 @@ class Trainer:
                 result = train_step(run)
                 state.step += 1
                 progress.update(1)
+                self.metric_logger.step_done(state.step)
                 self.after_step(result, lr)
         return self.tracker.summary.get(f"best/{self.cfg.objective}", math.nan)
 
