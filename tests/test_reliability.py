@@ -101,6 +101,28 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(tmp_pat
     print("killed at steps", kills, "and during a checkpoint write")
 
 
+SIGNAL_DRIVER = Path(__file__).with_name("signal_driver.py")
+
+
+@pytest.mark.parametrize("during_save,code", [(1, 143), (2, 130)])
+def test_signals_during_the_stop_checkpoint_are_noted_and_a_third_aborts(tmp_path, during_save, code):
+    """A second SIGTERM (a scheduler and torchrun may each send one) lands while the stop
+    checkpoint is written: it must still be written. A third aborts without it, saying so."""
+    args = [*RUN, "trainer.max_iters=100000", "trainer.eval_interval=100000", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, str(SIGNAL_DRIVER), str(during_save), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_step(proc, tmp_path, 5)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == code, out
+    assert "Traceback" not in out and "already stopping" in out
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+    if during_save == 1:
+        assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] >= 5
+    else:
+        assert "aborted without a checkpoint" in out and not (tmp_path / "last.pt").exists()
+
+
 @pytest.mark.parametrize("sig,logger", [(signal.SIGTERM, "offline"), (signal.SIGINT, "disabled")])
 def test_sigterm_and_sigint_checkpoint_the_current_step_and_resume(tmp_path, reference, sig, logger):
     proc = start(tmp_path, f"logger.mode={logger}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 
 import hydra
@@ -36,6 +37,9 @@ def main(cfg: DictConfig) -> float:
     except Interrupted as e:
         log.warning("%s", e)
         sys.exit(128 + e.signum)  # the machine is going away: stop a whole sweep too
+    except KeyboardInterrupt as e:  # a third signal, or Ctrl-C before training started
+        log.warning("%s", e or "interrupted")
+        sys.exit(128 + signal.SIGINT)
     except (ConfigError, Diverged) as e:
         log.error("%s", e)
         if not info.multirun:

@@ -144,14 +144,19 @@ class Validator:
 @contextlib.contextmanager
 def stop_requests() -> Iterator[list[int]]:
     """Turn SIGTERM and SIGINT (preemption, Ctrl-C) into a request that the loop honours after
-    the current step; a second signal stops at once. Yields the list of signals received."""
+    the current step, with a checkpoint. A second signal (a scheduler and torchrun may each
+    send one) is noted and changes nothing, so the stop checkpoint is always written; a third
+    aborts at once, without it. Yields the list of signals received."""
     received: list[int] = []
 
     def request_stop(signum: int, frame: object) -> None:
-        if received:
-            raise KeyboardInterrupt
         received.append(signum)
-        log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
+        if len(received) == 1:
+            log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
+        elif len(received) == 2:
+            log.warning("signal %d: already stopping; the checkpoint is written first (a third signal aborts without it)", signum)
+        else:
+            raise KeyboardInterrupt(f"signal {signum}, the third: aborted without a checkpoint of this step")
 
     try:
         previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
