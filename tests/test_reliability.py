@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import TINY, compose_train, run_cli
 from nanolab import ConfigError
@@ -99,6 +100,59 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted_run(tmp_pat
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
     assert not list(tmp_path.glob(".*.tmp*")), "a torn temporary file was left behind"
     print("killed at steps", kills, "and during a checkpoint write")
+
+
+def test_a_second_run_into_a_live_runs_directory_is_refused_and_the_first_goes_on(tmp_path):
+    first = subprocess.Popen([sys.executable, "-m", "nanolab.train", *RUN, "trainer.max_iters=100000",
+                              "trainer.eval_interval=100000", f"hydra.run.dir={tmp_path}"],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_step(first, tmp_path, 3)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".hydra").iterdir()}
+    second = run_cli(*RUN, f"hydra.run.dir={tmp_path}", "resume=true", "seed=2", cwd=tmp_path, check=False)
+    assert second.returncode == 2 and f"is in use by another run (pid {first.pid} on" in second.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / ".hydra").iterdir()} == before, "the live run's record was touched"
+    assert first.poll() is None, "the first run stopped"
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 143
+    assert not (tmp_path / "run.lock").exists(), "the lock outlived its run"
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
+    proc = start(tmp_path)
+    wait_for_step(proc, tmp_path, 3)
+    proc.kill()
+    proc.wait()
+    assert json.loads((tmp_path / "run.lock").read_text())["pid"] == proc.pid
+    proc = start(tmp_path, "trainer.max_iters=30")
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+    assert "taking it over" in proc.stdout.read()
+
+
+def test_a_fresh_run_into_a_directory_holding_a_run_is_refused_before_anything_is_touched(tmp_path):
+    run_cli(*TINY, "trainer.max_iters=4", "trainer.eval_interval=2", "logger.mode=disabled", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    before = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    proc = run_cli(*TINY, "trainer.max_iters=8", "logger.mode=disabled", f"hydra.run.dir={tmp_path}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"hydra.run.dir={tmp_path} already holds a run (finished); continue it with resume=true, "
+        "or start a new one in another hydra.run.dir"
+    )
+    assert {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_runs_launched_in_the_same_second_get_their_own_directories(monkeypatch):
+    from nanolab.tracking import launch_id
+
+    ids = set()
+    for pid in (101, 102):
+        monkeypatch.setattr(os, "getpid", lambda pid=pid: pid)
+        ids.add(launch_id())
+    assert len(ids) == 2
+    cfg = compose_train(return_hydra_config=True)
+    assert "${launch_id:}" in OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
+    # Every process of one launch shares it: several nodes name it by NANOLAB_LAUNCH_TIME.
+    monkeypatch.setenv("NANOLAB_LAUNCH_TIME", "1700000000")
+    assert len({launch_id(), launch_id()}) == 1
 
 
 SIGNAL_DRIVER = Path(__file__).with_name("signal_driver.py")

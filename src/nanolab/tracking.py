@@ -11,11 +11,13 @@ trouble never stops training.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import netrc
 import os
+import socket
 import sys
 import tempfile
 import time
@@ -115,6 +117,21 @@ def launch_time(fmt: str) -> str:
     else:
         t = time.time()
     return time.strftime(fmt, time.localtime(t))
+
+
+def launch_id() -> str:
+    """Six hex characters that tell apart runs launched in the same second (the `launch_id`
+    resolver, after launch_time in the default run and sweep directories), and are the same
+    for every process of one launch: derived from NANOLAB_LAUNCH_TIME (and SLURM_JOB_ID) when
+    it is set, as on several nodes; under torchrun from the torchrun process; otherwise from
+    this process and the moment it asks."""
+    if os.environ.get("NANOLAB_LAUNCH_TIME"):
+        key = f"env:{os.environ['NANOLAB_LAUNCH_TIME']}:{os.environ.get('SLURM_JOB_ID', '')}"
+    elif "TORCHELASTIC_RUN_ID" in os.environ and Path(f"/proc/{os.getppid()}/stat").exists():
+        key = f"torchrun:{os.getppid()}:{_process_start_time(os.getppid())}"
+    else:
+        key = f"process:{os.getpid()}:{time.time_ns()}"
+    return hashlib.sha1(key.encode()).hexdigest()[:6]
 
 
 def _process_start_time(pid: int) -> float:
@@ -275,6 +292,64 @@ def record_failure(run_dir: Path, exc: BaseException) -> None:
 
 OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)  # as Hydra's now
+OmegaConf.register_new_resolver("launch_id", launch_id, use_cache=True, replace=True)
+
+LOCK = "run.lock"
+RUN_FILES = ("summary.json", "last.pt", "metrics.jsonl")  # a directory holding any of them holds a run
+
+
+def _alive(owner: dict) -> bool | None:
+    """Whether the process that wrote a lock still runs: None when it ran on another host."""
+    if owner.get("host") != socket.gethostname():
+        return None
+    try:
+        return _process_start_time(owner["pid"]) == owner["started"]
+    except (OSError, KeyError, ValueError, IndexError):
+        return False
+
+
+def claim_run_dir(directory: Path, resume: object) -> None:
+    """Make `directory` this run's, before anything is written there: refuse a fresh run into
+    a directory that already holds one, and a second live run into a directory that one is
+    using (run.lock, with the owner's pid, start time and host; a lock whose process is gone
+    is taken over). The lock is removed when this process exits."""
+    if resume in (False, None) and any((directory / name).exists() for name in RUN_FILES):
+        try:
+            status = json.loads((directory / "summary.json").read_text())["status"]
+        except (OSError, ValueError, KeyError):
+            status = "unfinished"
+        raise ConfigError(
+            f"hydra.run.dir={directory} already holds a run ({status}); continue it with resume=true, "
+            "or start a new one in another hydra.run.dir"
+        )
+    lock = directory / LOCK
+    me = {"pid": os.getpid(), "started": _process_start_time(os.getpid()), "host": socket.gethostname()}
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            owner = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            owner = {}
+        if _alive(owner) is not False:
+            raise ConfigError(
+                f"hydra.run.dir={directory} is in use by another run (pid {owner.get('pid')} on {owner.get('host')}); "
+                f"choose another hydra.run.dir, or delete {lock} if that run is gone"
+            ) from None
+        log.warning("%s was left by pid %s, which has ended: taking it over", lock, owner.get("pid"))
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    atexit.register(_release, lock, me)
+
+
+def _release(lock: Path, me: dict) -> None:
+    try:
+        if json.loads(lock.read_text()) == me:
+            lock.unlink()
+    except (OSError, ValueError):
+        pass
 
 
 def _check_writable(config: DictConfig, key: str) -> None:
@@ -295,20 +370,27 @@ def _check_writable(config: DictConfig, key: str) -> None:
 
 class RunCallbacks(Callback):
     """Hydra callbacks. Before anything runs, the config must hold (`check_config`: a bad value
-    is one line and exit 2, with nothing written) and the output directory must be writable
-    (Hydra would otherwise fail later with a stack trace). After a multirun, each job's status is listed and
+    is one line and exit 2, with nothing written), the output directory must be writable
+    (Hydra would otherwise fail later with a stack trace) and this run's (`claim_run_dir`). After a multirun, each job's status is listed and
     the exit code is 1 if any job did not finish: one failed job never stops the others, but it
     never goes unnoticed either."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from nanolab.checkpoint import resume_checkpoint_path
         from nanolab.config import check_config
 
         try:
             check_config(config)  # a bad value is one line, before Hydra writes anything
+            _check_writable(config, "hydra.run.dir")
+            if int(os.environ.get("RANK", 0)) == 0:  # under torchrun, rank 0 speaks for the run
+                run_dir = Path(config.hydra.run.dir)
+                claim_run_dir(run_dir, config.resume)
+                resumed = resume_checkpoint_path(config.resume, run_dir)
+                if resumed is not None and resumed.parent.resolve() != run_dir.resolve() and resumed.parent.is_dir():
+                    claim_run_dir(resumed.parent, True)  # the run continues there
         except ConfigError as e:
             print(e, file=sys.stderr)
             sys.exit(EXIT_CONFIG_ERROR)
-        _check_writable(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check_writable(config, "hydra.sweep.dir")
