@@ -120,3 +120,23 @@ def test_compare_a_real_two_losses_by_two_seeds_multirun(tmp_path):
         assert rows[loss]["n"] == "2" and rows[loss]["seeds"] == "1 2"
     assert "| loss | n | seeds |" in out.stdout
     assert (sweep / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_damaged_metrics_are_named_and_a_finished_runs_summary_wins(tmp_path, caplog):
+    job = tmp_path / "sweep" / "0_loss=ce,seed=1"
+    fake_run(job, ["loss=ce"], 1, {"val/ce": 2.0, "val/acc": 0.5})
+    fake_run(tmp_path / "sweep" / "1_loss=mse,seed=1", ["loss=mse"], 1, {"val/ce": 3.0, "val/acc": 0.3})
+    lines = (job / "metrics.jsonl").read_text().splitlines()
+    lines.insert(2, lines[1])  # step 10 logged twice
+    # The final evaluation's line torn by a kill; the summary has the final values.
+    (job / "metrics.jsonl").write_text("\n".join([*lines[:-1], lines[-1][:25]]) + "\n")
+    summary = json.loads((job / "summary.json").read_text())
+    (job / "summary.json").write_text(json.dumps(summary | {"final/val/ce": 2.0, "final/val/acc": 0.5}))
+
+    compare([str(tmp_path / "sweep")])
+
+    row = read_csv(tmp_path / "sweep" / "report.csv")["ce"]
+    assert float(row["val/ce_mean"]) == 2.0 and float(row["val/acc_mean"]) == 0.5  # not step 0's 4.0
+    assert f"{job / 'metrics.jsonl'} line 4 is torn" in caplog.text
+    assert f"{job / 'metrics.jsonl'} line 3 logs step 10 again (first at line 2)" in caplog.text
+    assert f"{job}: metrics.jsonl's last evaluation (step 0) is not summary.json's final one" in caplog.text

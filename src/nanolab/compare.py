@@ -14,7 +14,7 @@ directory (or --out):
 - <metric>_vs_<key>.png for each swept numeric key (the learning-rate U-curve), one line per
   value of the other keys.
 It prints the table too. A configuration is a run's overrides without its seed and without
-keys that do not change what a run computes (resume, device, compile, logger.*, hydra.*).
+keys that do not change what a run computes (resume, allow_changes, device, compile, logger.*, hydra.*).
 Only finished runs enter the statistics; the others are listed with their status and error.
 """
 
@@ -50,7 +50,7 @@ METRICS = [
     ("perf/tokens_per_s", "tokens/s", "{:.0f}", True),
     ("wall_time_s", "wall time (s)", "{:.0f}", False),
 ]
-IDENTITY_FREE_KEYS = ("resume", "device", "compile", "logger", "hydra")  # and their sub-keys
+IDENTITY_FREE_KEYS = ("resume", "allow_changes", "device", "compile", "logger", "hydra")  # and their sub-keys
 CURVES = [("val/ce", "val/ce"), ("val/ce_calibrated", "val/ce, calibrated"), ("train/loss", "train/loss (each run's own objective)")]
 
 
@@ -104,15 +104,31 @@ def _is_identity_free(key: str) -> bool:
     return key.split(".", 1)[0] in IDENTITY_FREE_KEYS
 
 
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """A metrics.jsonl, read defensively: a torn line (a process killed mid-write) is left
+    out and a step logged twice of the same kind (two runs in one directory) is kept once,
+    each with a warning naming the file and line."""
+    records, seen = [], {}
+    if not path.is_file():
+        return records
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+            key = (record["step"], tuple(sorted(k for k in record if k not in ("step", "tokens", "time_s"))))
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s line %d is torn or not a record (a process killed mid-write?); left out", path, number)
+            continue
+        if key in seen:
+            log.warning("%s line %d logs step %d again (first at line %d): two runs wrote here? the first is kept", path, number, key[0], seen[key])
+            continue
+        seen[key] = number
+        records.append(record)
+    return records
+
+
 def read_run(path: Path) -> Run:
     """A run from its directory; a run without summary.json was killed or is still running."""
-    records = []
-    if (path / "metrics.jsonl").is_file():
-        for line in (path / "metrics.jsonl").read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:  # a line torn by a kill mid-write
-                continue
+    records = read_records(path / "metrics.jsonl")
     try:
         summary = json.loads((path / "summary.json").read_text())
     except (OSError, ValueError):
@@ -125,16 +141,21 @@ def read_run(path: Path) -> Run:
     config = _read_yaml(path / ".hydra" / "config.yaml") or {}
     seed = config.get("seed", params.get("seed"))
     params = {k: v for k, v in params.items() if k != "seed" and not _is_identity_free(k)}
-    return Run(path, summary.get("status", "unknown"), summary.get("error", ""), seed, params, records, run_values(records, summary))
+    return Run(path, summary.get("status", "unknown"), summary.get("error", ""), seed, params, records, run_values(records, summary, path))
 
 
-def run_values(records: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, float]:
+def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Path | None = None) -> dict[str, float]:
     """The report's numbers for one run: the last evaluation, the best val/ce, the median
     throughput and the wall time."""
     evals = [r for r in records if "val/ce" in r]
     if not evals:
         return {}
     values = {k: evals[-1][k] for k, *_ in METRICS if k in evals[-1]}
+    if summary.get("status") == "finished":  # its summary holds the final evaluation for sure
+        final = {k: summary[f"final/{k}"] for k in values if f"final/{k}" in summary}
+        if any(final[k] != values[k] for k in final):
+            log.warning("%s: metrics.jsonl's last evaluation (step %d) is not summary.json's final one: the summary's is reported", where, evals[-1]["step"])
+        values |= final
     values["best/val/ce"] = min(r["val/ce"] for r in evals)
     speeds = [r["perf/tokens_per_s"] for r in records if "perf/tokens_per_s" in r]
     if speeds:
