@@ -57,6 +57,9 @@ def test_text_file_and_folder_round_trip(tmp_path):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text("the cat sat on the mat. " * 50)
     (tmp_path / "corpus" / "b.md").write_text("über naïve café — ok " * 50)
+    (tmp_path / "corpus" / ".cache").mkdir()  # hidden folders and files are no part of a corpus
+    (tmp_path / "corpus" / ".cache" / "index.txt").write_text("XYZ" * 100)
+    (tmp_path / "corpus" / ".notes.txt").write_text("QQQ")
     for tokenizer in ("char", "gpt2"):
         cfg = compose_train("data=text", f"data.path={tmp_path}/corpus", f"data.tokenizer={tokenizer}", f"data.dir={tmp_path}/{tokenizer}").data
         meta = prepare(cfg)

@@ -155,6 +155,44 @@ def test_runs_launched_in_the_same_second_get_their_own_directories(monkeypatch)
     assert len({launch_id(), launch_id()}) == 1
 
 
+def test_resume_refuses_changed_settings_unless_allowed_and_keeps_every_segments_record(tmp_path):
+    run = [*TINY, "trainer.eval_interval=2", "logger.mode=disabled", f"hydra.run.dir={tmp_path}"]
+    run_cli(*run, "trainer.max_iters=2", cwd=tmp_path)
+    record = {p.name: p.read_text() for p in (tmp_path / ".hydra").iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    proc = run_cli(*run, "trainer.max_iters=4", "resume=true", "loss=mse", "optim.lr=3e-3", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(f"resume from {tmp_path}/last.pt would change what the run computes: ")
+    for diff in ("loss.name: checkpoint 'ce' vs now 'mse'", "optim.lr: checkpoint 0.01 vs now 0.003", "allow_changes=[loss.M,loss.k,loss.name,optim.lr]"):
+        assert diff in proc.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before, "a refused resume touched the run"
+    run_cli(*run, "trainer.max_iters=4", "resume=true", "optim.lr=3e-3", "allow_changes=[optim.lr]", cwd=tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["resume/changes"] == ["step 2: optim.lr: 0.01 -> 0.003"]
+    assert {p.name: p.read_text() for p in (tmp_path / ".hydra").iterdir() if p.is_file()} == record, "the first segment's record was overwritten"
+    assert "optim.lr=3e-3" in (tmp_path / ".hydra" / "resume-1" / "overrides.yaml").read_text()
+
+
+def test_bookkeeping_across_segments(tmp_path, caplog):
+    run = [*TINY, "trainer.eval_interval=2", "logger.mode=disabled", f"hydra.run.dir={tmp_path}"]
+    run_cli(*run, "trainer.max_iters=4", cwd=tmp_path)
+    first_wall = json.loads((tmp_path / "summary.json").read_text())["wall_time_s"]
+    run_cli(*run, "trainer.max_iters=8", "resume=true", cwd=tmp_path)
+    times = [r["time_s"] for r in records(tmp_path)]
+    assert times == sorted(times), "time_s went back at the resume"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["wall_time_s"] >= max(times) >= times[0] and summary["wall_time_s"] > first_wall
+    # Relaunching a finished run (a whole sweep relaunched with resume=true) changes nothing.
+    before = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    proc = run_cli(*run, "trainer.max_iters=8", "resume=true", cwd=tmp_path)
+    assert f"{tmp_path} already finished at step 8" in proc.stdout
+    assert {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_warmup_longer_than_the_run_is_named(tmp_path, caplog):
+    train(compose_train(*TINY, "logger.mode=disabled", "trainer.max_iters=3", "trainer.eval_interval=3"), RunInfo(dir=tmp_path, group=None, name=None))
+    assert "schedule.warmup_iters=5 is not shorter than trainer.max_iters=3" in caplog.text
+
+
 SIGNAL_DRIVER = Path(__file__).with_name("signal_driver.py")
 
 
@@ -193,6 +231,7 @@ def test_sigterm_and_sigint_checkpoint_the_current_step_and_resume(tmp_path, ref
     proc = start(tmp_path, f"logger.mode={logger}")
     assert proc.wait(timeout=300) == 0, proc.stdout.read()
     assert_same_history(tmp_path, reference)
+    assert '"status"' not in (tmp_path / "metrics.jsonl").read_text(), "a stale interrupted line stayed"
     if logger == "offline":
         runs = offline_runs(tmp_path / "wandb")
         assert len(runs) == 2 and runs[0]["id"] == runs[1]["id"], "the resumed run continues the same W&B run"
@@ -246,7 +285,10 @@ def test_incompatible_checkpoint_names_the_mismatch(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in good.parent.iterdir()} == before, "the run resumed from was touched"
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("abcdefgh " * 400)
-    text = _config_error(tmp_path, f"resume={good}", "data=text", f"data.path={corpus}", f"data.dir={tmp_path}/d")
+    data = ["data=text", f"data.path={corpus}", f"data.dir={tmp_path}/d"]
+    text = _config_error(tmp_path, f"resume={good}", *data)
+    assert "data.name: checkpoint 'shakespeare_char' vs now 'text'" in text  # strict resume speaks first
+    text = _config_error(tmp_path, f"resume={good}", *data, "allow_changes=[data.name,data.source,data.tokenizer,data.path]")
     assert "vocab_size: checkpoint 65 vs now 9" in text
 
 

@@ -144,7 +144,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors are read when used
     except Exception as e:  # torch raises many types for a damaged file
         raise ConfigError(f"checkpoint {path} is unreadable (truncated or not a nanolab checkpoint): {e}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -181,6 +181,45 @@ def load_model(path: Path, device: torch.device) -> tuple[GPT, dict]:
     model = GPT(GPTConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
+
+
+# What a resumed run must share with its checkpoint, since they change what the run computes:
+# whole groups, and the named keys of others. trainer.max_iters may grow (and a schedule's
+# decay_iters with it); optim.fused only picks a kernel; data paths may move.
+RESUME_GROUPS = ("model", "loss", "optim", "schedule")
+RESUME_KEYS = (
+    "seed", "trainer.batch_size", "trainer.grad_accum", "trainer.grad_clip", "data.name", "data.source",
+    "data.tokenizer", "data.val_fraction", "data.hf_path", "data.hf_name", "data.data_files", "data.text_field", "data.val_split",
+)
+RESUME_FREE = ("optim.fused",)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resume_changes(path: Path, saved: dict, now: dict, allowed: list[str]) -> list[str]:
+    """The differences between a checkpoint's config and the resumed run's (both resolved) in
+    keys that change what a run computes, as 'key: checkpoint A vs now B'. Raises ConfigError
+    listing them unless every one is in `allowed` (allow_changes); returns the allowed ones."""
+    old, new = _flatten(saved), _flatten(now)
+    keys = sorted({k for k in old.keys() | new.keys() if k.split(".")[0] in RESUME_GROUPS or k in RESUME_KEYS} - set(RESUME_FREE))
+    follows_max_iters = old.get("schedule.decay_iters") == old.get("trainer.max_iters") and new.get("schedule.decay_iters") == new.get("trainer.max_iters")
+    changed = [k for k in keys if old.get(k) != new.get(k) and not (k == "schedule.decay_iters" and follows_max_iters)]
+    refused = [k for k in changed if k not in allowed]
+    if refused:
+        diffs = "; ".join(f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in refused)
+        raise ConfigError(
+            f"resume from {path} would change what the run computes: {diffs}. Resume with the checkpoint's values, "
+            f"or name the keys to change on purpose: allow_changes=[{','.join(refused)}]"
+        )
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
 
 
 def check_compatible(path: Path, state: dict, model_config: dict) -> None:

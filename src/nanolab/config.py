@@ -70,6 +70,7 @@ class TrainKeys:
     cpu_keep_freed_memory: bool = MISSING
     head_chunk_tokens: Any = MISSING
     resume: Any = MISSING
+    allow_changes: list[str] = field(default_factory=lambda: MISSING)
     objective: str = MISSING
 
 

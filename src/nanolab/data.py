@@ -156,9 +156,11 @@ def _read_text(cfg: DictConfig) -> str:
         raise DataError("data=text needs data.path=<a UTF-8 file or a folder of them>")
     path = Path(cfg.path)
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        # Hidden files and folders (.git, .cache, editor backups) are not part of a corpus.
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
-            raise DataError(f"data.path={path} is a folder with no files in it")
+            raise DataError(f"data.path={path} is a folder with no files in it (hidden ones are skipped)")
+        log.info("reading %d files of %s", len(files), path)
         text = "\n".join(_read_utf8(p) for p in tqdm(files, desc=f"reading {path}", unit="file", disable=None))
     elif path.is_file():
         text = _read_utf8(path)

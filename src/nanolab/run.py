@@ -8,6 +8,7 @@ optimizer) for bench's time split and costs nothing otherwise.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -23,6 +24,8 @@ from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_token
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import build_optimizer, build_schedule
 from nanolab.runtime import Runtime, seed_everything
+
+log = logging.getLogger("nanolab.train")
 
 
 @dataclass
@@ -91,6 +94,11 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
     """The run's parts from the config, seeded; continued from a checkpoint when `resume` is
     given (its model must fit the configured one)."""
     accum = local_grad_accum(cfg.trainer.grad_accum, cfg.trainer.fix_global_batch, world)
+    if cfg.schedule.warmup_iters >= cfg.trainer.max_iters and world.main:
+        log.warning(
+            "schedule.warmup_iters=%d is not shorter than trainer.max_iters=%d: the learning rate never reaches "
+            "optim.lr=%g (the whole run is warmup); lower schedule.warmup_iters", cfg.schedule.warmup_iters, cfg.trainer.max_iters, cfg.optim.lr,
+        )
     loss_fn = get_loss(cfg.loss)
     lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
     seed_everything(cfg.seed)

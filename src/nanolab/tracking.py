@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from nanolab import EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted
 from nanolab.atomic import atomic_path, write_json
@@ -178,24 +178,31 @@ class Tracker:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.dir / "metrics.jsonl"
         # A resumed run replays the steps after its checkpoint; a fresh one starts a new file.
-        self._drop_records_after(resume_step if resume_step is not None else -1)
-        self.t0 = time.time()
+        # Its clock goes on from the last kept record, so time_s and wall_time_s count the time
+        # the kept history took over all segments (not the work a kill threw away).
+        elapsed = self._drop_records_after(resume_step if resume_step is not None else -1)
+        self.t0 = time.time() - elapsed
         self.last_step, self.last_tokens = resume_step or 0, 0
         self.run = self._start_wandb(cfg, info, run_id, resumed=resume_step is not None)
         self._warned = False
 
-    def _drop_records_after(self, step: int) -> None:
+    def _drop_records_after(self, step: int) -> float:
+        """Keep the records up to `step`, less status markers (an `interrupted` line is stale
+        once the run goes on); returns the time_s of the last one kept."""
         if not self.metrics_path.exists():
-            return
-        kept = []
+            return 0.0
+        kept, elapsed = [], 0.0
         for line in self.metrics_path.read_text().splitlines():
             try:
-                if json.loads(line)["step"] <= step:
+                record = json.loads(line)
+                if record["step"] <= step and "status" not in record:
                     kept.append(line + "\n")
-            except (ValueError, KeyError):  # a line torn by a kill mid-write
+                    elapsed = max(elapsed, record.get("time_s", 0.0))
+            except (ValueError, KeyError, TypeError):  # a line torn by a kill mid-write
                 continue
         with atomic_path(self.metrics_path) as tmp:
             tmp.write_text("".join(kept))
+        return elapsed
 
     def _start_wandb(self, cfg: DictConfig, info: RunInfo, run_id: str, resumed: bool):
         mode = resolve_wandb_mode(cfg.logger.mode)
@@ -344,6 +351,29 @@ def claim_run_dir(directory: Path, resume: object) -> None:
     atexit.register(_release, lock, me)
 
 
+def _check_resume(config: DictConfig, path: Path) -> int:
+    """Refuse, before Hydra writes this segment's record, a resume that would change what the
+    run computes (checkpoint.resume_changes; Trainer records the allowed changes). Returns the
+    checkpoint's step."""
+    from nanolab.checkpoint import load_checkpoint, resume_changes
+
+    state = load_checkpoint(path)
+    now = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in config.items() if k != "hydra"}
+    resume_changes(path, state["config"], now, list(config.allow_changes))
+    return state["step"]
+
+
+def _keep_earlier_segments_record(config: DictConfig, run_dir: Path) -> None:
+    """A resumed segment writes its Hydra record (config, overrides) to .hydra/resume-<n>, so
+    that .hydra/ keeps the record of the run's first segment, which nanolab.compare reads."""
+    record = run_dir / ".hydra"
+    if config.hydra.output_subdir is None or not record.is_dir() or Path(config.hydra.run.dir).resolve() != run_dir.resolve():
+        return
+    segment = 1 + sum(1 for p in record.glob("resume-*") if p.is_dir())
+    with read_write(config.hydra):
+        config.hydra.output_subdir = f"{config.hydra.output_subdir}/resume-{segment}"
+
+
 def _release(lock: Path, me: dict) -> None:
     try:
         if json.loads(lock.read_text()) == me:
@@ -388,6 +418,12 @@ class RunCallbacks(Callback):
                 resumed = resume_checkpoint_path(config.resume, run_dir)
                 if resumed is not None and resumed.parent.resolve() != run_dir.resolve() and resumed.parent.is_dir():
                     claim_run_dir(resumed.parent, True)  # the run continues there
+                if resumed is not None and resumed.exists():
+                    step = _check_resume(config, resumed)
+                    if step >= config.trainer.max_iters:  # a relaunched run that has finished: touch nothing
+                        print(f"{resumed.parent} already finished at step {step} (trainer.max_iters={config.trainer.max_iters}); nothing to do")
+                        sys.exit(0)
+                    _keep_earlier_segments_record(config, resumed.parent)
         except ConfigError as e:
             print(e, file=sys.stderr)
             sys.exit(EXIT_CONFIG_ERROR)

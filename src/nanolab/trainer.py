@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nanolab import Diverged, Interrupted
-from nanolab.checkpoint import Checkpoint, Checkpointer, load_checkpoint, resume_checkpoint_path
+from nanolab.checkpoint import Checkpoint, Checkpointer, load_checkpoint, resume_changes, resume_checkpoint_path
 from nanolab.config import check_config
 from nanolab.distributed import World, process_group
 from nanolab.metrics import evaluate, flops_per_token
@@ -177,8 +177,13 @@ class Trainer:
         runtime = Runtime.create(device, cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory)
         path = resume_checkpoint_path(cfg.resume, info.dir)
         self.resume = Checkpoint(path, load_checkpoint(path)) if path else None
+        self.resume_changes: list[str] = []
         if path:
             info.dir = path.parent  # continue in the original run directory
+            now = OmegaConf.to_container(cfg, resolve=True)
+            self.resume_changes = resume_changes(path, self.resume.state["config"], now, list(cfg.allow_changes))
+            for change in self.resume_changes:
+                log.warning("resuming with a change allowed by allow_changes: %s", change)
         self.run = build_run(cfg, world, runtime, self.resume)
         self.state = RunState()
         if self.resume:
@@ -198,6 +203,9 @@ class Trainer:
     def train(self) -> float:
         """Train to trainer.max_iters; returns the best value of `objective`."""
         run, state = self.run, self.state
+        if self.resume and state.step >= self.cfg.trainer.max_iters:  # a relaunched sweep's finished job
+            log.info("%s: already finished at step %d (trainer.max_iters=%d); nothing to do", self.info.dir, state.step, self.cfg.trainer.max_iters)
+            return self.resume.state["summary"].get(f"best/{self.cfg.objective}", math.nan)
         self.tracker = Tracker(self.cfg, self.info, state.run_id, resume_step=state.step if self.resume else None, enabled=run.world.main)
         progress = tqdm(total=self.cfg.trainer.max_iters, initial=state.step, unit="step", dynamic_ncols=True, disable=None if run.world.main else True)
         with self.tracker, progress, logging_redirect_tqdm(), stop_requests() as self.stop_signals:
@@ -205,6 +213,9 @@ class Trainer:
             self.checkpointer = Checkpointer(run, self.tracker, self.info.dir)
             if self.resume:
                 self.tracker.update_summary(self.resume.state["summary"])
+                if self.resume_changes:  # recorded for good: every later segment carries them on
+                    earlier = self.tracker.summary.get("resume/changes", [])
+                    self.tracker.update_summary({"resume/changes": [*earlier, *(f"step {state.step}: {c}" for c in self.resume_changes)]})
             else:
                 self.validator.validate(state)  # the untrained baseline (ln V for every loss)
             self.metric_logger = MetricLogger(run, self.tracker, progress, state.step)
