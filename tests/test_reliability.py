@@ -193,6 +193,22 @@ def test_warmup_longer_than_the_run_is_named(tmp_path, caplog):
     assert "schedule.warmup_iters=5 is not shorter than trainer.max_iters=3" in caplog.text
 
 
+SAMPLE_BAD = [
+    ("top_k=0", "top_k=0 must be >= 1, or null to sample among all tokens"),
+    ("seed=1.5", "seed=1.5 must be an integer"),
+    ("num_samples=abc", "num_samples='abc' must be an integer"),
+    ("prompt=FILE:/nonexistent/prompt.txt", "prompt=FILE:/nonexistent/prompt.txt cannot be read as UTF-8 text (No such file or directory)"),
+]
+
+
+@pytest.mark.parametrize("override,message", SAMPLE_BAD, ids=[o for o, _ in SAMPLE_BAD])
+def test_bad_sampling_input_is_one_line_and_exit_2(tmp_path, override, message):
+    checkpoint = Path(__file__).with_name("data") / "checkpoint_507db7a.pt"
+    proc = run_cli(f"checkpoint={checkpoint}", override, cwd=tmp_path, module="nanolab.sample", check=False)
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], lines
+
+
 SIGNAL_DRIVER = Path(__file__).with_name("signal_driver.py")
 
 
@@ -350,6 +366,7 @@ BAD_INPUTS = [
     (["model.n_head=3"], "model.n_embd=32 must be divisible by model.n_head=3"),
     (["model.n_layer=0"], "model.n_layer=0 must be > 0"),
     (["model.block_size=200000"], "too few for model.block_size=200000"),
+    (["model.block_size=100000", "trainer.batch_size=1000"], "model.block_size=100000 with trainer.batch_size=1000 needs at least"),
     (["trainer.batch_size=0"], "trainer.batch_size=0 must be > 0"),
     (["trainer.max_iters=-5"], "trainer.max_iters=-5 must be > 0"),
     (["trainer.eval_interval=0"], "trainer.eval_interval=0 must be > 0"),
@@ -412,3 +429,21 @@ def test_unusable_wandb_directory_warns_and_training_goes_on(tmp_path):
     assert "continuing without W&B" in proc.stdout + proc.stderr
     assert [r["step"] for r in records(tmp_path) if "val/ce" in r] == [0, 2, 4]
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
+
+
+def test_a_cpu_shared_with_a_busy_process_is_named_once():
+    from nanolab.trainer import SlowdownWatch
+
+    watch = SlowdownWatch()
+    quiet = [90.0, 40.0, 41.0, 39.0, 40.0, 42.0]  # the first interval warms up
+    assert [watch.observe(ms) for ms in [*quiet, 41, 120, 40, 130, 125]] == [None] * 11  # spikes are not sustained
+    warnings = [watch.observe(ms) for ms in [118, 140, 131, 126, 122, 150, 160]]
+    # five intervals in a row at twice the early median (40 ms): from 130, 125, 118, 140, 131 on
+    assert [w is not None for w in warnings] == [False, False, True, False, False, False, False]
+    assert "steps take 130 ms against 40 ms early in this run" in warnings[2] and "threads=1" in warnings[2]
+
+
+def test_threads_setting_applies_and_bad_values_are_named(tmp_path):
+    code = "import torch; from nanolab.runtime import Runtime; Runtime.create(torch.device('cpu'), threads=1); print(torch.get_num_threads())"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "1"
+    assert "threads=0 must be auto or a number of threads >= 1" in _config_error(tmp_path, "threads=0")

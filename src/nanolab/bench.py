@@ -73,7 +73,7 @@ def peak_memory_mb(device: torch.device) -> float:
 def runtime_of(cfg: DictConfig) -> Runtime:
     """The runtime nanolab.train would set up for this config (device, dtype, compile, TF32,
     the CPU allocator setting)."""
-    return Runtime.create(pick_device(cfg.device), cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory)
+    return Runtime.create(pick_device(cfg.device), cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory, cfg.threads)
 
 
 def setup(cfg: DictConfig) -> Run:

@@ -25,7 +25,7 @@ from nanolab import ConfigError
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.model import GPTConfig
 from nanolab.optim import build_schedule, check_optim
-from nanolab.runtime import use_compile
+from nanolab.runtime import thread_count, use_compile
 
 
 class Dtype(enum.Enum):
@@ -68,10 +68,37 @@ class TrainKeys:
     dtype: Dtype = MISSING
     compile: Any = MISSING
     cpu_keep_freed_memory: bool = MISSING
+    threads: Any = MISSING
     head_chunk_tokens: Any = MISSING
     resume: Any = MISSING
     allow_changes: list[str] = field(default_factory=lambda: MISSING)
     objective: str = MISSING
+
+
+@dataclass
+class SampleKeys:
+    """sample.yaml's keys."""
+
+    checkpoint: str = MISSING
+    prompt: str = MISSING
+    num_samples: int = MISSING
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING
+    top_k: Optional[int] = MISSING
+    seed: int = MISSING
+    device: str = MISSING
+
+
+@dataclass
+class EvaluateKeys:
+    """evaluate.yaml's keys."""
+
+    checkpoint: str = MISSING
+    split: str = MISSING
+    batch_tokens: int = MISSING
+    device: str = MISSING
+    dtype: Dtype = MISSING
+    cpu_keep_freed_memory: bool = MISSING
 
 
 @dataclass
@@ -214,6 +241,8 @@ SCHEMAS: dict[str, tuple[str | None, dict[str, type]]] = {
 def register_schemas() -> None:
     store = ConfigStore.instance()
     store.store(group="schema", name="train", node=TrainKeys)
+    store.store(group="schema", name="sample", node=SampleKeys)
+    store.store(group="schema", name="evaluate", node=EvaluateKeys)
     for group, (_, options) in SCHEMAS.items():
         for option, schema in options.items():
             store.store(group=f"schema/{group}", name=option, node=schema)
@@ -289,11 +318,17 @@ def check_values(cfg: DictConfig) -> None:
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"objective={cfg.objective!r} must be one of {', '.join(OBJECTIVES)} (sweepers minimise it)")
     use_compile(cfg.compile, torch.device("cpu"))
+    thread_count(cfg.threads)
     head_chunk_tokens(cfg.head_chunk_tokens, vocab_size=0)
     get_loss(cfg.loss)
     check_optim(cfg.optim)
     build_schedule(cfg.schedule, cfg.optim.lr)
     GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=1)
+
+
+def check_entry_types(cfg: DictConfig, schema: type) -> None:
+    """Hold an entry point's own config (sample.yaml, evaluate.yaml) to its schema, in place."""
+    _typed("", cfg, schema)
 
 
 def check_types(cfg: DictConfig) -> None:

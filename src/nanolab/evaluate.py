@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import write_json
 from nanolab.checkpoint import checkpoint_file, load_model
+from nanolab.config import EvaluateKeys, check_entry_types
 from nanolab.data import TokenData
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.metrics import TokenTotals, update_totals
@@ -50,6 +51,7 @@ def evaluate_split(
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
+    check_entry_types(cfg, EvaluateKeys)
     if cfg.split not in ("train", "val"):
         raise ConfigError(f"split={cfg.split!r} must be train or val")
     if cfg.batch_tokens < 1:

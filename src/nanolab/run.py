@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
+from nanolab import ConfigError
 from nanolab.checkpoint import Checkpoint, capture_rng_state, check_compatible, restore_rng_state
 from nanolab.data import BatchSampler, TokenData, prepare
 from nanolab.distributed import World, gradient_sync, local_grad_accum
@@ -104,6 +105,7 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
     seed_everything(cfg.seed)
     data = load_data(cfg.data, world)
     data.check_block_size(cfg.model.block_size)
+    check_activation_memory(cfg, runtime)
     model_config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size)
     model = GPT(model_config).to(runtime.device)
     if world.rank > 0:  # dropout masks differ between ranks as between micro-batches
@@ -143,6 +145,23 @@ def wrap_forward(model: GPT, runtime: Runtime, world: World) -> torch.nn.Module:
     if runtime.compile:
         forward = torch.compile(forward)
     return forward
+
+
+def check_activation_memory(cfg: DictConfig, runtime: Runtime) -> None:
+    """Refuse a micro-batch whose activations alone cannot fit the device: a step that swaps
+    for minutes cannot even be interrupted. The estimate is a lower bound: the 34·b·T·d
+    16-bit values per layer of Korthikanti et al. (2022) that do not depend on attention's
+    implementation (twice the bytes in float32)."""
+    m, batch = cfg.model, cfg.trainer.batch_size
+    bytes_per_value = 1 if runtime.dtype in (torch.bfloat16, torch.float16) else 2
+    needed = 34 * batch * m.block_size * m.n_embd * m.n_layer * bytes_per_value
+    available = runtime.memory_bytes()
+    if needed > available:
+        raise ConfigError(
+            f"model.block_size={m.block_size} with trainer.batch_size={batch} needs at least {needed / 2**30:.0f} GiB of "
+            f"activations ({m.n_layer} layers of width {m.n_embd}), more than the {available / 2**30:.0f} GiB of this "
+            f"{runtime.device.type}; lower model.block_size or trainer.batch_size (trainer.grad_accum keeps the batch)"
+        )
 
 
 def load_data(cfg: DictConfig, world: World) -> TokenData:

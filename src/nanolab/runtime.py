@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
+import os
 import platform
 import random
 import time
@@ -93,6 +94,24 @@ def keep_freed_memory_for_reuse(setting: bool, device: torch.device) -> None:
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
+def thread_count(threads: int | str) -> int | None:
+    """The `threads` config checked: a number of threads, or None for torch's default (auto)."""
+    if threads == "auto":
+        return None
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ConfigError(f"threads={threads!r} must be auto or a number of threads >= 1")
+    return threads
+
+
+def set_threads(threads: int | str) -> None:
+    """The `threads` config applied to torch's intra-op threads; `auto` leaves torch's default
+    (one per core). On a CPU shared with another busy process, fewer threads than cores can be
+    much faster (docs/benchmarks.md)."""
+    count = thread_count(threads)
+    if count is not None:
+        torch.set_num_threads(count)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -115,12 +134,14 @@ class Runtime:
 
     @classmethod
     def create(
-        cls, device: torch.device, dtype: str = "float32", compile: bool | str = False, keep_freed_memory: bool = True
+        cls, device: torch.device, dtype: str = "float32", compile: bool | str = False, keep_freed_memory: bool = True,
+        threads: int | str = "auto",
     ) -> "Runtime":
         """Resolve `auto` settings for `device` and apply the process-wide ones: TF32 matmuls
-        on CUDA and the CPU allocator setting."""
+        on CUDA, the CPU allocator setting and the number of CPU threads."""
         runtime = cls(device, pick_dtype(dtype, device), use_compile(compile, device))
         keep_freed_memory_for_reuse(keep_freed_memory, device)
+        set_threads(threads)
         if device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for float32 work
         return runtime
@@ -130,6 +151,12 @@ class Runtime:
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def memory_bytes(self) -> int:
+        """The device's memory: the GPU's, or this machine's RAM."""
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_properties(self.device).total_memory
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
     def peak_flops(self) -> float | None:
         """The peak that MFU is measured against (see `device_peak_flops`)."""

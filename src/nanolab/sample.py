@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.checkpoint import checkpoint_file, load_model
+from nanolab.config import SampleKeys, check_entry_types
 from nanolab.data import tokenizer_from_meta
 from nanolab.runtime import Runtime, pick_device
 
@@ -21,16 +22,23 @@ log = logging.getLogger("nanolab.sample")
 
 
 def sample(cfg: DictConfig) -> list[str]:
+    check_entry_types(cfg, SampleKeys)
     if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
-        raise ConfigError("max_new_tokens must be >= 0 and num_samples >= 1")
+        raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} must be >= 0 and num_samples={cfg.num_samples} >= 1")
     if cfg.temperature < 0:
         raise ConfigError(f"temperature={cfg.temperature} must be >= 0")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise ConfigError(f"top_k={cfg.top_k} must be >= 1, or null to sample among all tokens")
     device = Runtime.create(pick_device(cfg.device)).device
     model, state = load_model(checkpoint_file(cfg.checkpoint), device)
     tokenizer = tokenizer_from_meta(state["data_meta"])
     prompt = cfg.prompt
     if prompt.startswith("FILE:"):
-        prompt = Path(prompt[5:]).read_text(encoding="utf-8")
+        path = Path(prompt[5:])
+        try:
+            prompt = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"prompt=FILE:{path} cannot be read as UTF-8 text ({getattr(e, 'strerror', None) or e}); give a readable file") from None
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ConfigError("prompt encodes to no tokens; give at least one character")

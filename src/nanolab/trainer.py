@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import signal
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -70,6 +71,34 @@ class RunState:
         self.skipped_steps, self.run_id = state["skipped_steps"], state["wandb_id"]
 
 
+class SlowdownWatch:
+    """Notices a CPU shared with another busy process: once the run's step time has stayed at
+    `factor` times its own early median for `sustained` log intervals in a row, `observe`
+    returns a warning, once. With 2 cores, one busy neighbour slows a 2-thread step 2.6-4.2x
+    while a 1-thread step hardly changes (docs/benchmarks.md)."""
+
+    def __init__(self, factor: float = 2.0, early: int = 5, sustained: int = 5) -> None:
+        self.factor, self.early, self.sustained = factor, early, sustained
+        self.times: list[float] = []
+        self.warned = False
+
+    def observe(self, step_ms: float) -> str | None:
+        self.times.append(step_ms)
+        baseline_window = self.times[1 : 1 + self.early]  # the first interval warms up
+        if self.warned or len(self.times) < 1 + self.early + self.sustained:
+            return None
+        baseline = statistics.median(baseline_window)
+        recent = self.times[-self.sustained :]
+        if min(recent) < self.factor * baseline:
+            return None
+        self.warned = True
+        return (
+            f"steps take {statistics.median(recent):.0f} ms against {baseline:.0f} ms early in this run: the CPU looks "
+            f"shared with another busy process; {torch.get_num_threads()} threads then compete with it, and threads=1 is "
+            "often faster (docs/benchmarks.md)"
+        )
+
+
 class MetricLogger:
     """Every `trainer.log_interval` steps (and at the last): loss, lr, gradient norm, step
     time, tokens/s and MFU, timed over the steps since the last log or evaluation. A compiled
@@ -81,6 +110,7 @@ class MetricLogger:
         peak = run.runtime.peak_flops()
         self.peak_flops = peak * run.world.size if peak else None  # tokens/s counts every process's tokens
         self.compiling = run.runtime.compile
+        self.slowdown = SlowdownWatch() if run.runtime.device.type == "cpu" else None
         self.restart_clock(step)
 
     def step_done(self, step: int) -> None:
@@ -103,6 +133,9 @@ class MetricLogger:
             stats |= {"perf/step_ms": 1000 * dt, "perf/tokens_per_s": self.run.tokens_per_step / dt}
             if self.peak_flops:
                 stats["perf/mfu"] = self.flops_per_token * stats["perf/tokens_per_s"] / self.peak_flops
+            warning = self.slowdown.observe(stats["perf/step_ms"]) if self.slowdown else None
+            if warning:
+                log.warning("%s", warning)
             self.progress.set_postfix(loss=f"{stats['train/loss']:.4f}", tok_s=f"{stats['perf/tokens_per_s']:,.0f}", refresh=False)
         self.tracker.log(stats, step, step * self.run.tokens_per_step)
         if self.progress.disable:
@@ -174,7 +207,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, world: World, device: torch.device, info: RunInfo) -> None:
         self.cfg, self.info = cfg, info
-        runtime = Runtime.create(device, cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory)
+        runtime = Runtime.create(device, cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory, cfg.threads)
         path = resume_checkpoint_path(cfg.resume, info.dir)
         self.resume = Checkpoint(path, load_checkpoint(path)) if path else None
         self.resume_changes: list[str] = []
