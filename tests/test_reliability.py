@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -447,3 +448,37 @@ def test_threads_setting_applies_and_bad_values_are_named(tmp_path):
     code = "import torch; from nanolab.runtime import Runtime; Runtime.create(torch.device('cpu'), threads=1); print(torch.get_num_threads())"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "1"
     assert "threads=0 must be auto or a number of threads >= 1" in _config_error(tmp_path, "threads=0")
+
+
+def test_evaluate_from_any_directory_and_every_fix_its_error_suggests_works(tmp_path, data_root):
+    """A run trained in a project with its data in ./data, evaluated from elsewhere."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "data" / "shakespeare_char").mkdir(parents=True)
+    shutil.copy(data_root / "shakespeare_char" / "input.txt", project / "data" / "shakespeare_char")
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "NANOLAB_DATA_DIR"}
+
+    def cli(module: str, *args: str, cwd: Path, **extra_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env | extra_env, capture_output=True, text=True, timeout=300)
+
+    assert cli("nanolab.train", *TINY, "trainer.max_iters=2", "trainer.eval_interval=2", "logger.mode=disabled",
+               f"hydra.run.dir={project}/run", cwd=project).returncode == 0
+    checkpoint = f"checkpoint={project}/run"
+    failed = cli("nanolab.evaluate", checkpoint, cwd=elsewhere)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    message = (failed.stdout + failed.stderr).strip().splitlines()[-1]
+    missing = elsewhere / "data" / "shakespeare_char" / "input.txt"
+    for fix in ("copy input.txt to data/shakespeare_char/input.txt", "point data.raw_path=... at a local copy", "set NANOLAB_DATA_DIR"):
+        assert fix in message, message
+    assert not (elsewhere / "data" / "shakespeare_char" / "meta.json").exists()
+    # Each fix the message names, applied as a user would, works.
+    assert cli("nanolab.evaluate", checkpoint, cwd=elsewhere, NANOLAB_DATA_DIR=str(project / "data")).returncode == 0
+    assert cli("nanolab.evaluate", checkpoint, f"data.raw_path={project}/data/shakespeare_char/input.txt", cwd=elsewhere).returncode == 0
+    shutil.rmtree(elsewhere / "data")
+    missing.parent.mkdir(parents=True)
+    shutil.copy(project / "data" / "shakespeare_char" / "input.txt", missing)
+    assert cli("nanolab.evaluate", checkpoint, cwd=elsewhere).returncode == 0
+    # And prepared data alone, pointed at with data.dir, is enough.
+    assert cli("nanolab.evaluate", checkpoint, f"data.dir={project}/data/shakespeare_char", cwd=tmp_path).returncode == 0
+    result = json.loads((project / "run" / "evaluation_val.json").read_text())
+    assert result["tokens"] == (111_540 - 1) // 32 * 32

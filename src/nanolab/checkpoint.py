@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from nanolab import ConfigError
 from nanolab.atomic import atomic_path
@@ -56,6 +56,10 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
         for parent in parents:
             node = node.setdefault(parent, {})
         node.setdefault(key, value)
+    data = config.get("data", {})
+    for key, default in (("dir", f"data/{data.get('name')}"), ("raw_path", "data/shakespeare_char/input.txt")):
+        if data.get(key) == default:  # a default location saved resolved, relative to the working directory
+            data[key] = "${oc.env:NANOLAB_DATA_DIR,data}" + default.removeprefix("data")
     if config.get("optim", {}).get("name") == "adamw":
         config["optim"].setdefault("fused", "auto")
     state["model_config"].setdefault("logit_softcap", None)
@@ -99,12 +103,25 @@ class Checkpointer:
         checkpoint = {
             **run_part,
             **run_state.state_dict(),
-            "config": OmegaConf.to_container(self.run.cfg, resolve=True),
+            "config": saved_config(self.run.cfg),
             "summary": self.tracker.summary,
         }
         save_checkpoint(self.directory / "last.pt", checkpoint)
         if best:
             save_checkpoint(self.directory / "best.pt", checkpoint)
+
+
+DATA_LOCATIONS = ("dir", "raw_path", "path")
+
+
+def saved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config a checkpoint keeps: resolved, except the data locations, kept as given (by
+    default relative to the data root, `${oc.env:NANOLAB_DATA_DIR,data}/...`), so that the
+    checkpoint is evaluated from any working directory and NANOLAB_DATA_DIR is honoured."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    given = OmegaConf.to_container(cfg.data, resolve=False)
+    config["data"] |= {k: given[k] for k in DATA_LOCATIONS if k in given}
+    return config
 
 
 def capture_rng_state(device: torch.device) -> dict:

@@ -99,6 +99,7 @@ class EvaluateKeys:
     device: str = MISSING
     dtype: Dtype = MISSING
     cpu_keep_freed_memory: bool = MISSING
+    data: Any = MISSING  # {dir, raw_path, path}: strings or null
 
 
 @dataclass

@@ -143,7 +143,8 @@ def _read_shakespeare(cfg: DictConfig) -> str:
         except OSError as e:
             raise DataError(
                 f"the tiny Shakespeare text is not at {path} and could not be downloaded from "
-                f"{cfg.url} ({e}). Fix: copy input.txt to {path}, or point data.raw_path=... at a local copy."
+                f"{cfg.url} ({e}). Fix: copy input.txt to {path}, point data.raw_path=... at a local copy, "
+                "or set NANOLAB_DATA_DIR to the data folder that holds shakespeare_char/input.txt."
             ) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -372,9 +373,15 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
     if not cfg.shard_gb > 0:
         raise DataError(f"data.shard_gb={cfg.shard_gb} must be > 0 (the largest bin file, in GiB)")
     directory = Path(cfg.dir)
-    text = SOURCES[cfg.source](cfg) if cfg.source in SOURCES else None
-    source_hash = _source_hash(cfg, text)
     meta = _read_meta(directory)
+    try:
+        text = SOURCES[cfg.source](cfg) if cfg.source in SOURCES else None
+    except DataError:
+        if meta is not None and meta.get("name") == cfg.name:  # prepared data whose source is gone: usable as it is
+            log.warning("%s: the source text is unreachable, so the prepared data is used unchecked against it", directory)
+            return meta
+        raise
+    source_hash = _source_hash(cfg, text)
     if meta is not None and meta.get("source_hash") == source_hash:
         return meta
     if not allowed:

@@ -60,6 +60,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     runtime = Runtime.create(pick_device(cfg.device), cfg.dtype, False, cfg.cpu_keep_freed_memory)
     model, state = load_model(path, runtime.device)
     train_cfg = OmegaConf.create(state["config"])
+    # The checkpoint's data locations (by default under NANOLAB_DATA_DIR, else ./data), unless given here.
+    train_cfg.data.merge_with({k: v for k, v in cfg.data.items() if v is not None and k in train_cfg.data})
     data = TokenData.load(train_cfg.data)
     if data.meta["vocab_size"] != model.config.vocab_size:
         raise ConfigError(f"{path} was trained on another vocabulary than data/{train_cfg.data.name} now holds")
