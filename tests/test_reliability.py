@@ -482,3 +482,20 @@ def test_evaluate_from_any_directory_and_every_fix_its_error_suggests_works(tmp_
     assert cli("nanolab.evaluate", checkpoint, f"data.dir={project}/data/shakespeare_char", cwd=tmp_path).returncode == 0
     result = json.loads((project / "run" / "evaluation_val.json").read_text())
     assert result["tokens"] == (111_540 - 1) // 32 * 32
+
+
+def test_a_relaunched_sweep_keeps_each_jobs_first_record(tmp_path):
+    """Relaunching a sweep with resume=true (after a preemption) writes each job's Hydra record
+    beside the first one; a job that had finished says so and changes nothing else."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "loss=ce,mse", *TINY, "trainer.max_iters=2", "trainer.eval_interval=2", "logger.mode=disabled", f"hydra.sweep.dir={sweep}"]
+    run_cli(*args, cwd=tmp_path)
+    jobs = sorted(d for d in sweep.iterdir() if d.is_dir())
+    first = {job: (job / ".hydra" / "overrides.yaml").read_text() for job in jobs}
+    summaries = {job: (job / "summary.json").read_text() for job in jobs}
+    proc = run_cli(*args, "resume=true", cwd=tmp_path)
+    assert proc.stdout.count("already finished at step 2") == 2
+    for job in jobs:
+        assert (job / ".hydra" / "overrides.yaml").read_text() == first[job] and "resume" not in first[job]
+        assert "resume=True" in (job / ".hydra" / "resume-1" / "overrides.yaml").read_text()
+        assert (job / "summary.json").read_text() == summaries[job]

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf
 
 from nanolab import EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted
 from nanolab.atomic import atomic_path, write_json
@@ -301,6 +301,19 @@ OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)  # as Hydra's now
 OmegaConf.register_new_resolver("launch_id", launch_id, use_cache=True, replace=True)
 
+def hydra_record(output_dir: str) -> str:
+    """Where Hydra writes a run's record (config.yaml, overrides.yaml): .hydra for a run's first
+    segment, .hydra/resume-<n> for the n-th resumed one, so that neither a later nor a refused
+    segment overwrites the first's (which nanolab.compare reads). The `hydra_record` resolver
+    of hydra.output_subdir, resolved per job, in sweeps too."""
+    record = Path(output_dir) / ".hydra"
+    if not (record / "config.yaml").exists():
+        return ".hydra"
+    return f".hydra/resume-{1 + sum(1 for p in record.glob('resume-*') if p.is_dir())}"
+
+
+OmegaConf.register_new_resolver("hydra_record", hydra_record, replace=True)
+
 LOCK = "run.lock"
 RUN_FILES = ("summary.json", "last.pt", "metrics.jsonl")  # a directory holding any of them holds a run
 
@@ -363,17 +376,6 @@ def _check_resume(config: DictConfig, path: Path) -> int:
     return state["step"]
 
 
-def _keep_earlier_segments_record(config: DictConfig, run_dir: Path) -> None:
-    """A resumed segment writes its Hydra record (config, overrides) to .hydra/resume-<n>, so
-    that .hydra/ keeps the record of the run's first segment, which nanolab.compare reads."""
-    record = run_dir / ".hydra"
-    if config.hydra.output_subdir is None or not record.is_dir() or Path(config.hydra.run.dir).resolve() != run_dir.resolve():
-        return
-    segment = 1 + sum(1 for p in record.glob("resume-*") if p.is_dir())
-    with read_write(config.hydra):
-        config.hydra.output_subdir = f"{config.hydra.output_subdir}/resume-{segment}"
-
-
 def _release(lock: Path, me: dict) -> None:
     try:
         if json.loads(lock.read_text()) == me:
@@ -423,7 +425,7 @@ class RunCallbacks(Callback):
                     if step >= config.trainer.max_iters:  # a relaunched run that has finished: touch nothing
                         print(f"{resumed.parent} already finished at step {step} (trainer.max_iters={config.trainer.max_iters}); nothing to do")
                         sys.exit(0)
-                    _keep_earlier_segments_record(config, resumed.parent)
+
         except ConfigError as e:
             print(e, file=sys.stderr)
             sys.exit(EXIT_CONFIG_ERROR)
