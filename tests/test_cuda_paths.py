@@ -29,6 +29,16 @@ def run_in_process(run_dir: Path, *overrides: str) -> float:
     return train(compose_train(*TINY, "logger.mode=disabled", *overrides), RunInfo(dir=run_dir, group=None, name=None))
 
 
+def count_device_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The list that every Python-level read of a tensor's value (item, tolist, float, int,
+    bool, cpu: each a wait for the device on a GPU) is appended to, by name."""
+    reads: list[str] = []
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: reads.append(_n) or _o(self, *a, **k))
+    return reads
+
+
 class FakeCuda:
     """torch.cuda's RNG calls on a machine with `count` GPUs, recording what is set where."""
 
@@ -231,10 +241,7 @@ def test_10_evaluation_sums_stay_on_the_device_and_are_read_once(monkeypatch):
     cfg = compose_train("loss=ce").loss
     g = torch.Generator().manual_seed(0)
     batches = [(torch.randn(64, 65, generator=g), torch.randint(65, (64,), generator=g)) for _ in range(10)]
-    reads = []
-    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu"):
-        original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: reads.append(_n) or _o(self, *a, **k))
+    reads = count_device_reads(monkeypatch)
     totals = TokenTotals()
     for logits, targets in batches:
         totals.update(logits, targets, LOSSES["ce"], cfg)
@@ -270,10 +277,7 @@ def test_8_compiled_chunk_loss_equals_eager_in_value_and_gradients(loss):
 
 
 def test_8_training_chunks_do_not_read_targets_back_from_the_device(monkeypatch):
-    reads = []
-    for name in ("item", "tolist", "__int__", "__bool__"):
-        original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=original, _n=name, **k: reads.append(_n) or _o(self, *a, **k))
+    reads = count_device_reads(monkeypatch)
     counted_anyway = _chunked_head_run(False, "ce", all_counted=False)
     assert reads == ["tolist"]  # the counts of counted targets, read once
     reads.clear()
