@@ -5,6 +5,7 @@
     python -m nanolab.bench bench.what=head loss=mse   # the chunked output head against the whole one
     python -m nanolab.bench bench.what=compile model=baby
     python -m nanolab.bench bench.what=profile         # where a step's time goes (torch.profiler)
+    python -m nanolab.bench bench.what=sharpness       # one sharpness measurement (sharpness.*) against a step
 
 `step` times the same training step three ways, alternating them `bench.repeats` times so that
 a change in the machine's speed hits all of them alike:
@@ -51,7 +52,7 @@ from nanolab.metrics import evaluate, flops_per_token
 from nanolab.run import Run, build_run, train_step
 from nanolab.runtime import Runtime, measure_cpu_matmul_flops, pick_device, sync
 from nanolab.tracking import RunInfo
-from nanolab.trainer import train
+from nanolab.trainer import build_probe, train
 
 log = logging.getLogger("nanolab.bench")
 
@@ -180,6 +181,37 @@ def bench_step(cfg: DictConfig) -> dict[str, Any]:
         "eval_share": n_evals * eval_s / (n_evals * eval_s + cfg.trainer.max_iters * loop_s),
         "peak_memory_mb": memory_mb,
         "samples": {"bare": len(bare), "loop": len(loop), "split": len(splits)},
+    }
+
+
+def bench_sharpness(cfg: DictConfig) -> dict[str, Any]:
+    """What one sharpness measurement (sharpness.* keys) costs next to a training step: its
+    seconds (median of bench.repeats), per Hessian-vector product, and its peak memory. The
+    optimizer first takes bench.warmup steps, so Adam's preconditioned value is included."""
+    OmegaConf.update(cfg, "sharpness.every", max(1, cfg.sharpness.every))
+    run = setup(cfg)
+    step_s = bare_steps(run, cfg.bench.warmup)
+    probe = build_probe(run)
+    lr = run.lr_at(cfg.bench.warmup)
+    times = []
+    reset_peak_memory(run.runtime.device)
+    for _ in range(cfg.bench.repeats):
+        sync(run.runtime.device)
+        t0 = time.perf_counter()
+        stats = probe.measure(run.optimizer, lr)
+        sync(run.runtime.device)
+        times.append(time.perf_counter() - t0)
+    products = cfg.sharpness.lanczos_iters * (2 if "sharpness/precond_top1" in stats else 1)
+    seconds = statistics.median(times)
+    return {
+        "what": "sharpness",
+        "probe_tokens": probe.x.numel(),
+        "measure_s": seconds,
+        "hvp_ms": 1000 * seconds / products,
+        "hvps": products,
+        "train_steps_per_measurement": seconds / step_s,
+        "peak_memory_mb": peak_memory_mb(run.runtime.device),
+        **stats,
     }
 
 
@@ -382,7 +414,7 @@ def bench_head(cfg: DictConfig) -> dict[str, Any]:
 
 
 BENCHES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
-    "step": bench_step, "compile": bench_compile, "head": bench_head, "profile": bench_profile,
+    "step": bench_step, "compile": bench_compile, "head": bench_head, "profile": bench_profile, "sharpness": bench_sharpness,
 }
 
 

@@ -13,6 +13,8 @@ they are loaded: nothing else in nanolab needs to know how old a checkpoint is.
 from __future__ import annotations
 
 import logging
+import math
+import pickle
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -25,6 +27,7 @@ from nanolab import ConfigError
 from nanolab.atomic import atomic_path
 from nanolab.data import stream_seed
 from nanolab.model import GPT, GPTConfig
+from nanolab.optim import state_classes
 
 if TYPE_CHECKING:
     from nanolab.run import Run
@@ -44,6 +47,14 @@ CONFIG_KEYS_ADDED = {
     "head_chunk_tokens": "auto",
     "trainer.on_nonfinite": "stop",
     "trainer.fix_global_batch": True,
+    "trainer.full_batch": False,
+    "trainer.early_stop.patience": 0,
+    "trainer.early_stop.min_delta": 0.0,
+    "data.train_tokens": None,
+    "sharpness.every": 0,
+    "sharpness.k": 1,
+    "sharpness.probe_tokens": 4096,
+    "sharpness.lanczos_iters": 20,
 }
 
 
@@ -64,6 +75,7 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
         config["optim"].setdefault("fused", "auto")
     state["model_config"].setdefault("logit_softcap", None)
     state.setdefault("skipped_steps", 0)
+    state.setdefault("early_stop", {"best": math.inf, "evals_without_improvement": 0, "stopped": False})
     state.setdefault("rng_ranks", [state["rng"]])  # saved before DDP: one process
     for rng in (state["rng"], *state["rng_ranks"]):
         if isinstance(rng["cuda"], list):  # every visible GPU's state: the run's was the first
@@ -154,6 +166,18 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         stale.unlink(missing_ok=True)
 
 
+def _load_weights_only(path: Path) -> Any:
+    """torch.load with weights_only; the few classes of an optimizer state (state_classes) are
+    allowed only for a checkpoint that holds them, so that others do not import their package."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors are read when used
+    except pickle.UnpicklingError as e:
+        if "pytorch_optimizer" not in str(e):
+            raise
+    with torch.serialization.safe_globals(state_classes()):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint, upgraded to today's layout; a missing, truncated or foreign file
     raises ConfigError naming it."""
@@ -161,7 +185,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors are read when used
+        state = _load_weights_only(path)
     except Exception as e:  # torch raises many types for a damaged file
         raise ConfigError(f"checkpoint {path} is unreadable (truncated or not a nanolab checkpoint): {e}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -205,7 +229,7 @@ def load_model(path: Path, device: torch.device) -> tuple[GPT, dict]:
 # decay_iters with it); optim.fused only picks a kernel; data paths may move.
 RESUME_GROUPS = ("model", "loss", "optim", "schedule")
 RESUME_KEYS = (
-    "seed", "trainer.batch_size", "trainer.grad_accum", "trainer.grad_clip", "data.name", "data.source",
+    "seed", "trainer.batch_size", "trainer.grad_accum", "trainer.grad_clip", "trainer.full_batch", "data.name", "data.source", "data.train_tokens",
     "data.tokenizer", "data.val_fraction", "data.hf_path", "data.hf_name", "data.data_files", "data.text_field", "data.val_split",
 )
 RESUME_FREE = ("optim.fused",)
@@ -227,8 +251,9 @@ def resume_changes(path: Path, saved: dict, now: dict, allowed: list[str]) -> li
     listing them unless every one is in `allowed` (allow_changes); returns the allowed ones."""
     old, new = _flatten(saved), _flatten(now)
     keys = sorted({k for k in old.keys() | new.keys() if k.split(".")[0] in RESUME_GROUPS or k in RESUME_KEYS} - set(RESUME_FREE))
-    follows_max_iters = old.get("schedule.decay_iters") == old.get("trainer.max_iters") and new.get("schedule.decay_iters") == new.get("trainer.max_iters")
-    changed = [k for k in keys if old.get(k) != new.get(k) and not (k == "schedule.decay_iters" and follows_max_iters)]
+    # A schedule that ends with the run (its default) may follow a longer trainer.max_iters.
+    follows = {k for k in ("schedule.decay_iters", "schedule.total_iters") if old.get(k) == old.get("trainer.max_iters") and new.get(k) == new.get("trainer.max_iters")}
+    changed = [k for k in keys if old.get(k) != new.get(k) and k not in follows]
     refused = [k for k in changed if k not in allowed]
     if refused:
         diffs = "; ".join(f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in refused)

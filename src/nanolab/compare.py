@@ -12,10 +12,13 @@ directory (or --out):
 - curves.png: val/ce, calibrated val/ce and train/loss against step (tokens seen on the top
   axis), the mean over seeds with a band of one standard deviation;
 - <metric>_vs_<key>.png for each swept numeric key (the learning-rate U-curve), one line per
-  value of the other keys.
+  value of the other keys;
+- sharpness.png, when runs measured it (sharpness.every): each run's sharpness against step
+  with its stability threshold dashed.
 It prints the table too. A configuration is a run's overrides without its seed and without
 keys that do not change what a run computes (resume, allow_changes, device, compile, logger.*, hydra.*).
-Only finished runs enter the statistics; the others are listed with their status and error.
+Only finished (or early-stopped) runs enter the statistics; the others are listed with their
+status and error.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import yaml
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import atomic_path
 
+COMPLETE = ("finished", "early_stopped")  # statuses of runs whose last evaluation is final
 log = logging.getLogger("nanolab.compare")
 
 # (key, heading, format, higher is better). Keys are run values computed by `run_values`.
@@ -151,7 +155,7 @@ def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Pa
     if not evals:
         return {}
     values = {k: evals[-1][k] for k, *_ in METRICS if k in evals[-1]}
-    if summary.get("status") == "finished":  # its summary holds the final evaluation for sure
+    if summary.get("status") in COMPLETE:  # its summary holds the final evaluation for sure
         final = {k: summary[f"final/{k}"] for k in values if f"final/{k}" in summary}
         if any(final[k] != values[k] for k in final):
             log.warning("%s: metrics.jsonl's last evaluation (step %d) is not summary.json's final one: the summary's is reported", where, evals[-1]["step"])
@@ -195,7 +199,7 @@ class Row:
 
     @property
     def finished(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "finished" and r.values]
+        return [r for r in self.runs if r.status in COMPLETE and r.values]
 
     def stats(self, key: str) -> tuple[float, float, int]:
         """(mean, sample std, n) of a value over finished runs; std is nan when n < 2."""
@@ -240,7 +244,8 @@ def markdown_table(rows: list[Row], keys: list[str]) -> str:
 
 
 def report_markdown(rows: list[Row], keys: list[str], runs: list[Run], sort: str, sources: list[str]) -> str:
-    unfinished = [r for r in runs if r.status != "finished" or not r.values]
+    unfinished = [r for r in runs if r.status not in COMPLETE or not r.values]
+    early = [r for r in runs if r.status == "early_stopped"]
     out = [
         "# Comparison report\n",
         f"Runs: {len(runs)} from {', '.join(sources)}; {len(runs) - len(unfinished)} finished. "
@@ -249,6 +254,8 @@ def report_markdown(rows: list[Row], keys: list[str], runs: list[Run], sort: str
         "its lowest, tokens/s the median over its log intervals.\n",
         markdown_table(rows, keys),
     ]
+    if early:
+        out.append("\nStopped early (trainer.early_stop; counted as finished, at their last evaluation): " + ", ".join(f"`{r.dir.name}`" for r in early) + "\n")
     if unfinished:
         out.append("\n## Runs that did not finish (left out of the statistics)\n")
         out += [f"- `{r.dir}` (seed {r.seed}): {r.status}" + (f": {r.error}" if r.error else "") for r in unfinished]
@@ -325,6 +332,34 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
     _save_figure(fig, path)
 
 
+def plot_sharpness(runs: list[Run], keys: list[str], path: Path) -> bool:
+    """Each run's sharpness against step (for Adam/AdamW the preconditioned sharpness, which
+    its threshold is about), with the optimizer's stability threshold (2/η for GD) dashed in
+    the same colour. Returns False, drawing nothing, when no run measured sharpness."""
+    import matplotlib.pyplot as plt
+
+    measured = [run for run in runs if any("sharpness/top1" in r for r in run.records)]
+    if not measured:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    for run, color in zip(measured, plt.cm.tab10.colors * 10):
+        precond = any("sharpness/precond_top1" in r for r in run.records)
+        series = _series(run, "sharpness/precond_top1" if precond else "sharpness/top1")
+        label = ", ".join(f"{k}={run.params[k]}" for k in keys) or run.dir.name
+        ax.plot(list(series), list(series.values()), color=color, lw=1.3, label=f"{label}, seed {run.seed}" + (" (preconditioned)" if precond else ""))
+        threshold = _series(run, "sharpness/threshold")
+        if threshold:
+            ax.plot(list(threshold), list(threshold.values()), color=color, ls="--", lw=1.0)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("top Hessian eigenvalue of the training loss")
+    ax.set_title("sharpness; dashed: each run's stability threshold (2/η for GD)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    _save_figure(fig, path)
+    return True
+
+
 def plot_metric_vs_value(rows: list[Row], keys: list[str], key: str, metric: str, path: Path) -> None:
     """`metric` against the numeric values of a swept `key`, one line per value of the others."""
     import matplotlib.pyplot as plt
@@ -388,13 +423,14 @@ def compare(paths: list[str], out: Path | None = None, sort: str = "val/ce_calib
 
         matplotlib.use("Agg")  # files only; no display needed
         plot_curves(rows, keys, out / "curves.png")
+        plot_sharpness(runs, keys, out / "sharpness.png")
         for key in keys:
             if len(rows) > 1 and all(_is_number(row.params[key]) for row in rows):
                 plot_metric_vs_value(rows, keys, key, sort, out / f"{sort.replace('/', '_')}_vs_{key}.png")
     except OSError as e:
         raise ConfigError(f"cannot write the report to {out} ({e.strerror}); choose another --out") from e
     print(markdown_table(rows, keys))
-    unfinished = [r for r in runs if r.status != "finished" or not r.values]
+    unfinished = [r for r in runs if r.status not in COMPLETE or not r.values]
     for r in unfinished:
         print(f"not finished, left out: {r.dir} ({r.status}{': ' + r.error if r.error else ''})")
     print(f"report: {out / 'report.md'} (and report.csv, runs.csv, curves.png)")

@@ -22,9 +22,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from nanolab import ConfigError
+from nanolab.data import full_batch_windows
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.model import GPTConfig
 from nanolab.optim import build_schedule, check_optim
+from nanolab.sharpness import check_sharpness
 from nanolab.runtime import thread_count, use_compile
 
 
@@ -114,6 +116,22 @@ class Trainer:
     log_interval: int = MISSING
     save_checkpoints: bool = MISSING
     on_nonfinite: OnNonfinite = MISSING
+    full_batch: bool = MISSING
+    early_stop: Any = MISSING  # held to EarlyStop
+
+
+@dataclass
+class EarlyStop:
+    patience: int = MISSING
+    min_delta: float = MISSING
+
+
+@dataclass
+class Sharpness:
+    every: int = MISSING
+    k: int = MISSING
+    probe_tokens: int = MISSING
+    lanczos_iters: int = MISSING
 
 
 @dataclass
@@ -149,6 +167,53 @@ class SGD(Optim):
 
 
 @dataclass
+class Adafactor(Optim):
+    beta2_decay: float = MISSING
+    eps1: Optional[float] = MISSING
+    eps2: float = MISSING
+    clip_threshold: float = MISSING
+
+
+@dataclass
+class Muon(Optim):
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+    ns_steps: int = MISSING
+    adjust_lr_fn: Optional[str] = MISSING  # null | original | match_rms_adamw, checked by optim.py
+    adamw_lr: float = MISSING
+    adamw_weight_decay: float = MISSING
+    adamw_betas: list[float] = field(default_factory=lambda: MISSING)
+    adamw_eps: float = MISSING
+
+
+@dataclass
+class Lion(Optim):
+    betas: list[float] = field(default_factory=lambda: MISSING)
+
+
+@dataclass
+class Shampoo(Optim):
+    betas: list[float] = field(default_factory=lambda: MISSING)
+    graft: str = MISSING  # adagrad | rmsprop | sgd, checked by optim.py
+    start_preconditioning_step: int = MISSING
+    preconditioning_compute_steps: int = MISSING
+
+
+@dataclass
+class SOAP(Optim):
+    betas: list[float] = field(default_factory=lambda: MISSING)
+    eps: float = MISSING
+    precondition_frequency: int = MISSING
+
+
+@dataclass
+class ScheduleFreeAdamW(Optim):
+    betas: list[float] = field(default_factory=lambda: MISSING)
+    eps: float = MISSING
+    warmup_steps: int = MISSING
+
+
+@dataclass
 class Schedule:
     name: str = MISSING
     warmup_iters: int = MISSING
@@ -158,6 +223,14 @@ class Schedule:
 class Cosine(Schedule):
     decay_iters: int = MISSING
     min_lr: float = MISSING
+
+
+@dataclass
+class WSD(Schedule):
+    total_iters: int = MISSING
+    decay_frac: float = MISSING
+    decay_shape: str = MISSING  # linear | cosine | 1-sqrt (not a Python name), checked by optim.py
+    final_frac: float = MISSING
 
 
 @dataclass
@@ -192,6 +265,7 @@ class Data:
     shard_gb: float = MISSING
     dir: str = MISSING
     shared_filesystem: bool = MISSING
+    train_tokens: Optional[int] = MISSING
 
 
 @dataclass
@@ -230,10 +304,14 @@ class Logger:
 # has no selecting key. Options are stored as schema/<group>/<option>.
 SCHEMAS: dict[str, tuple[str | None, dict[str, type]]] = {
     "trainer": (None, {"default": Trainer}),
+    "sharpness": (None, {"default": Sharpness}),
     "model": (None, {"gpt": Model}),
     "logger": (None, {"wandb": Logger}),
-    "optim": ("name", {"adamw": AdamW, "sgd": SGD}),
-    "schedule": ("name", {"cosine": Cosine, "constant": Schedule}),
+    "optim": ("name", {
+        "adamw": AdamW, "adam": AdamW, "sgd": SGD, "adafactor": Adafactor, "muon": Muon, "lion": Lion,
+        "shampoo": Shampoo, "soap": SOAP, "schedulefree_adamw": ScheduleFreeAdamW,
+    }),
+    "schedule": ("name", {"cosine": Cosine, "constant": Schedule, "wsd": WSD}),
     "loss": ("name", {"ce": Loss, "squentropy": Loss, "brier": Loss, "label_smoothing": LabelSmoothing, "mse": SquareLoss, "focal": Focal}),
     "data": ("source", {"shakespeare": ShakespeareData, "text": TextData, "hf": HFData}),
 }
@@ -316,6 +394,13 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be > 0")
     if trainer.grad_clip < 0:
         raise ConfigError(f"trainer.grad_clip={trainer.grad_clip} must be >= 0 (0 turns clipping off)")
+    if trainer.early_stop.patience < 0 or trainer.early_stop.min_delta < 0:
+        raise ConfigError(f"trainer.early_stop.patience={trainer.early_stop.patience} and min_delta={trainer.early_stop.min_delta} must be >= 0 (patience 0: off)")
+    if cfg.data.train_tokens is not None and not cfg.data.train_tokens > cfg.model.block_size:
+        raise ConfigError(f"data.train_tokens={cfg.data.train_tokens} must be null (all) or more than model.block_size={cfg.model.block_size}")
+    if trainer.full_batch and cfg.data.train_tokens is not None:
+        full_batch_windows(cfg.data.train_tokens, cfg.model.block_size, trainer.batch_size)
+    check_sharpness(cfg.sharpness)
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"objective={cfg.objective!r} must be one of {', '.join(OBJECTIVES)} (sweepers minimise it)")
     use_compile(cfg.compile, torch.device("cpu"))
@@ -341,6 +426,7 @@ def check_types(cfg: DictConfig) -> None:
         schema = _schema_class(group, cfg[group])
         if schema is not None:
             _typed(group, cfg[group], schema)
+    _typed("trainer.early_stop", cfg.trainer.early_stop, EarlyStop)
     for key in cfg:
         if key == "hydra":
             continue

@@ -427,6 +427,15 @@ class TokenData:
     def vocab_size(self) -> int:
         return self.meta["vocab_size"]
 
+    def limit_train(self, tokens: int | None) -> None:
+        """Keep only the first `tokens` training tokens (`data.train_tokens`): a fixed subset,
+        the same for every seed and model of a sweep. None keeps them all."""
+        if tokens is None:
+            return
+        if tokens > len(self.train):
+            raise DataError(f"data.train_tokens={tokens} is more than the {len(self.train)} training tokens of data={self.meta['name']}")
+        self.train = self.train[:tokens] if isinstance(self.train, np.ndarray) else self.train[np.arange(tokens)]
+
     def check_block_size(self, block_size: int) -> None:
         """Both splits must hold at least one (input, target) window of block_size tokens."""
         for split in ("train", "val"):
@@ -485,6 +494,47 @@ class BatchSampler:
             )
         for s, generator in self.generators.items():
             generator.set_state(saved[s])
+        self.position = 0
+
+
+def full_batch_windows(tokens: int, block_size: int, batch_size: int) -> int:
+    """How many windows of block_size a full batch over `tokens` tokens has; ConfigError unless
+    micro-batches of batch_size windows cover them exactly (each token must weigh the same)."""
+    windows = (tokens - 1) // block_size
+    if windows % batch_size:
+        fits = [b for b in range(1, min(windows, 256) + 1) if windows % b == 0]
+        raise ConfigError(
+            f"trainer.full_batch: data.train_tokens={tokens} makes {windows} windows of model.block_size={block_size}, "
+            f"which trainer.batch_size={batch_size} does not divide; use a batch_size among {fits} or change data.train_tokens"
+        )
+    return windows
+
+
+class FullBatchSampler:
+    """The whole of a (small) token set as consecutive windows, every target once: each call
+    returns the next micro-batch of `batch_size` windows, so `accum` calls make one full
+    batch. It holds no state between optimizer steps."""
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, device: torch.device) -> None:
+        windows = full_batch_windows(len(tokens), block_size, batch_size)
+        flat = torch.from_numpy(np.asarray(tokens[: windows * block_size + 1]).astype(np.int64))
+        self.x = flat[:-1].view(windows, block_size).to(device)
+        self.y = flat[1:].view(windows, block_size).to(device)
+        self.batch_size, self.position = batch_size, 0
+
+    @property
+    def micro_batches(self) -> int:
+        return len(self.x) // self.batch_size
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = slice(self.position * self.batch_size, (self.position + 1) * self.batch_size)
+        self.position = (self.position + 1) % self.micro_batches
+        return self.x[rows], self.y[rows]
+
+    def state_dict(self) -> dict:
+        return {"streams": {}}
+
+    def load_state_dict(self, state: dict) -> None:
         self.position = 0
 
 

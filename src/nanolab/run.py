@@ -19,11 +19,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nanolab import ConfigError
 from nanolab.checkpoint import Checkpoint, capture_rng_state, check_compatible, restore_rng_state
-from nanolab.data import BatchSampler, TokenData, prepare
+from nanolab.data import BatchSampler, FullBatchSampler, TokenData, prepare
 from nanolab.distributed import World, gradient_sync, local_grad_accum
 from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens, head_loss
 from nanolab.model import GPT, GPTConfig
-from nanolab.optim import build_optimizer, build_schedule
+from nanolab.optim import CombinedOptimizer, build_optimizer, build_schedule, set_optimizer_mode
 from nanolab.runtime import Runtime, seed_everything
 
 log = logging.getLogger("nanolab.train")
@@ -39,9 +39,9 @@ class Run:
     data: TokenData
     model: GPT
     forward: torch.nn.Module  # the model, DDP-wrapped and/or compiled: what a step calls
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | CombinedOptimizer
     scaler: torch.amp.GradScaler
-    sampler: BatchSampler
+    sampler: BatchSampler | FullBatchSampler
     loss_fn: LossFn
     lr_at: Callable[[int], float]
     head_chunk: int  # tokens per chunk of the output head and loss; 0: one piece
@@ -94,7 +94,6 @@ class Run:
 def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoint | None = None) -> Run:
     """The run's parts from the config, seeded; continued from a checkpoint when `resume` is
     given (its model must fit the configured one)."""
-    accum = local_grad_accum(cfg.trainer.grad_accum, cfg.trainer.fix_global_batch, world)
     if cfg.schedule.warmup_iters >= cfg.trainer.max_iters and world.main:
         log.warning(
             "schedule.warmup_iters=%d is not shorter than trainer.max_iters=%d: the learning rate never reaches "
@@ -104,13 +103,14 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
     lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
     seed_everything(cfg.seed)
     data = load_data(cfg.data, world)
+    data.limit_train(cfg.data.train_tokens)
     data.check_block_size(cfg.model.block_size)
     check_activation_memory(cfg, runtime)
     model_config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size)
     model = GPT(model_config).to(runtime.device)
     if world.rank > 0:  # dropout masks differ between ranks as between micro-batches
         torch.manual_seed(cfg.seed + world.rank)
-    streams = range(world.rank * accum, (world.rank + 1) * accum)
+    sampler, accum = build_sampler(cfg, data, world, runtime.device)
     run = Run(
         cfg=cfg,
         world=world,
@@ -120,7 +120,7 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
         forward=model,
         optimizer=build_optimizer(model, cfg.optim, runtime.device),
         scaler=torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16),
-        sampler=BatchSampler(data.train, cfg.trainer.batch_size, model_config.block_size, cfg.seed, runtime.device, streams),
+        sampler=sampler,
         loss_fn=loss_fn,
         lr_at=lr_at,
         head_chunk=head_chunk_tokens(cfg.head_chunk_tokens, model_config.vocab_size),
@@ -132,6 +132,21 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
         run.load_state_dict(resume.state)
     run.forward = wrap_forward(model, runtime, world)
     return run
+
+
+def build_sampler(cfg: DictConfig, data: TokenData, world: World, device: torch.device) -> tuple[BatchSampler | FullBatchSampler, int]:
+    """The training batches and the micro-batches per step on this rank: random windows, each
+    micro-batch from its own stream; or, with trainer.full_batch, the whole training set."""
+    if cfg.trainer.full_batch:
+        if world.distributed:
+            raise ConfigError("trainer.full_batch=true runs in one process; run it without torchrun")
+        if cfg.trainer.grad_accum != 1:
+            raise ConfigError(f"trainer.full_batch=true sets the micro-batches itself; leave trainer.grad_accum at 1 (it is {cfg.trainer.grad_accum})")
+        sampler = FullBatchSampler(data.train, cfg.trainer.batch_size, cfg.model.block_size, device)
+        return sampler, sampler.micro_batches
+    accum = local_grad_accum(cfg.trainer.grad_accum, cfg.trainer.fix_global_batch, world)
+    streams = range(world.rank * accum, (world.rank + 1) * accum)
+    return BatchSampler(data.train, cfg.trainer.batch_size, cfg.model.block_size, cfg.seed, device, streams), accum
 
 
 def wrap_forward(model: GPT, runtime: Runtime, world: World) -> torch.nn.Module:
@@ -221,6 +236,7 @@ def train_step(run: Run, lap: Callable[[str], None] = _no_lap) -> StepResult:
     `lap(phase)` is called as each phase ends: data, forward, backward (per micro-batch) and
     optimizer."""
     trainer = run.cfg.trainer
+    set_optimizer_mode(run.optimizer, train=True)
     total = torch.zeros((), device=run.runtime.device)
     for micro in range(run.accum):
         x, y = run.sampler.next_batch()
@@ -250,8 +266,9 @@ def train_step(run: Run, lap: Callable[[str], None] = _no_lap) -> StepResult:
 
 
 def set_lr(run: Run, step: int) -> float:
-    """Set the schedule's learning rate for `step` on every parameter group; returns it."""
+    """Set the schedule's learning rate for `step` on every parameter group (times the group's
+    `lr_scale`, if it has one); returns it."""
     lr = run.lr_at(step)
     for group in run.optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr

@@ -171,6 +171,7 @@ class Tracker:
     ) -> None:
         self.enabled = enabled
         self.summary: dict[str, Any] = {}
+        self.status = "finished"  # how the run ends without an exception: finished | early_stopped
         self.run = None
         if not enabled:
             return
@@ -267,7 +268,7 @@ class Tracker:
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.enabled:
             return
-        self.update_summary(outcome(exc) | {"wall_time_s": round(time.time() - self.t0, 3)})
+        self.update_summary(outcome(exc, self.status) | {"wall_time_s": round(time.time() - self.t0, 3)})
         if exc is not None:
             self.log({"status": self.summary["status"]}, self.last_step, self.last_tokens)
         write_json(self.dir / "summary.json", self.summary)
@@ -275,11 +276,14 @@ class Tracker:
             self.run.finish(exit_code=0 if exc is None else 1)
 
 
-def outcome(exc: BaseException | None) -> dict[str, str]:
-    """How a run ended, for summary.json and W&B: `status` (finished, diverged, interrupted or
-    failed) and, unless it finished, the `error` that ended it."""
+ENDED_AS_PLANNED = ("finished", "early_stopped")
+
+
+def outcome(exc: BaseException | None, ended: str = "finished") -> dict[str, str]:
+    """How a run ended, for summary.json and W&B: `status` (finished, early_stopped, diverged,
+    interrupted or failed) and, unless it ended as planned (`ended`), the `error` that ended it."""
     if exc is None:
-        return {"status": "finished"}
+        return {"status": ended}
     if isinstance(exc, Diverged):
         status = "diverged"
     elif isinstance(exc, (Interrupted, KeyboardInterrupt)):
@@ -445,7 +449,7 @@ class RunCallbacks(Callback):
                 summary = {"status": "unknown (no summary.json)"}
             best = summary.get("best/val/ce")
             line = f"  {job.name}: {summary['status']}" + (f", best val/ce {best:.4f}" if best is not None else "")
-            if summary["status"] != "finished":
+            if summary["status"] not in ENDED_AS_PLANNED:
                 failed.append(job.name)
                 line += f" ({summary.get('error', '')})"
             log.info("%s", line)

@@ -5,11 +5,12 @@ concerns, each deciding its own interval (as torchtitan's Trainer.train does):
         train_step                          (nanolab.run)
         skipped and non-finite steps        (trainer.on_nonfinite)
         metric_logger  every trainer.log_interval steps
-        validator      every trainer.eval_interval steps, then the checkpointer
+        sharpness      every sharpness.every steps (off by default)
+        validator      every trainer.eval_interval steps, then early stopping and the checkpointer
         stop           when a SIGTERM/SIGINT arrived: checkpoint, then exit
 
-The loop's own state (step, best val/ce, skipped steps, W&B run id) is a `RunState` with a
-state_dict, saved in every checkpoint next to the run's.
+The loop's own state (step, best val/ce, skipped steps, early stopping, W&B run id) is a
+`RunState` with a state_dict, saved in every checkpoint next to the run's.
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ from nanolab import Diverged, Interrupted
 from nanolab.checkpoint import Checkpoint, Checkpointer, load_checkpoint, resume_changes, resume_checkpoint_path
 from nanolab.config import check_config
 from nanolab.distributed import World, process_group
+from nanolab.data import FullBatchSampler, stream_seed
 from nanolab.metrics import evaluate, flops_per_token
+from nanolab.optim import set_optimizer_mode
 from nanolab.run import Run, StepResult, build_run, is_finite, set_lr, train_step
 from nanolab.runtime import Runtime, pick_device
+from nanolab.sharpness import PROBE_STREAM, SharpnessProbe, probe_windows
 from nanolab.tracking import RunInfo, Tracker
 
 log = logging.getLogger("nanolab.train")
@@ -62,13 +66,18 @@ class RunState:
     best_val_ce: float = math.inf
     skipped_steps: int = 0
     run_id: str = field(default_factory=new_run_id)
+    early_stop: dict = field(default_factory=lambda: {"best": math.inf, "evals_without_improvement": 0, "stopped": False})
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "best_val_ce": self.best_val_ce, "skipped_steps": self.skipped_steps, "wandb_id": self.run_id}
+        return {
+            "step": self.step, "best_val_ce": self.best_val_ce, "skipped_steps": self.skipped_steps, "wandb_id": self.run_id,
+            "early_stop": dict(self.early_stop),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.best_val_ce = state["step"], state["best_val_ce"]
         self.skipped_steps, self.run_id = state["skipped_steps"], state["wandb_id"]
+        self.early_stop = dict(state["early_stop"])
 
 
 class SlowdownWatch:
@@ -155,7 +164,8 @@ class Validator:
         return step % self.run.cfg.trainer.eval_interval == 0 or step == self.run.cfg.trainer.max_iters
 
     def validate(self, state: RunState) -> bool:
-        """Evaluate at the current step; returns whether val/ce improved on the best so far."""
+        """Evaluate at the current step (after the early-stopping bookkeeping); returns whether
+        val/ce improved on the best so far."""
         run, cfg = self.run, self.run.cfg
         metrics = evaluate(
             run.model, run.data, run.loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters,
@@ -171,7 +181,23 @@ class Validator:
         if objective is not None and objective < self.tracker.summary.get(f"best/{cfg.objective}", math.inf):
             self.tracker.update_summary({f"best/{cfg.objective}": objective})
         self.tracker.update_summary({f"final/{k}": v for k, v in metrics.items()})
+        self.update_early_stop(state, objective)
         return improved
+
+    def update_early_stop(self, state: RunState, objective: float | None) -> None:
+        """Count evaluations without an improvement of `objective` by min_delta; once they reach
+        trainer.early_stop.patience the run is marked stopped. Rank 0 decides for all."""
+        cfg, early = self.run.cfg.trainer.early_stop, state.early_stop
+        if not cfg.patience:
+            return
+        if objective is not None and objective < early["best"] - cfg.min_delta:
+            early["best"], early["evals_without_improvement"] = objective, 0
+        else:
+            early["evals_without_improvement"] += 1
+        stop = early["evals_without_improvement"] >= cfg.patience
+        early["stopped"] = self.run.world.any(stop and self.run.world.main)  # the objective may exist on rank 0 alone
+        if early["stopped"]:
+            log.info("step %d: %s has not improved by %g for %d evaluations: stopping early", state.step, self.run.cfg.objective, cfg.min_delta, cfg.patience)
 
 
 @contextlib.contextmanager
@@ -200,6 +226,19 @@ def stop_requests() -> Iterator[list[int]]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def build_probe(run: Run) -> SharpnessProbe | None:
+    """The sharpness probe on rank 0 (the others would repeat its work), when sharpness.every
+    is set: a full-batch run's whole training set, else a fixed random probe set."""
+    cfg = run.cfg
+    if not cfg.sharpness.every or not run.world.main:
+        return None
+    if isinstance(run.sampler, FullBatchSampler):
+        x, y = run.sampler.x, run.sampler.y
+    else:
+        x, y = probe_windows(run.data.train, cfg.sharpness.probe_tokens, run.model.config.block_size, stream_seed(cfg.seed, PROBE_STREAM))
+    return SharpnessProbe(cfg, run.model, run.loss_fn, x.to(run.runtime.device), y.to(run.runtime.device), seed=cfg.seed)
 
 
 class Trainer:
@@ -236,7 +275,7 @@ class Trainer:
     def train(self) -> float:
         """Train to trainer.max_iters; returns the best value of `objective`."""
         run, state = self.run, self.state
-        if self.resume and state.step >= self.cfg.trainer.max_iters:  # a relaunched sweep's finished job
+        if self.resume and (state.step >= self.cfg.trainer.max_iters or state.early_stop["stopped"]):  # a relaunched sweep's finished job
             log.info("%s: already finished at step %d (trainer.max_iters=%d); nothing to do", self.info.dir, state.step, self.cfg.trainer.max_iters)
             return self.resume.state["summary"].get(f"best/{self.cfg.objective}", math.nan)
         self.tracker = Tracker(self.cfg, self.info, state.run_id, resume_step=state.step if self.resume else None, enabled=run.world.main)
@@ -249,10 +288,14 @@ class Trainer:
                 if self.resume_changes:  # recorded for good: every later segment carries them on
                     earlier = self.tracker.summary.get("resume/changes", [])
                     self.tracker.update_summary({"resume/changes": [*earlier, *(f"step {state.step}: {c}" for c in self.resume_changes)]})
-            else:
+            self.sharpness = build_probe(run)
+            if not self.resume:
+                if self.sharpness and self.sharpness.should_measure(0):
+                    self.measure_sharpness()
+                set_optimizer_mode(run.optimizer, train=False)
                 self.validator.validate(state)  # the untrained baseline (ln V for every loss)
             self.metric_logger = MetricLogger(run, self.tracker, progress, state.step)
-            while state.step < self.cfg.trainer.max_iters:
+            while state.step < self.cfg.trainer.max_iters and not state.early_stop["stopped"]:
                 lr = set_lr(run, state.step)
                 result = train_step(run)
                 state.step += 1
@@ -276,13 +319,27 @@ class Trainer:
             self.stop_if_diverged(result)
         if logging_now:
             self.metric_logger.log(step, result, lr)
+        if self.sharpness and self.sharpness.should_measure(step):
+            self.measure_sharpness()
+            self.metric_logger.restart_clock(step)
+        if validating or stopping:  # a schedule-free optimizer's averaged weights are evaluated and saved
+            set_optimizer_mode(self.run.optimizer, train=False)
         if validating:
             improved = self.validator.validate(self.state)
             self.checkpointer.save(self.state, best=improved)
             self.metric_logger.restart_clock(step)
+            if self.state.early_stop["stopped"]:
+                self.tracker.status = "early_stopped"
         if stopping:
             self.checkpointer.save(self.state, best=False)
             raise Interrupted(self.stop_signals[0] if self.stop_signals else signal.SIGTERM)
+
+    def measure_sharpness(self) -> None:
+        """Sharpness on the probe set at the weights the next step's gradient is taken at, with
+        the threshold at the next step's learning rate."""
+        step = self.state.step
+        stats = self.sharpness.measure(self.run.optimizer, self.run.lr_at(step))
+        self.tracker.log(stats, step, step * self.run.tokens_per_step)
 
     def count_skipped_step(self) -> None:
         state = self.state

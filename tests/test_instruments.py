@@ -1,0 +1,124 @@
+"""The optimization instruments inside real runs: a training subset, full-batch gradient descent,
+sharpness measured and logged during training, early stopping, and compare's sharpness plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, compose_train, run_cli
+from nanolab import ConfigError
+from nanolab.compare import compare
+from nanolab.config import check_config
+from nanolab.data import FullBatchSampler
+from nanolab.tracking import RunInfo
+from nanolab.train import train
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(run_dir: Path, *overrides: str) -> float:
+    cfg = compose_train(*TINY, "logger.mode=disabled", *overrides)
+    return train(cfg, RunInfo(dir=run_dir, group=None, name=None))
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_full_batch_sampler_covers_every_window_once_per_step():
+    tokens = np.arange(129)  # 4 windows of 32
+    sampler = FullBatchSampler(tokens, batch_size=2, block_size=32, device=torch.device("cpu"))
+    assert sampler.micro_batches == 2
+    xs, ys = zip(*(sampler.next_batch() for _ in range(2)))
+    assert torch.equal(torch.cat(xs).flatten(), torch.arange(128)) and torch.equal(torch.cat(ys).flatten(), torch.arange(1, 129))
+    assert torch.equal(sampler.next_batch()[0], xs[0])  # the next step starts over
+
+
+FULL_BATCH = ["data.train_tokens=257", "trainer.full_batch=true", "optim=sgd", "optim.momentum=0", "optim.lr=0.1",
+              "schedule=constant", "schedule.warmup_iters=0", "trainer.grad_clip=0", "trainer.max_iters=6", "trainer.eval_interval=3"]
+
+
+def test_full_batch_gradient_descent_does_not_depend_on_the_micro_batches(tmp_path):
+    # 8 windows of 32 tokens: one micro-batch of 8 or four of 2 compute the same gradient.
+    run(tmp_path / "one", *FULL_BATCH, "trainer.batch_size=8")
+    run(tmp_path / "four", *FULL_BATCH, "trainer.batch_size=2")
+    one, four = records(tmp_path / "one"), records(tmp_path / "four")
+    losses = [[r["train/loss"] for r in rs if "train/loss" in r] for rs in (one, four)]
+    assert len(losses[0]) == 6 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[0][-1] < losses[0][0]
+    assert one[-1]["tokens"] == 6 * 256  # every step is the whole subset
+
+
+def test_train_tokens_keeps_a_fixed_subset_and_full_batch_needs_divisible_windows(tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=3 does not divide; use a batch_size among \[1, 2, 4, 8\]"):
+        check_config(compose_train(*TINY, *FULL_BATCH, "trainer.batch_size=3"))
+    with pytest.raises(ConfigError, match="data.train_tokens=10 must be null"):
+        check_config(compose_train(*TINY, "data.train_tokens=10"))
+    with pytest.raises(ConfigError, match="data.train_tokens=99999999 is more than"):
+        run(tmp_path / "big", "data.train_tokens=99999999", "trainer.max_iters=1")
+
+
+def test_sharpness_is_logged_during_training_with_the_gd_threshold(tmp_path):
+    run(tmp_path / "a", *FULL_BATCH, "trainer.batch_size=8", "sharpness.every=2", "sharpness.k=2", "sharpness.lanczos_iters=8")
+    measured = [r for r in records(tmp_path / "a") if "sharpness/top1" in r]
+    assert [r["step"] for r in measured] == [0, 2, 4, 6]
+    for r in measured:
+        assert r["sharpness/top1"] >= r["sharpness/top2"] > 0
+        assert r["sharpness/threshold"] == pytest.approx(2 / 0.1)
+        assert "sharpness/precond_top1" not in r
+    # The probe (here the whole subset) and the Lanczos start are seeded: a rerun measures the same.
+    run(tmp_path / "b", *FULL_BATCH, "trainer.batch_size=8", "sharpness.every=2", "sharpness.k=2", "sharpness.lanczos_iters=8")
+    assert [r for r in records(tmp_path / "b") if "sharpness/top1" in r][0]["sharpness/top1"] == measured[0]["sharpness/top1"]
+    assert (tmp_path / "a" / ".hydra").exists() is False  # in-process runs: compare reads the records
+    compare([str(tmp_path / "a")], out=tmp_path / "report")
+    assert (tmp_path / "report" / "sharpness.png").stat().st_size > 0
+
+
+def test_adam_logs_its_preconditioned_sharpness_against_38_over_lr(tmp_path):
+    run(tmp_path, "trainer.max_iters=4", "trainer.eval_interval=4", "schedule=constant", "schedule.warmup_iters=0", "optim.lr=0.01",
+        "sharpness.every=2", "sharpness.probe_tokens=128", "sharpness.lanczos_iters=6")
+    measured = [r for r in records(tmp_path) if "sharpness/top1" in r]
+    assert "sharpness/precond_top1" not in measured[0]  # step 0: Adam has no second moments yet
+    assert measured[1]["sharpness/precond_top1"] > measured[1]["sharpness/top1"]
+    assert measured[1]["sharpness/threshold"] == pytest.approx((2 + 2 * 0.9) / (0.1 * 0.01))
+
+
+def test_early_stopping_ends_the_run_keeps_best_and_is_final(tmp_path):
+    # No evaluation can improve val/ce by 10: the run stops at the second one after the baseline.
+    run(tmp_path, "trainer.max_iters=40", "trainer.eval_interval=5", "trainer.early_stop.patience=2", "trainer.early_stop.min_delta=10")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "early_stopped"
+    assert [r["step"] for r in records(tmp_path) if "val/ce" in r] == [0, 5, 10]
+    assert (tmp_path / "best.pt").exists() and torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 10
+    run(tmp_path, "trainer.max_iters=40", "trainer.eval_interval=5", "trainer.early_stop.patience=2", "trainer.early_stop.min_delta=10", "resume=true")
+    assert [r["step"] for r in records(tmp_path) if "val/ce" in r] == [0, 5, 10]  # already finished: nothing more
+    report = compare([str(tmp_path)], out=tmp_path / "report").read_text()
+    assert "Stopped early" in report and "early_stopped" in report and "1 finished" in report
+
+
+@pytest.mark.slow
+def test_an_early_stopped_job_does_not_fail_its_sweep(tmp_path):
+    proc = run_cli("-m", *TINY, "logger=none", "trainer.max_iters=20", "trainer.eval_interval=5", "trainer.early_stop.patience=1",
+                   "trainer.early_stop.min_delta=10", "seed=1,2", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0 and (proc.stdout + proc.stderr).count(": early_stopped") == 2
+
+
+@pytest.mark.parametrize("experiment", ["edge_of_stability", "optimizer_comparison"])
+def test_the_presets_run_a_few_steps(tmp_path, experiment):
+    cfg = compose_train(f"experiment={experiment}", "logger.mode=disabled", "trainer.max_iters=4", "trainer.eval_interval=2",
+                        "trainer.eval_iters=1", "sharpness.lanczos_iters=3")
+    train(cfg, RunInfo(dir=tmp_path, group=None, name=None))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert any("sharpness/top1" in r for r in records(tmp_path)) == (experiment == "edge_of_stability")
