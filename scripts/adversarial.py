@@ -52,6 +52,15 @@ train_refused("block_size=100000 batch_size=1000", "model.block_size=100000", "t
 for loss, override in [("label_smoothing", "loss.epsilon=1.0"), ("label_smoothing", "loss.epsilon=-0.1"),
                        ("label_smoothing", "loss.epsilon=abc"), ("mse", "loss.k=0"), ("mse", "loss.M=-2"), ("focal", "loss.gamma=-1")]:
     train_refused(f"loss={loss} {override}", f"loss={loss}", override)
+for group, override in [("optim=muon", "optim.adjust_lr_fn=foo"), ("optim=muon", "optim.adamw_lr=0"), ("optim=shampoo", "optim.graft=foo"),
+                        ("optim=lion", "optim.betas=[0.9]"), ("schedule=wsd", "schedule.decay_shape=sqrt"),
+                        ("schedule=wsd", "schedule.decay_frac=1.5"), ("optim=sgd", "optim.momentum=abc")]:
+    train_refused(f"{group} {override}", group, override)
+for override in ["sharpness.every=-1", "sharpness.k=abc", "sharpness.k=30", "sharpness.probe_tokens=0", "trainer.early_stop.patience=abc",
+                 "trainer.early_stop.min_delta=-1", "trainer.full_batch=maybe", "data.train_tokens=abc", "data.train_tokens=10"]:
+    train_refused(override, override)
+train_refused("full_batch with windows batch_size does not divide", "trainer.full_batch=true", "data.train_tokens=1000", "trainer.batch_size=7")
+train_refused("data.train_tokens beyond the split", "data.train_tokens=99999999")
 train_refused("data=text without data.path", "data=text")
 train_refused("data=text data.path=/nonexistent", "data=text", "data.path=/nonexistent/corpus.txt")
 train_refused("data=text empty file", "data=text", "data.path={tmp}/empty.txt", "data.dir={tmp}/prepared")

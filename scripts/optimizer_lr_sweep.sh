@@ -16,11 +16,11 @@ declare -A lrs=(
   [lion]=1e-4,3e-4,1e-3,3e-3
   [shampoo]=1e-3,3e-3,1e-2,3e-2
   [soap]=1e-3,3e-3,1e-2,3e-2
-  [schedulefree_adamw]=1e-3,2.5e-3,5e-3,1e-2
+  [schedulefree_adamw]=1e-3,2.5e-3,5e-3,1e-2,2e-2,4e-2
 )
 for optim in sgd adamw adafactor muon lion shampoo soap schedulefree_adamw; do
   python -m nanolab.train -m optim="$optim" optim.lr="${lrs[$optim]}" trainer.max_iters=1000 threads=1 logger=none \
     hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweep.dir="$root/$optim"
 done
-python -m nanolab.compare "$root" --out "$root"
+python -m nanolab.compare "$root"/* --out "$root"
 echo "report: $root/report.md"
