@@ -198,3 +198,20 @@ def test_z_loss_and_logit_softcap_train(tmp_path):
     evals = [r for r in records(tmp_path) if "val/ce" in r]
     assert evals[1]["val/ce"] < evals[0]["val/ce"] - 0.3
     assert evals[1]["val/loss"] > evals[1]["val/ce"]  # the objective includes the z-loss term
+
+
+def test_a_model_with_every_option_trains_resumes_exactly_and_loads(tmp_path):
+    options = ["model.position=rope", "model.qk_norm=true", "model.mlp=relu2", "model.norm=rmsnorm", "model.tie_embeddings=false",
+               "model.zero_init_proj=true", "model.logit_softcap=15", "trainer.eval_interval=4", "schedule.decay_iters=8"]
+    run_in_process(tmp_path / "straight", "trainer.max_iters=8", *options)
+    run_in_process(tmp_path / "resumed", "trainer.max_iters=4", *options)
+    run_in_process(tmp_path / "resumed", "trainer.max_iters=8", "resume=true", *options)
+    straight, resumed = records(tmp_path / "straight"), records(tmp_path / "resumed")
+    for a, b in zip(straight, resumed, strict=True):
+        assert {k: v for k, v in a.items() if not k.startswith(("time", "perf"))} == {k: v for k, v in b.items() if not k.startswith(("time", "perf"))}
+    assert straight[-1]["val/ce"] < straight[0]["val/ce"]
+    from nanolab.checkpoint import load_model
+
+    model, state = load_model(tmp_path / "resumed" / "last.pt", torch.device("cpu"))
+    assert model.config.position == "rope" and "wpe" not in model.transformer and not model.config.tie_embeddings
+    assert model.generate(torch.zeros(1, 1, dtype=torch.long), 5).shape == (1, 6)

@@ -37,6 +37,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FORMAT = 1
 
+# Model options added after checkpoints were first written, at the values those models had.
+MODEL_OPTIONS_ADDED = {
+    "position": "learned", "rope_base": 10000.0, "qk_norm": False, "mlp": "gelu", "norm": "layernorm",
+    "tie_embeddings": True, "zero_init_proj": False,
+}
+
 # Keys added to the saved config after checkpoints were first written, with the value those
 # runs had in effect. head_chunk_tokens only chooses how the loss is computed (same values in
 # less memory), so `auto` keeps evaluating an old large-vocabulary checkpoint affordable.
@@ -55,6 +61,7 @@ CONFIG_KEYS_ADDED = {
     "sharpness.k": 1,
     "sharpness.probe_tokens": 4096,
     "sharpness.lanczos_iters": 20,
+    **{f"model.{k}": v for k, v in MODEL_OPTIONS_ADDED.items()},
 }
 
 
@@ -74,6 +81,8 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
     if config.get("optim", {}).get("name") == "adamw":
         config["optim"].setdefault("fused", "auto")
     state["model_config"].setdefault("logit_softcap", None)
+    for key, value in MODEL_OPTIONS_ADDED.items():
+        state["model_config"].setdefault(key, value)
     state.setdefault("skipped_steps", 0)
     state.setdefault("early_stop", {"best": math.inf, "evals_without_improvement": 0, "stopped": False})
     state.setdefault("rng_ranks", [state["rng"]])  # saved before DDP: one process

@@ -144,6 +144,13 @@ class Model:
     dropout: float = MISSING
     bias: bool = MISSING
     logit_softcap: Optional[float] = MISSING
+    position: str = MISSING  # learned | rope, checked by GPTConfig
+    rope_base: float = MISSING
+    qk_norm: bool = MISSING
+    mlp: str = MISSING  # gelu | relu2
+    norm: str = MISSING  # layernorm | rmsnorm
+    tie_embeddings: bool = MISSING
+    zero_init_proj: bool = MISSING
 
 
 @dataclass

@@ -3,6 +3,10 @@
 The vocabulary is padded up to a multiple of 64 so the output matmul hits fast kernels; the
 model only ever returns logits over the true vocabulary, so padded columns cannot reach a
 loss, a metric or a sampled token.
+
+The defaults are GPT-2's architecture. The options are the changes modded-nanogpt and nanochat
+made, each one key: rotary positions, QK-norm, the ReLU² MLP, RMSNorm, no biases, an untied
+output head, zero-initialised output projections and a logit soft-cap.
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a bit faster
     logit_softcap: float | None = None  # logits become c * tanh(logits / c), as in Gemma 2 / modded-nanogpt
+    position: str = "learned"  # learned: GPT-2's position embedding | rope: rotary embeddings of q and k (Su et al. 2021)
+    rope_base: float = 10000.0  # rotary frequencies base^(-2i/head_dim)
+    qk_norm: bool = False  # RMS-normalise each head's q and k before attention (nanochat, modded-nanogpt)
+    mlp: str = "gelu"  # gelu (GPT-2) | relu2: ReLU(x)^2 (Primer, So et al. 2021; modded-nanogpt)
+    norm: str = "layernorm"  # layernorm | rmsnorm (no mean subtraction, no bias)
+    tie_embeddings: bool = True  # the output head is the token embedding (GPT-2); false: a head of its own
+    zero_init_proj: bool = False  # start every block's output projections (and an untied head) at zero
 
     def __post_init__(self) -> None:
         for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -42,6 +53,13 @@ class GPTConfig:
             raise ConfigError(
                 f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}"
             )
+        for key, choices in (("position", ("learned", "rope")), ("mlp", ("gelu", "relu2")), ("norm", ("layernorm", "rmsnorm"))):
+            if getattr(self, key) not in choices:
+                raise ConfigError(f"model.{key}={getattr(self, key)!r} must be one of {', '.join(choices)}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"model.position=rope needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}")
+        if not self.rope_base > 1:
+            raise ConfigError(f"model.rope_base={self.rope_base} must be > 1")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -63,6 +81,41 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class RMSNorm(nn.Module):
+    """x / rms(x) times a learned gain: LayerNorm without the mean and the bias."""
+
+    def __init__(self, ndim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, 1e-5)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    return RMSNorm(config.n_embd) if config.norm == "rmsnorm" else LayerNorm(config.n_embd, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding: each pair (x_i, x_{i+d/2}) of a head's q and k is rotated by
+    the angle position * base^(-2i/d), so q·k depends on positions only through their
+    difference. The cos/sin tables are buffers recomputed at load, not parameters."""
+
+    def __init__(self, head_dim: int, block_size: int, base: float) -> None:
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(block_size, dtype=torch.float32), inv_freq)  # (T, d/2)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotate x (B, n_head, T, head_dim) by its positions 0..T-1."""
+        T, half = x.size(-2), x.size(-1) // 2
+        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        x1, x2 = x[..., :half], x[..., half:]
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -71,12 +124,19 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        head_dim = config.n_embd // config.n_head
+        self.rotary = Rotary(head_dim, config.block_size, config.rope_base) if config.position == "rope" else None
+        self.qk_norm = config.qk_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, n_head, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.qk_norm:  # bounded attention logits: a higher learning rate stays stable
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
         # SDPA dispatches to flash / memory-efficient kernels on GPU.
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
@@ -85,11 +145,16 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+class ReLUSquared(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = ReLUSquared() if config.mlp == "relu2" else nn.GELU()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
@@ -102,9 +167,9 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,25 +181,31 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, bias=config.bias),
-            )
+        modules = dict(wte=nn.Embedding(config.padded_vocab_size, config.n_embd))
+        if config.position == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        modules |= dict(
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=make_norm(config),
         )
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        # Weight tying (Press & Wolf 2017): the output projection is the input embedding.
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:
+            # Weight tying (Press & Wolf 2017): the output projection is the input embedding.
+            self.transformer.wte.weight = self.lm_head.weight
 
         self.apply(self._init_weights)
         # GPT-2: residual projections are scaled so the residual stream's variance does not
-        # grow with depth (two residual additions per layer).
+        # grow with depth (two residual additions per layer). Zero-initialised, every block
+        # starts as the identity and the first steps train the embeddings and head (modded-nanogpt).
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+        if config.zero_init_proj and not config.tie_embeddings:
+            nn.init.zeros_(self.lm_head.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -148,7 +219,7 @@ class GPT(nn.Module):
         """Parameter count; position embeddings are excluded by default, as in nanoGPT (the
         token embedding is the tied output layer, so it counts)."""
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and "wpe" in self.transformer:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -159,8 +230,10 @@ class GPT(nn.Module):
             raise ConfigError(
                 f"sequence length {T} exceeds the model's context model.block_size={self.config.block_size}"
             )
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:  # with rotary embeddings, positions enter in attention
+            x = x + self.transformer.wpe(torch.arange(T, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x)
         return self.transformer.ln_f(x)
