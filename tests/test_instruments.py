@@ -114,7 +114,7 @@ def test_an_early_stopped_job_does_not_fail_its_sweep(tmp_path):
     assert proc.returncode == 0 and (proc.stdout + proc.stderr).count(": early_stopped") == 2
 
 
-@pytest.mark.parametrize("experiment", ["edge_of_stability", "optimizer_comparison"])
+@pytest.mark.parametrize("experiment", ["edge_of_stability", "optimizer_comparison", "speedrun_char"])
 def test_the_presets_run_a_few_steps(tmp_path, experiment):
     cfg = compose_train(f"experiment={experiment}", "logger.mode=disabled", "trainer.max_iters=4", "trainer.eval_interval=2",
                         "trainer.eval_iters=1", "sharpness.lanczos_iters=3")
