@@ -145,3 +145,17 @@ def test_zero_initialised_projections_make_every_block_the_identity():
 def test_bad_options_are_refused(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         GPTConfig(**{"block_size": 16, "vocab_size": 50, "n_layer": 2, "n_head": 2, "n_embd": 32} | kwargs)
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=32, qk_norm=True)).eval()
+    x = torch.randint(50, (2, 16))
+    before = model(x)
+    attn = model.transformer.h[0].attn
+    with torch.no_grad():  # q and k are the first 2 * n_embd outputs of c_attn
+        attn.c_attn.weight[:64] *= 100.0
+        attn.c_attn.bias[:64] *= 100.0
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-4)
+    model.config.qk_norm = attn.qk_norm = False  # without it the same scaling changes everything
+    assert not torch.allclose(model(x), before, atol=1e-2)
