@@ -26,7 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import tiktoken
@@ -274,6 +274,13 @@ def _split_meta(split: str, sizes: list[int]) -> dict:
     return {f"{split}_tokens": sum(sizes)} | ({f"{split}_shards": sizes} if len(sizes) > 1 else {})
 
 
+def document_lengths(tokenized: Any) -> np.ndarray:
+    """The `len` column of a tokenized datasets.Dataset as one array. Indexing a numpy-formatted
+    dataset by column walks a lazy Column row by row in datasets >= 4 (1.7 s per 40,000 rows
+    against 0.01 s; huggingface/datasets#7709)."""
+    return tokenized.data.column("len").to_numpy()
+
+
 def _prepare_from_hf(cfg: DictConfig) -> dict:
     """Tokenize a `datasets` dataset in parallel (num_proc), one EOT token after each document,
     and stream it shard by shard into the bins."""
@@ -301,7 +308,7 @@ def _prepare_from_hf(cfg: DictConfig) -> dict:
     for split, dset in splits.items():
         # datasets caches what map() computed, so a preparation started again reuses it
         tokenized = dset.map(tokenize, remove_columns=dset.column_names, num_proc=cfg.num_proc, desc=f"tokenizing {split}")
-        ends = np.cumsum(tokenized.with_format("numpy")["len"], dtype=np.int64)  # each document's end in the split
+        ends = np.cumsum(document_lengths(tokenized), dtype=np.int64)  # each document's end in the split
         rows = tokenized.with_format("numpy")
 
         def read(start: int, stop: int, split: str = split) -> Iterator[np.ndarray]:
