@@ -135,17 +135,22 @@ def check_torchrun(out: Path, overrides: list[str], dry_run: bool) -> dict[str, 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
         first_exit = proc.wait(timeout=120)
-    first = json.loads((directory / "summary.json").read_text()) if (directory / "summary.json").exists() else {}
-    first_steps = [json.loads(line)["step"] for line in (directory / "metrics.jsonl").read_text().splitlines()] if (directory / "metrics.jsonl").exists() else [None]
+    first, first_records = read_run(directory)
     resumed = run([*cmd, "resume=true"], out / "torchrun" / "resume.txt", 300)
-    summary = json.loads((directory / "summary.json").read_text()) if (directory / "summary.json").exists() else {}
-    steps = [json.loads(line)["step"] for line in (directory / "metrics.jsonl").read_text().splitlines()] if (directory / "metrics.jsonl").exists() else []
-    train_steps = [s for s, line in zip(steps, (directory / "metrics.jsonl").read_text().splitlines()) if "train/loss" in line] if steps else []
+    summary, records = read_run(directory)
+    train_steps = [r["step"] for r in records if "train/loss" in r]
     return {
-        "first_segment": {"stopped_by": stopped_by, "exit": first_exit, "status": first.get("status"), "last_step": max(first_steps, default=None)},
+        "first_segment": {"stopped_by": stopped_by, "exit": first_exit, "status": first.get("status"), "last_step": max((r["step"] for r in first_records), default=None)},
         "resume": resumed, "status": summary.get("status"), "best_val_ce": summary.get("best/val/ce"),
         "train_steps_logged_twice": len(train_steps) - len(set(train_steps)),
     }
+
+
+def read_run(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A run directory's summary.json and metrics.jsonl records (empty where missing)."""
+    summary = json.loads((directory / "summary.json").read_text()) if (directory / "summary.json").exists() else {}
+    metrics = directory / "metrics.jsonl"
+    return summary, [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
 
 
 def check_quickstart(out: Path, overrides: list[str], dry_run: bool) -> dict[str, Any]:

@@ -19,12 +19,7 @@ from nanolab.tracking import RunInfo
 from nanolab.train import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest)
 
 
 def run(run_dir: Path, *overrides: str) -> float:

@@ -22,12 +22,7 @@ from nanolab.train import train
 OPTIMIZERS = sorted(p.stem for p in (REPO / "configs" / "optim").glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread is as fast, and not slowed by a busy neighbour
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest)
 
 
 def test_the_optimizers_are_exactly_those_the_users_asked_for():

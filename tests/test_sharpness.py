@@ -14,12 +14,7 @@ from nanolab.model import GPT, GPTConfig
 from nanolab.sharpness import SharpnessProbe, adam_preconditioner, hessian_operator, lanczos, stability_threshold
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest)
 
 
 def quadratic(spectrum: list[float], seed: int = 0) -> torch.Tensor:

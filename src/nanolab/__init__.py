@@ -6,6 +6,7 @@ import sys
 from typing import Iterator
 
 EXIT_CONFIG_ERROR = 2  # bad input, reported in one line before any work
+ENDED_AS_PLANNED = ("finished", "early_stopped")  # run statuses whose last evaluation is final
 
 
 class ConfigError(ValueError):

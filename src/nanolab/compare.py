@@ -37,10 +37,9 @@ from typing import Any
 
 import yaml
 
-from nanolab import ConfigError, exit_on_config_error
+from nanolab import ENDED_AS_PLANNED, ConfigError, exit_on_config_error
 from nanolab.atomic import atomic_path
 
-COMPLETE = ("finished", "early_stopped")  # statuses of runs whose last evaluation is final
 log = logging.getLogger("nanolab.compare")
 
 # (key, heading, format, higher is better). Keys are run values computed by `run_values`.
@@ -155,7 +154,7 @@ def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Pa
     if not evals:
         return {}
     values = {k: evals[-1][k] for k, *_ in METRICS if k in evals[-1]}
-    if summary.get("status") in COMPLETE:  # its summary holds the final evaluation for sure
+    if summary.get("status") in ENDED_AS_PLANNED:  # its summary holds the final evaluation for sure
         final = {k: summary[f"final/{k}"] for k in values if f"final/{k}" in summary}
         if any(final[k] != values[k] for k in final):
             log.warning("%s: metrics.jsonl's last evaluation (step %d) is not summary.json's final one: the summary's is reported", where, evals[-1]["step"])
@@ -199,7 +198,7 @@ class Row:
 
     @property
     def finished(self) -> list[Run]:
-        return [r for r in self.runs if r.status in COMPLETE and r.values]
+        return [r for r in self.runs if r.status in ENDED_AS_PLANNED and r.values]
 
     def stats(self, key: str) -> tuple[float, float, int]:
         """(mean, sample std, n) of a value over finished runs; std is nan when n < 2."""
@@ -244,7 +243,7 @@ def markdown_table(rows: list[Row], keys: list[str]) -> str:
 
 
 def report_markdown(rows: list[Row], keys: list[str], runs: list[Run], sort: str, sources: list[str]) -> str:
-    unfinished = [r for r in runs if r.status not in COMPLETE or not r.values]
+    unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
     early = [r for r in runs if r.status == "early_stopped"]
     out = [
         "# Comparison report\n",
@@ -430,7 +429,7 @@ def compare(paths: list[str], out: Path | None = None, sort: str = "val/ce_calib
     except OSError as e:
         raise ConfigError(f"cannot write the report to {out} ({e.strerror}); choose another --out") from e
     print(markdown_table(rows, keys))
-    unfinished = [r for r in runs if r.status not in COMPLETE or not r.values]
+    unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
     for r in unfinished:
         print(f"not finished, left out: {r.dir} ({r.status}{': ' + r.error if r.error else ''})")
     print(f"report: {out / 'report.md'} (and report.csv, runs.csv, curves.png)")

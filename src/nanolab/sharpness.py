@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nanolab import ConfigError
+from nanolab.data import BatchSampler
 
 PROBE_STREAM = 1 << 20  # the probe set's data stream: apart from every training stream
 Operator = Callable[[torch.Tensor], torch.Tensor]  # a symmetric linear map on flat float64 vectors
@@ -153,10 +154,6 @@ class SharpnessProbe:
 
 
 def probe_windows(tokens: np.ndarray, probe_tokens: int, block_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """probe_tokens // block_size random (x, y) windows of `tokens`, from a generator of their own
-    (the training batches' streams are untouched)."""
-    generator = torch.Generator().manual_seed(seed)
-    n = max(1, probe_tokens // block_size)
-    starts = torch.randint(len(tokens) - block_size, (n,), generator=generator).numpy()
-    window = torch.from_numpy(tokens[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))
-    return window[:, :-1], window[:, 1:]
+    """probe_tokens // block_size random (x, y) windows of `tokens`, drawn as the training batches
+    are but from a generator of their own (the training streams are untouched)."""
+    return BatchSampler(tokens, max(1, probe_tokens // block_size), block_size, seed, torch.device("cpu")).next_batch()

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nanolab import EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted
+from nanolab import ENDED_AS_PLANNED, EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted
 from nanolab.atomic import atomic_path, write_json
 
 log = logging.getLogger(__name__)
@@ -274,9 +274,6 @@ class Tracker:
         write_json(self.dir / "summary.json", self.summary)
         if self.run is not None:
             self.run.finish(exit_code=0 if exc is None else 1)
-
-
-ENDED_AS_PLANNED = ("finished", "early_stopped")
 
 
 def outcome(exc: BaseException | None, ended: str = "finished") -> dict[str, str]:
