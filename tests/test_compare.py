@@ -14,6 +14,7 @@ import yaml
 from conftest import TINY, run_cli
 from nanolab import ConfigError
 from nanolab.compare import compare
+from wandb_offline import offline_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -140,3 +141,27 @@ def test_damaged_metrics_are_named_and_a_finished_runs_summary_wins(tmp_path, ca
     assert f"{job / 'metrics.jsonl'} line 4 is torn" in caplog.text
     assert f"{job / 'metrics.jsonl'} line 3 logs step 10 again (first at line 2)" in caplog.text
     assert f"{job}: metrics.jsonl's last evaluation (step 0) is not summary.json's final one" in caplog.text
+
+
+@pytest.mark.slow
+def test_wandb_workspace_definition_of_a_real_two_by_two_sweep(tmp_path, monkeypatch):
+    sweep = tmp_path / "sweep"
+    run_cli("-m", *TINY, "loss=ce,mse", "optim.lr=1e-3,1e-2", "trainer.max_iters=4", "trainer.eval_interval=2",
+            "logger.mode=offline", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = run_cli(str(sweep), "--wandb-workspace", cwd=tmp_path, module="nanolab.compare")
+    assert out.stdout.strip().splitlines()[-1].startswith(f"W&B is offline: the workspace's definition is in {sweep / 'wandb_workspace.json'}")
+
+    view = json.loads((sweep / "wandb_workspace.json").read_text())
+    runset = view["spec"]["section"]["runSets"][0]
+    runs = offline_runs(sweep)
+    assert len(runs) == 4 and {r["group"] for r in runs} == {"sweep"}
+    assert runset["filters"]["filters"] == [{"key": {"section": "run", "name": "group"}, "op": "=", "value": "sweep", "disabled": False}]
+    # Grouped by what the sweep varies, so the seeds of a configuration are averaged; those
+    # keys exist in every run's W&B config.
+    assert sorted(g["name"] for g in runset["grouping"]) == ["loss.value.name", "optim.value.lr"]
+    assert all({"loss", "optim"} <= set(r["config"]) and "lr" in r["config"]["optim"] for r in runs)
+    panels = view["spec"]["section"]["panelBankConfig"]["sections"][0]["panels"]
+    assert [p["config"]["metrics"] for p in panels] == [["val/ce_calibrated"], ["val/ce"], ["val/acc"], ["train/loss"]]
+    assert {(p["config"]["xAxis"], p["config"]["groupAgg"], p["config"]["groupArea"]) for p in panels} == {("tokens", "mean", "stddev")}
+    assert "summary:val/ce_calibrated.last" in runset["runFeed"]["columnOrder"]

@@ -305,6 +305,7 @@ class Logger:
     name: Optional[str] = MISSING
     tags: list[str] = field(default_factory=lambda: MISSING)
     init_timeout: float = MISSING
+    log_checkpoints: bool = MISSING
 
 
 # group -> (the key whose value picks the schema, {value: schema}); a group with one schema
