@@ -41,7 +41,7 @@ FORMAT = 1
 # Model options added after checkpoints were first written, at the values those models had.
 MODEL_OPTIONS_ADDED = {
     "position": "learned", "rope_base": 10000.0, "qk_norm": False, "mlp": "gelu", "norm": "layernorm",
-    "tie_embeddings": True, "zero_init_proj": False,
+    "tie_embeddings": True, "zero_init_proj": False, "gelu": "exact",
 }
 
 # Keys added to the saved config after checkpoints were first written, with the value those
@@ -58,6 +58,7 @@ CONFIG_KEYS_ADDED = {
     "trainer.early_stop.patience": 0,
     "trainer.early_stop.min_delta": 0.0,
     "data.train_tokens": None,
+    "init_from": None,
     "sharpness.every": 0,
     "sharpness.k": 1,
     "sharpness.probe_tokens": 4096,

@@ -72,6 +72,7 @@ class TrainKeys:
     cpu_keep_freed_memory: bool = MISSING
     threads: Any = MISSING
     head_chunk_tokens: Any = MISSING
+    init_from: Optional[str] = MISSING
     resume: Any = MISSING
     allow_changes: list[str] = field(default_factory=lambda: MISSING)
     objective: str = MISSING
@@ -148,6 +149,7 @@ class Model:
     rope_base: float = MISSING
     qk_norm: bool = MISSING
     mlp: str = MISSING  # gelu | relu2
+    gelu: str = MISSING  # exact | tanh
     norm: str = MISSING  # layernorm | rmsnorm
     tie_embeddings: bool = MISSING
     zero_init_proj: bool = MISSING
