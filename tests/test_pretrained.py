@@ -4,7 +4,6 @@ directory load into nanolab's model and compute what their own code computes."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
