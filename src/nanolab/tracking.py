@@ -205,13 +205,13 @@ class Tracker:
         # same values: resume is exact); the rows W&B already holds are not sent again, the
         # ones it lost when the run was killed (still in flight) are sent from the file.
         self.row = len(self.kept)
+        self._warned = False
         self.run = self._start_wandb(cfg, info, run_id, resolved or {}, resumed=resume_step is not None)
         self.wandb_rows = 0
         if self.run is not None:
             self.wandb_rows = self._rows_in_wandb(run_id)
             for row, line in enumerate(self.kept[self.wandb_rows:], start=self.wandb_rows):
                 self._send(json.loads(line), row)
-        self._warned = False
 
     def _rows_in_wandb(self, run_id: str) -> int:
         """History rows the W&B run holds from earlier segments: the server's count online, the
