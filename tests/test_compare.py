@@ -165,3 +165,20 @@ def test_wandb_workspace_definition_of_a_real_two_by_two_sweep(tmp_path, monkeyp
     assert [p["config"]["metrics"] for p in panels] == [["val/ce_calibrated"], ["val/ce"], ["val/acc"], ["train/loss"]]
     assert {(p["config"]["xAxis"], p["config"]["groupAgg"], p["config"]["groupArea"]) for p in panels} == {("tokens", "mean", "stddev")}
     assert "summary:val/ce_calibrated.last" in runset["runFeed"]["columnOrder"]
+
+
+def test_a_model_size_sweep_gets_sizes_in_the_table_and_a_plot_against_parameters(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, (width, params, seed, ce) in enumerate([(32, 30_000, 1, 2.6), (32, 30_000, 2, 2.4), (64, 100_000, 1, 2.1), (64, 100_000, 2, 2.1)]):
+        job = sweep / f"{i}_w{width}_s{seed}"
+        fake_run(job, [f"model.n_embd={width}"], seed, {"val/ce": ce, "val/acc": 0.4, "train_eval/ce": ce - 0.2, "train_eval/acc": 0.45})
+        summary = json.loads((job / "summary.json").read_text())
+        (job / "summary.json").write_text(json.dumps(summary | {"params": params, "flops_per_token": 6 * params + 1000}))
+    compare([str(sweep)], sort="val/ce")
+    with open(sweep / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model.n_embd"], r["params"], r["flops_per_token"]) for r in rows] == [("64", "100000.0", "601000.0"), ("32", "30000.0", "181000.0")]
+    assert float(rows[1]["val/ce_std"]) == pytest.approx(math.sqrt(0.02))
+    assert "| model.n_embd | n | seeds | params | FLOPs/token |" in (sweep / "report.md").read_text()
+    assert "| 64 | 2 | 1,2 | 100k | 601k |" in (sweep / "report.md").read_text()
+    assert (sweep / "metrics_vs_params.png").read_bytes().startswith(PNG_MAGIC)

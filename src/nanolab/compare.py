@@ -15,6 +15,8 @@ directory (or --out):
 - final.png: each configuration's final calibrated val/ce and val/acc, mean ± std, every seed;
 - <metric>_vs_<key>.png for each swept numeric key (the learning-rate U-curve), one line per
   value of the other keys;
+- metrics_vs_params.png, when the sweep varies model.* keys: final val and train_eval
+  cross-entropy and accuracy against parameter count (the report gains params and FLOPs/token);
 - sharpness.png, when runs measured it (sharpness.every): each run's sharpness against step
   with its stability threshold dashed.
 With --wandb-workspace it also saves the sweep's W&B workspace (nanolab/workspace.py), or
@@ -58,6 +60,10 @@ METRICS = [
     ("perf/tokens_per_s", "tokens/s", "{:.0f}", True),
     ("wall_time_s", "wall time (s)", "{:.0f}", False),
 ]
+# A run's size, from its summary.json: the same for every seed of a configuration.
+SIZE = [("params", "params"), ("flops_per_token", "FLOPs/token")]
+# The last evaluation's training-set metrics, for plots against model size (over- versus under-fitting).
+TRAIN_EVAL = ("train_eval/ce", "train_eval/acc")
 IDENTITY_FREE_KEYS = ("resume", "allow_changes", "device", "compile", "logger", "hydra")  # and their sub-keys
 
 
@@ -157,7 +163,7 @@ def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Pa
     evals = [r for r in records if "val/ce" in r]
     if not evals:
         return {}
-    values = {k: evals[-1][k] for k, *_ in METRICS if k in evals[-1]}
+    values = {k: evals[-1][k] for k in [*(k for k, *_ in METRICS), *TRAIN_EVAL] if k in evals[-1]}
     if summary.get("status") in ENDED_AS_PLANNED:  # its summary holds the final evaluation for sure
         final = {k: summary[f"final/{k}"] for k in values if f"final/{k}" in summary}
         if any(final[k] != values[k] for k in final):
@@ -168,6 +174,7 @@ def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Pa
     if speeds:
         values["perf/tokens_per_s"] = statistics.median(speeds)
     values["wall_time_s"] = summary.get("wall_time_s", records[-1]["time_s"])
+    values |= {k: float(summary[k]) for k, _ in SIZE if k in summary}
     return values
 
 
@@ -229,18 +236,35 @@ def group_rows(runs: list[Run], keys: list[str], sort: str) -> list[Row]:
     return sorted(rows.values(), key=order)
 
 
+def _size(value: float) -> str:
+    """A parameter or FLOP count as people write it: 816k, 12.3M, 1.2G."""
+    if math.isnan(value):
+        return ""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
 def _fmt(fmt: str, mean: float, std: float) -> str:
     if math.isnan(mean):
         return ""
     return fmt.format(mean) if math.isnan(std) else f"{fmt.format(mean)} ± {fmt.format(std)}"
 
 
+def _sizes(rows: list[Row]) -> list[tuple[str, str]]:
+    """The size columns that every row knows (runs from before they were recorded have none)."""
+    return [(k, h) for k, h in SIZE if rows and all(row.stats(k)[2] for row in rows if row.finished)]
+
+
 def markdown_table(rows: list[Row], keys: list[str]) -> str:
-    head = [*(keys or ["configuration"]), "n", "seeds", *(h for _, h, _, _ in METRICS)]
+    sizes = _sizes(rows)
+    head = [*(keys or ["configuration"]), "n", "seeds", *(h for _, h in sizes), *(h for _, h, _, _ in METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row.params[k] for k in keys] or ["all runs"]
         cells += [str(len(row.finished)), ",".join(str(r.seed) for r in row.finished)]
+        cells += [_size(row.stats(k)[0]) for k, _ in sizes]
         cells += [_fmt(fmt, *row.stats(key)[:2]) for key, _, fmt, _ in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -276,11 +300,13 @@ def report_markdown(rows: list[Row], keys: list[str], runs: list[Run], sort: str
 def rows_csv(rows: list[Row], keys: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*keys, "n", "seeds", *(f"{k}_{s}" for k, *_ in METRICS for s in ("mean", "std"))])
+    sizes = _sizes(rows)
+    writer.writerow([*keys, "n", "seeds", *(k for k, _ in sizes), *(f"{k}_{s}" for k, *_ in METRICS for s in ("mean", "std"))])
     for row in rows:
         stats = [row.stats(k)[:2] for k, *_ in METRICS]
         writer.writerow(
             [*(row.params[k] for k in keys), len(row.finished), " ".join(str(r.seed) for r in row.finished)]
+            + [repr(row.stats(k)[0]) for k, _ in sizes]
             + ["" if math.isnan(x) else repr(x) for pair in stats for x in pair]
         )
     return buffer.getvalue()
@@ -464,6 +490,36 @@ def plot_metric_vs_value(rows: list[Row], keys: list[str], key: str, metric: str
     _save_figure(fig, path)
 
 
+def plot_against_size(rows: list[Row], keys: list[str], path: Path) -> None:
+    """Final val (solid) and train_eval (dashed) cross-entropy and accuracy against parameter
+    count (log x), mean ± std over seeds, one line per value of the swept keys other than
+    model size: where a model starts to fit its training set and what that does on val."""
+    import matplotlib.pyplot as plt
+
+    others = [k for k in keys if not k.startswith("model.")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.stats("params")[2]:
+            groups.setdefault(row.label(others), []).append(row)
+    for (label, members), color in zip(sorted(groups.items()), plt.cm.tab10.colors * 10):
+        members.sort(key=lambda r: r.stats("params")[0])
+        x = [r.stats("params")[0] for r in members]
+        for ax, (val, train, unit) in zip(axes, [("val/ce", "train_eval/ce", "nats/token"), ("val/acc", "train_eval/acc", "accuracy")]):
+            for metric, style, split in ((val, "-", "val"), (train, "--", "train")):
+                mean = [r.stats(metric)[0] for r in members]
+                std = [0.0 if math.isnan(r.stats(metric)[1]) else r.stats(metric)[1] for r in members]
+                ax.errorbar(x, mean, yerr=std, fmt="o" + style, color=color, capsize=3, label=f"{label} ({split})")
+            ax.set_ylabel(f"final {val.split('/')[1]} ({unit})")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("solid: val; dashed: train_eval (the training set)", fontsize=9)
+    _save_figure(fig, path)
+
+
 def _save_figure(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -524,6 +580,8 @@ def compare(paths: list[str], out: Path | None = None, sort: str = "val/ce_calib
         plot_curves(rows, keys, out / "curves.png")
         plot_final_values(rows, keys, out / "final.png")
         plot_sharpness(runs, keys, out / "sharpness.png")
+        if any(k.startswith("model.") for k in keys) and _sizes(rows):
+            plot_against_size(rows, keys, out / "metrics_vs_params.png")
         for key in keys:
             if len(rows) > 1 and all(_is_number(row.params[key]) for row in rows):
                 plot_metric_vs_value(rows, keys, key, sort, out / f"{sort.replace('/', '_')}_vs_{key}.png")

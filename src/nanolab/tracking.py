@@ -420,6 +420,9 @@ def record_failure(run_dir: Path, exc: BaseException) -> None:
 OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)  # as Hydra's now
 OmegaConf.register_new_resolver("launch_id", launch_id, use_cache=True, replace=True)
+# Integer division for configs that derive one size from another (experiment=model_size keeps
+# the head size: n_head = ${div:${model.n_embd},32}).
+OmegaConf.register_new_resolver("div", lambda a, b: int(a) // int(b), replace=True)
 
 def hydra_record(output_dir: str) -> str:
     """Where Hydra writes a run's record (config.yaml, overrides.yaml): .hydra for a run's first

@@ -308,6 +308,7 @@ class Trainer:
                 if self.resume_changes:  # recorded for good: every later segment carries them on
                     earlier = self.tracker.summary.get("resume/changes", [])
                     self.tracker.update_summary({"resume/changes": [*earlier, *(f"step {state.step}: {c}" for c in self.resume_changes)]})
+            self.tracker.update_summary({"params": run.model.num_params(), "flops_per_token": flops_per_token(run.model)})
             self.sharpness = build_probe(run)
             if not self.resume:
                 if self.sharpness and self.sharpness.should_measure(0):
