@@ -93,6 +93,19 @@ class SampleKeys:
 
 
 @dataclass
+class PruneKeys:
+    """prune.yaml's keys."""
+
+    checkpoint: str = MISSING
+    amounts: list[float] = field(default_factory=lambda: MISSING)
+    finetune_steps: int = MISSING
+    finetune_lr: float = MISSING
+    prune_embeddings: bool = MISSING
+    out: Optional[str] = MISSING
+    device: str = MISSING
+
+
+@dataclass
 class EvaluateKeys:
     """evaluate.yaml's keys."""
 
