@@ -359,9 +359,9 @@ def _zoom_limits(curves: list[tuple[Any, Any, Any]]) -> tuple[float, float] | No
     finals = sorted(float(mean[-1]) for _, mean, _ in curves)
     if len(finals) < 2:
         return None
-    tail = [float(v) for tokens, mean, _ in curves for t, v in zip(tokens, mean) if t >= tokens[-1] / 2]
-    low = min(tail)
-    high = finals[(len(finals) - 1) // 2] + max(finals[(len(finals) - 1) // 2] - finals[0], 0.02 * abs(finals[0]))
+    low = min(float(m - (0 if s is None else s[i])) for tokens, mean, s in curves for i, (t, m) in enumerate(zip(tokens, mean)) if t >= tokens[-1] / 2)
+    middle = finals[(len(finals) - 1) // 2]
+    high = middle + max(1.5 * (middle - finals[0]), 0.02 * abs(finals[0]))
     return low - 0.05 * (high - low), high
 
 
@@ -370,7 +370,7 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
     of one standard deviation: val/ce, calibrated val/ce and val/acc in full (top), then val/ce
     and calibrated val/ce zoomed on the better configurations, and each run's own training loss."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogFormatter
+    from matplotlib.ticker import FuncFormatter
 
     panels = [
         ("val/ce", "val/ce", "nats/token", False), ("val/ce_calibrated", "val/ce, calibrated (temperature fitted)", "nats/token", False),
@@ -405,8 +405,8 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
             ax.set_xlim(max(float(c[0][-1]) for c in curves) / 2, max(float(c[0][-1]) for c in curves))
         elif metric == "train/loss":
             ax.set_yscale("log")  # objectives differ in scale by orders of magnitude (mse vs ce)
-            ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _pos: f"{y:g}" if f"{y:.1g}"[0] in "25" else ""))
         elif metric.startswith("val/ce"):  # the untrained model's ln V would set the scale: start after it
             later = [float(v) for tokens, mean, _ in curves for t, v in zip(tokens, mean) if t > 0]
             if later and max(later) > min(later):
