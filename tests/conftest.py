@@ -55,9 +55,9 @@ def compose_train(*overrides: str, return_hydra_config: bool = False) -> DictCon
         return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
-def run_cli(*args: str, cwd: Path, module: str = "nanolab.train", check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m <module> <args>` in cwd, as a user would."""
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+def run_cli(*args: str, cwd: Path, module: str = "nanolab.train", check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m <module> <args>` in cwd, as a user would (in `env`, default this process's)."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
     return proc

@@ -14,6 +14,7 @@ import yaml
 from conftest import TINY, run_cli
 from nanolab import ConfigError
 from nanolab.compare import compare
+from wandb_offline import offline_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -140,3 +141,44 @@ def test_damaged_metrics_are_named_and_a_finished_runs_summary_wins(tmp_path, ca
     assert f"{job / 'metrics.jsonl'} line 4 is torn" in caplog.text
     assert f"{job / 'metrics.jsonl'} line 3 logs step 10 again (first at line 2)" in caplog.text
     assert f"{job}: metrics.jsonl's last evaluation (step 0) is not summary.json's final one" in caplog.text
+
+
+@pytest.mark.slow
+def test_wandb_workspace_definition_of_a_real_two_by_two_sweep(tmp_path, monkeypatch):
+    sweep = tmp_path / "sweep"
+    run_cli("-m", *TINY, "loss=ce,mse", "optim.lr=1e-3,1e-2", "trainer.max_iters=4", "trainer.eval_interval=2",
+            "logger.mode=offline", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = run_cli(str(sweep), "--wandb-workspace", cwd=tmp_path, module="nanolab.compare")
+    assert out.stdout.strip().splitlines()[-1].startswith(f"W&B is offline: the workspace's definition is in {sweep / 'wandb_workspace.json'}")
+
+    view = json.loads((sweep / "wandb_workspace.json").read_text())
+    runset = view["spec"]["section"]["runSets"][0]
+    runs = offline_runs(sweep)
+    assert len(runs) == 4 and {r["group"] for r in runs} == {"sweep"}
+    assert runset["filters"]["filters"] == [{"key": {"section": "run", "name": "group"}, "op": "=", "value": "sweep", "disabled": False}]
+    # Grouped by what the sweep varies, so the seeds of a configuration are averaged; those
+    # keys exist in every run's W&B config.
+    assert sorted(g["name"] for g in runset["grouping"]) == ["loss.value.name", "optim.value.lr"]
+    assert all({"loss", "optim"} <= set(r["config"]) and "lr" in r["config"]["optim"] for r in runs)
+    panels = view["spec"]["section"]["panelBankConfig"]["sections"][0]["panels"]
+    assert [p["config"]["metrics"] for p in panels] == [["val/ce_calibrated"], ["val/ce"], ["val/acc"], ["train/loss"]]
+    assert {(p["config"]["xAxis"], p["config"]["groupAgg"], p["config"]["groupArea"]) for p in panels} == {("tokens", "mean", "stddev")}
+    assert "summary:val/ce_calibrated.last" in runset["runFeed"]["columnOrder"]
+
+
+def test_a_model_size_sweep_gets_sizes_in_the_table_and_a_plot_against_parameters(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, (width, params, seed, ce) in enumerate([(32, 30_000, 1, 2.6), (32, 30_000, 2, 2.4), (64, 100_000, 1, 2.1), (64, 100_000, 2, 2.1)]):
+        job = sweep / f"{i}_w{width}_s{seed}"
+        fake_run(job, [f"model.n_embd={width}"], seed, {"val/ce": ce, "val/acc": 0.4, "train_eval/ce": ce - 0.2, "train_eval/acc": 0.45})
+        summary = json.loads((job / "summary.json").read_text())
+        (job / "summary.json").write_text(json.dumps(summary | {"params": params, "flops_per_token": 6 * params + 1000}))
+    compare([str(sweep)], sort="val/ce")
+    with open(sweep / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model.n_embd"], r["params"], r["flops_per_token"]) for r in rows] == [("64", "100000.0", "601000.0"), ("32", "30000.0", "181000.0")]
+    assert float(rows[1]["val/ce_std"]) == pytest.approx(math.sqrt(0.02))
+    assert "| model.n_embd | n | seeds | params | FLOPs/token |" in (sweep / "report.md").read_text()
+    assert "| 64 | 2 | 1,2 | 100k | 601k |" in (sweep / "report.md").read_text()
+    assert (sweep / "metrics_vs_params.png").read_bytes().startswith(PNG_MAGIC)

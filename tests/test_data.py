@@ -155,6 +155,7 @@ def test_chunked_encoding_equals_encoding_in_one_piece(data_root):
     gpt2 = GPT2Tokenizer()
     chunked = _encode(gpt2, text, np.dtype(np.uint16), desc="test")
     assert chunked.tolist() == gpt2.encode(text)
+    assert _encode(gpt2, text, np.dtype(np.uint16), desc="test", batch=2).tolist() == chunked.tolist()  # 3 chunks: two batches
     chars = CharTokenizer(sorted(set(text)))
     assert _encode(chars, text, np.dtype(np.uint16), desc="test").tolist() == chars.encode(text)
 

@@ -109,11 +109,28 @@ def test_an_early_stopped_job_does_not_fail_its_sweep(tmp_path):
     assert proc.returncode == 0 and (proc.stdout + proc.stderr).count(": early_stopped") == 2
 
 
-@pytest.mark.parametrize("experiment", ["edge_of_stability", "optimizer_comparison", "speedrun_char"])
-def test_the_presets_run_a_few_steps(tmp_path, experiment):
-    cfg = compose_train(f"experiment={experiment}", "logger.mode=disabled", "trainer.max_iters=4", "trainer.eval_interval=2",
+@pytest.mark.parametrize("experiment,choice", [
+    ("edge_of_stability", []), ("optimizer_comparison", []), ("speedrun_char", []), ("loss_lr_sweep", ["loss=squentropy"]),
+    ("mse_rescaling", ["loss.k=15", "loss.M=30"]), ("loss_comparison_tuned", ["loss=mse_rescaled"]),
+    ("loss_comparison_bpe", ["loss=mse_rescaled_bpe", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"]),
+    ("model_size", ["model.n_embd=64", "model.n_layer=2"]),
+])
+def test_the_presets_run_a_few_steps(tmp_path, experiment, choice):
+    cfg = compose_train(f"experiment={experiment}", *choice, "logger.mode=disabled", "trainer.max_iters=4", "trainer.eval_interval=2",
                         "trainer.eval_iters=1", "sharpness.lanczos_iters=3")
     train(cfg, RunInfo(dir=tmp_path, group=None, name=None))
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "finished"
+    assert summary["status"] == "finished" and summary["params"] > 0 and summary["flops_per_token"] > 6 * summary["params"]
     assert any("sharpness/top1" in r for r in records(tmp_path)) == (experiment == "edge_of_stability")
+    if experiment == "model_size":
+        assert cfg.model.n_head == 2  # head size 32 kept
+
+
+@pytest.mark.parametrize("experiment", ["loss_comparison_tuned", "loss_comparison_bpe"])
+def test_each_loss_of_a_tuned_comparison_runs_at_its_own_lr(experiment):
+    cfg = compose_train(f"experiment={experiment}", return_hydra_config=True)
+    losses = cfg.hydra.sweeper.params.loss.split(",")
+    assert cfg.hydra.sweeper.params.seed == "1337,1338,1339" and len(losses) == 4
+    for loss in losses:
+        run = compose_train(f"experiment={experiment}", f"loss={loss}")
+        assert run.optim.lr == run.tuned_lr[run.loss.name]

@@ -499,3 +499,55 @@ def test_a_relaunched_sweep_keeps_each_jobs_first_record(tmp_path):
         assert (job / ".hydra" / "overrides.yaml").read_text() == first[job] and "resume" not in first[job]
         assert "resume=True" in (job / ".hydra" / "resume-1" / "overrides.yaml").read_text()
         assert (job / "summary.json").read_text() == summaries[job]
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """The metric rows of every W&B segment of a run, read back from its offline files, oldest first."""
+    return [{k: v for k, v in row.items() if not k.startswith("_")} for run in offline_runs(run_dir / "wandb") for row in run["history"]]
+
+
+def test_a_killed_and_resumed_run_holds_each_step_once_in_wandb(tmp_path):
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    run_cli(*RUN, "logger.mode=offline", f"hydra.run.dir={reference}", cwd=tmp_path)
+    resumed.mkdir()
+    proc = start(resumed, "logger.mode=offline")
+    wait_for_step(proc, resumed, 45)  # two checkpoints (20, 40) and steps past the last one
+    proc.kill()
+    assert proc.wait() == -signal.SIGKILL
+    replayed = [r["step"] for r in records(resumed) if r["step"] > 40]
+    proc = start(resumed, "logger.mode=offline")
+    assert proc.wait(timeout=300) == 0, proc.stdout.read()
+
+    got, want = wandb_history(resumed), wandb_history(reference)
+    assert len(offline_runs(resumed / "wandb")) == 2 and replayed, "the kill did not land after the checkpoint"
+    identities = [(row["step"], frozenset(row) - {"time_s"}) for row in got]
+    assert len(identities) == len(set(identities)), "a step went to W&B twice"
+    assert sorted(identities, key=str) == sorted(((r["step"], frozenset(r) - {"time_s"}) for r in want), key=str)
+    by_identity = {(r["step"], frozenset(r) - {"time_s"}): r for r in want}
+    for row in got:
+        expected = by_identity[(row["step"], frozenset(row) - {"time_s"})]
+        for key in COMPARED:
+            if key in row:
+                assert row[key] == pytest.approx(expected[key], abs=1e-6), (row["step"], key)
+
+
+def test_a_slurm_job_at_its_time_limit_is_checkpointed_requeued_and_resumed(tmp_path, reference):
+    """submitit sends USR2 before the time limit: nanolab saves the current step, then hands
+    the signal to submitit's handler, which requeues the job; the requeued job (the same
+    command, SLURM_RESTART_COUNT=1) resumes from last.pt and logs nothing twice."""
+    slurm = {"SLURM_JOB_ID": "42", "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_NODEID": "0", "SLURM_LOCALID": "0"}
+    driver = Path(__file__).with_name("submitit_driver.py")
+    proc = subprocess.Popen([sys.executable, str(driver), str(tmp_path), *RUN], cwd=tmp_path, env=os.environ | slurm,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_step(proc, tmp_path, 33)
+    proc.send_signal(signal.SIGUSR2)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 255, out  # submitit's exit after requeueing
+    requeued = json.loads((tmp_path / "requeued.json").read_text())
+    stopped_at = torch.load(tmp_path / "last.pt", weights_only=True)["step"]
+    assert requeued == {"countdown": 3, "last_pt_step": stopped_at} and stopped_at >= 33, "requeued before the checkpoint of the current step"
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+
+    run_cli(*RUN, f"hydra.run.dir={tmp_path}", cwd=tmp_path, env=os.environ | slurm | {"SLURM_RESTART_COUNT": "1"})
+    assert_same_history(tmp_path, reference)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"

@@ -64,6 +64,7 @@ def test_slurm_preset_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
+    assert launcher.max_num_timeout == 3  # requeued at the time limit (test_reliability: the signal path)
 
 
 def test_parallel_jobs_spread_over_gpus(monkeypatch):

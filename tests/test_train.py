@@ -215,3 +215,42 @@ def test_a_model_with_every_option_trains_resumes_exactly_and_loads(tmp_path):
     model, state = load_model(tmp_path / "resumed" / "last.pt", torch.device("cpu"))
     assert model.config.position == "rope" and "wpe" not in model.transformer and not model.config.tie_embeddings
     assert model.generate(torch.zeros(1, 1, dtype=torch.long), 5).shape == (1, 6)
+
+
+@pytest.mark.slow
+def test_wandb_run_has_the_resolved_config_best_summaries_hydra_files_and_checkpoint(tmp_path):
+    run_cli(*TINY, "trainer.max_iters=4", "trainer.eval_interval=2", "logger.mode=offline", "logger.log_checkpoints=true",
+            f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    (run,) = offline_runs(tmp_path / "wandb")
+    config = run["config"]
+    assert (config["device"], config["dtype"], config["compile"], config["world_size"]) == ("cpu", "float32", False, 1)
+    assert config["params"] > 0 and config["tokens_per_step"] == 8 * 32 and "logger" not in config
+    assert set(config["git"]) == {"commit", "dirty"}
+    summary, local = run["summary"], json.loads((tmp_path / "summary.json").read_text())
+    evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "val/ce" in r]
+    assert summary["val/ce"] == {"min": min(r["val/ce"] for r in evals), "last": evals[-1]["val/ce"]}
+    assert summary["val/acc"] == {"max": max(r["val/acc"] for r in evals), "last": evals[-1]["val/acc"]}
+    assert not [k for k in summary if k.startswith("final/")] and local["final/val/ce"] == evals[-1]["val/ce"]
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml"} <= set(run["files"])
+    (artifact,) = run["artifacts"]
+    assert artifact["type"] == "model" and artifact["files"] == ["best.pt"]
+    assert set(artifact["aliases"]) == {"best", f"step-{local['best/step']}", "latest"}
+
+
+@pytest.mark.parametrize("where", ["none", "environment", "netrc", "settings"])
+def test_wandb_credentials_are_found_where_wandb_keeps_them(tmp_path, where):
+    """logger.mode=auto asks wandb itself whether it has credentials (a hand-written netrc
+    check missed its settings file and its default host)."""
+    key = "k" * 40
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "config")}
+    if where == "environment":
+        env["WANDB_API_KEY"] = key
+    elif where == "netrc":
+        (tmp_path / ".netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {key}\n")
+        (tmp_path / ".netrc").chmod(0o600)
+    elif where == "settings":
+        (tmp_path / "config").mkdir()
+        (tmp_path / "config" / "settings").write_text(f"[default]\napi_key = {key}\n")
+    code = "from nanolab.tracking import resolve_wandb_mode; print(resolve_wandb_mode('auto'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == ("offline" if where == "none" else "online")

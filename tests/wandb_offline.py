@@ -1,73 +1,43 @@
-"""Read an offline W&B run back from its .wandb file (tests only).
-
-The file is a 7-byte header (":W&B", magic 0xBEE1, version 0) followed by a leveldb-style log:
-32 KiB blocks of records, each with a 7-byte header (crc32, little-endian length, type) and a
-payload that is one serialized wandb `Record` protobuf, possibly split across blocks.
-"""
+"""Read an offline W&B run back with wandb's own reader, `wandb leet inspect --json` (tests only)."""
 
 from __future__ import annotations
 
 import json
-import struct
+import subprocess
+import sys
 from pathlib import Path
-
-from wandb.proto import wandb_internal_pb2 as pb
-
-BLOCK = 32768
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
-
-
-def _payloads(data: bytes):
-    assert data[:4] == b":W&B", "not a .wandb file"
-    pos, pending = 7, b""
-    while pos + 7 <= len(data):
-        left_in_block = BLOCK - pos % BLOCK
-        if left_in_block < 7:  # block trailer padding
-            pos += left_in_block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == FULL:
-            yield chunk
-        elif kind == FIRST:
-            pending = chunk
-        elif kind == MIDDLE:
-            pending += chunk
-        elif kind == LAST:
-            yield pending + chunk
-        elif kind == 0 and length == 0:  # zero padding at the end of a block
-            pos += BLOCK - pos % BLOCK if pos % BLOCK else 0
 
 
 def read_run(wandb_file: Path) -> dict:
-    """{"id", "group", "name", "tags", "config": {key: value}, "history": [{key: value}], "summary": {...}}"""
-    run: dict = {"config": {}, "history": [], "summary": {}}
-    for payload in _payloads(Path(wandb_file).read_bytes()):
-        record = pb.Record()
-        record.ParseFromString(payload)
-        kind = record.WhichOneof("record_type")
+    """{"id", "group", "name", "tags", "config", "history": [row], "summary", "metrics": [definition], "files": [path], "artifacts"}
+    of one .wandb file (one segment of a run: a resumed run writes one file per segment)."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_file)], capture_output=True, text=True, check=True).stdout
+    run: dict = {"config": {}, "history": [], "summary": {}, "metrics": [], "files": [], "artifacts": []}
+    for line in out.splitlines():
+        record = json.loads(line)
+        kind = record["type"]
         if kind == "run":
-            r = record.run
-            run |= {"id": r.run_id, "group": r.run_group, "name": r.display_name, "tags": list(r.tags)}
-            for item in r.config.update:
-                run["config"][item.key] = json.loads(item.value_json)
+            r = record["run"]
+            run |= {"id": r["run_id"], "group": r.get("run_group", ""), "name": r["display_name"], "tags": r.get("tags", [])}
+            run["config"] |= r.get("config", {}).get("update", {})
         elif kind == "config":
-            for item in record.config.update:
-                run["config"][item.key] = json.loads(item.value_json)
+            run["config"] |= record["config"].get("update", {})
         elif kind == "history":
-            row = {}
-            for item in record.history.item:
-                key = item.key or "/".join(item.nested_key)
-                row[key] = json.loads(item.value_json)
-            run["history"].append(row)
+            run["history"].append(record["history"]["item"])
         elif kind == "summary":
-            for item in record.summary.update:
-                key = item.key or "/".join(item.nested_key)
-                run["summary"][key] = json.loads(item.value_json)
+            run["summary"] |= record["summary"].get("update", {})
+        elif kind == "metric":
+            run["metrics"].append(record["metric"])
+        elif kind == "artifact":
+            run["artifacts"].append({"type": record["artifact"]["type"], "aliases": record["artifact"].get("aliases", []),
+                                     "files": [f["path"] for f in record["artifact"]["manifest"]["contents"]]})
+        elif kind == "files":
+            run["files"] += [f["path"] for f in record["files"].get("files", [])]
+    run["config"].pop("_wandb", None)
     return run
 
 
 def offline_runs(root: Path) -> list[dict]:
-    """Every offline run below root, read back."""
+    """Every offline run segment below root, read back, oldest first."""
     return [read_run(f) for f in sorted(Path(root).rglob("offline-run-*/run-*.wandb"))]

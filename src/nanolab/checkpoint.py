@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
 import random
 from pathlib import Path
@@ -40,7 +41,7 @@ FORMAT = 1
 # Model options added after checkpoints were first written, at the values those models had.
 MODEL_OPTIONS_ADDED = {
     "position": "learned", "rope_base": 10000.0, "qk_norm": False, "mlp": "gelu", "norm": "layernorm",
-    "tie_embeddings": True, "zero_init_proj": False,
+    "tie_embeddings": True, "zero_init_proj": False, "gelu": "exact",
 }
 
 # Keys added to the saved config after checkpoints were first written, with the value those
@@ -57,6 +58,7 @@ CONFIG_KEYS_ADDED = {
     "trainer.early_stop.patience": 0,
     "trainer.early_stop.min_delta": 0.0,
     "data.train_tokens": None,
+    "init_from": None,
     "sharpness.every": 0,
     "sharpness.k": 1,
     "sharpness.probe_tokens": 4096,
@@ -213,10 +215,18 @@ def checkpoint_file(path: str | Path) -> Path:
     return p
 
 
+def slurm_requeued() -> bool:
+    """Whether this process is a SLURM job that was requeued (SLURM_RESTART_COUNT > 0)."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+
+
 def resume_checkpoint_path(resume: bool | str, run_dir: Path) -> Path | None:
     """`resume=true`: the run directory's last.pt if it exists (so re-launching a preempted
     sweep with the same sweep dir continues every job that had started); `resume=<path>`: that
-    checkpoint file, or the last.pt of that run directory."""
+    checkpoint file, or the last.pt of that run directory. A job that SLURM requeued (submitit,
+    at its time limit) continues as with `resume=true`."""
+    if (resume is False or resume is None) and slurm_requeued():
+        resume = True
     if resume is False or resume is None:
         return None
     if resume is True:

@@ -9,13 +9,18 @@ directory (or --out):
 - report.md and report.csv: one row per configuration, mean, sample standard deviation (n-1)
   and n over seeds; the keys that vary between configurations are columns;
 - runs.csv: one row per run;
-- curves.png: val/ce, calibrated val/ce and train/loss against step (tokens seen on the top
-  axis), the mean over seeds with a band of one standard deviation;
+- curves.png: val/ce, calibrated val/ce, val/acc and train/loss against tokens seen, the mean
+  over seeds with a band of one standard deviation, val/ce twice more zoomed on the better
+  configurations (a run far behind does not flatten the others' gaps);
+- final.png: each configuration's final calibrated val/ce and val/acc, mean ± std, every seed;
 - <metric>_vs_<key>.png for each swept numeric key (the learning-rate U-curve), one line per
   value of the other keys;
+- metrics_vs_params.png, when the sweep varies model.* keys: final val and train_eval
+  cross-entropy and accuracy against parameter count (the report gains params and FLOPs/token);
 - sharpness.png, when runs measured it (sharpness.every): each run's sharpness against step
   with its stability threshold dashed.
-It prints the table too. A configuration is a run's overrides without its seed and without
+With --wandb-workspace it also saves the sweep's W&B workspace (nanolab/workspace.py), or
+writes its definition to wandb_workspace.json when W&B is offline. It prints the table too. A configuration is a run's overrides without its seed and without
 keys that do not change what a run computes (resume, allow_changes, device, compile, logger.*, hydra.*).
 Only finished (or early-stopped) runs enter the statistics; the others are listed with their
 status and error.
@@ -39,6 +44,8 @@ import yaml
 
 from nanolab import ENDED_AS_PLANNED, ConfigError, exit_on_config_error
 from nanolab.atomic import atomic_path
+from nanolab.tracking import wandb_group
+from nanolab.workspace import Sweep, config_key, publish
 
 log = logging.getLogger("nanolab.compare")
 
@@ -53,8 +60,11 @@ METRICS = [
     ("perf/tokens_per_s", "tokens/s", "{:.0f}", True),
     ("wall_time_s", "wall time (s)", "{:.0f}", False),
 ]
+# A run's size, from its summary.json: the same for every seed of a configuration.
+SIZE = [("params", "params"), ("flops_per_token", "FLOPs/token")]
+# The last evaluation's training-set metrics, for plots against model size (over- versus under-fitting).
+TRAIN_EVAL = ("train_eval/ce", "train_eval/acc")
 IDENTITY_FREE_KEYS = ("resume", "allow_changes", "device", "compile", "logger", "hydra")  # and their sub-keys
-CURVES = [("val/ce", "val/ce"), ("val/ce_calibrated", "val/ce, calibrated"), ("train/loss", "train/loss (each run's own objective)")]
 
 
 @dataclass
@@ -153,7 +163,7 @@ def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Pa
     evals = [r for r in records if "val/ce" in r]
     if not evals:
         return {}
-    values = {k: evals[-1][k] for k, *_ in METRICS if k in evals[-1]}
+    values = {k: evals[-1][k] for k in [*(k for k, *_ in METRICS), *TRAIN_EVAL] if k in evals[-1]}
     if summary.get("status") in ENDED_AS_PLANNED:  # its summary holds the final evaluation for sure
         final = {k: summary[f"final/{k}"] for k in values if f"final/{k}" in summary}
         if any(final[k] != values[k] for k in final):
@@ -164,6 +174,7 @@ def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Pa
     if speeds:
         values["perf/tokens_per_s"] = statistics.median(speeds)
     values["wall_time_s"] = summary.get("wall_time_s", records[-1]["time_s"])
+    values |= {k: float(summary[k]) for k, _ in SIZE if k in summary}
     return values
 
 
@@ -225,18 +236,35 @@ def group_rows(runs: list[Run], keys: list[str], sort: str) -> list[Row]:
     return sorted(rows.values(), key=order)
 
 
+def _size(value: float) -> str:
+    """A parameter or FLOP count as people write it: 816k, 12.3M, 1.2G."""
+    if math.isnan(value):
+        return ""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
 def _fmt(fmt: str, mean: float, std: float) -> str:
     if math.isnan(mean):
         return ""
     return fmt.format(mean) if math.isnan(std) else f"{fmt.format(mean)} ± {fmt.format(std)}"
 
 
+def _sizes(rows: list[Row]) -> list[tuple[str, str]]:
+    """The size columns that every row knows (runs from before they were recorded have none)."""
+    return [(k, h) for k, h in SIZE if rows and all(row.stats(k)[2] for row in rows if row.finished)]
+
+
 def markdown_table(rows: list[Row], keys: list[str]) -> str:
-    head = [*(keys or ["configuration"]), "n", "seeds", *(h for _, h, _, _ in METRICS)]
+    sizes = _sizes(rows)
+    head = [*(keys or ["configuration"]), "n", "seeds", *(h for _, h in sizes), *(h for _, h, _, _ in METRICS)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row.params[k] for k in keys] or ["all runs"]
         cells += [str(len(row.finished)), ",".join(str(r.seed) for r in row.finished)]
+        cells += [_size(row.stats(k)[0]) for k, _ in sizes]
         cells += [_fmt(fmt, *row.stats(key)[:2]) for key, _, fmt, _ in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -272,11 +300,13 @@ def report_markdown(rows: list[Row], keys: list[str], runs: list[Run], sort: str
 def rows_csv(rows: list[Row], keys: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*keys, "n", "seeds", *(f"{k}_{s}" for k, *_ in METRICS for s in ("mean", "std"))])
+    sizes = _sizes(rows)
+    writer.writerow([*keys, "n", "seeds", *(k for k, _ in sizes), *(f"{k}_{s}" for k, *_ in METRICS for s in ("mean", "std"))])
     for row in rows:
         stats = [row.stats(k)[:2] for k, *_ in METRICS]
         writer.writerow(
             [*(row.params[k] for k in keys), len(row.finished), " ".join(str(r.seed) for r in row.finished)]
+            + [repr(row.stats(k)[0]) for k, _ in sizes]
             + ["" if math.isnan(x) else repr(x) for pair in stats for x in pair]
         )
     return buffer.getvalue()
@@ -297,37 +327,114 @@ def _series(run: Run, metric: str) -> dict[int, float]:
     return {r["step"]: r[metric] for r in run.records if metric in r}
 
 
-def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
-    """Each configuration's mean curve over its finished seeds, with a band of one std."""
-    import matplotlib.pyplot as plt
+UNITS = {
+    "val/ce": "nats/token", "val/ce_calibrated": "nats/token", "val/acc": "accuracy", "val/ece": "expected calibration error",
+    "best/val/ce": "nats/token", "val/temperature": "temperature", "perf/tokens_per_s": "tokens/s", "wall_time_s": "s",
+}
+
+
+def _tokens_label(x: float, _pos: object = None) -> str:
+    """A tokens tick as people say it: 500k, 1.5M, 2B."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{suffix}"
+    return f"{x:g}"
+
+
+def _mean_curve(runs: list[Run], metric: str) -> tuple[Any, Any, Any] | None:
+    """(tokens, mean, std or None) over the runs' common evaluation points of `metric`."""
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5.2 * len(CURVES), 4.2), constrained_layout=True)
-    tokens_per_step = {r["tokens"] / r["step"] for row in rows for run in row.runs for r in run.records if r["step"]}
-    for row, color in zip(rows, plt.cm.tab10.colors * 10):
-        runs = row.finished or row.runs
-        for ax, (metric, title) in zip(axes, CURVES):
-            series = [_series(run, metric) for run in runs]
-            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
-            if not steps:
+    series = [{r["tokens"]: r[metric] for r in run.records if metric in r} for run in runs]
+    points = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    if not points:
+        return None
+    ys = np.array([[s[t] for t in points] for s in series])
+    return np.array(points), ys.mean(axis=0), ys.std(axis=0, ddof=1) if len(runs) > 1 else None
+
+
+def _zoom_limits(curves: list[tuple[Any, Any, Any]]) -> tuple[float, float] | None:
+    """y-limits showing the second half of training of the better half of the configurations:
+    a run far behind (plain MSE beside cross-entropy, say) must not flatten the others' gaps."""
+    finals = sorted(float(mean[-1]) for _, mean, _ in curves)
+    if len(finals) < 2:
+        return None
+    low = min(float(m - (0 if s is None else s[i])) for tokens, mean, s in curves for i, (t, m) in enumerate(zip(tokens, mean)) if t >= tokens[-1] / 2)
+    middle = finals[(len(finals) - 1) // 2]
+    high = middle + max(1.5 * (middle - finals[0]), 0.02 * abs(finals[0]))
+    return low - 0.05 * (high - low), high
+
+
+def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
+    """Each configuration's mean curve over its finished seeds against tokens seen, with a band
+    of one standard deviation: val/ce, calibrated val/ce and val/acc in full (top), then val/ce
+    and calibrated val/ce zoomed on the better configurations, and each run's own training loss."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    panels = [
+        ("val/ce", "val/ce", "nats/token", False), ("val/ce_calibrated", "val/ce, calibrated (temperature fitted)", "nats/token", False),
+        ("val/acc", "val/acc (next-token accuracy)", "accuracy", False), ("val/ce", "val/ce, zoom: better half of the configurations", "nats/token", True),
+        ("val/ce_calibrated", "calibrated val/ce, zoom", "nats/token", True), ("train/loss", "train/loss (each run's own objective)", "loss (log scale)", False),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(18, 8.5), layout="constrained")
+    palette = plt.cm.tab10.colors if len(rows) <= 10 else plt.cm.tab20.colors * 5
+    colors = dict(zip((row.label(keys) for row in rows), palette))
+    for ax, (metric, title, unit, zoom) in zip(axes.flat, panels):
+        curves = []
+        for row in rows:
+            runs = row.finished or row.runs
+            curve = _mean_curve(runs, metric)
+            if curve is None:
                 continue
-            ys = np.array([[s[step] for step in steps] for s in series])
-            mean = ys.mean(axis=0)
-            ax.plot(steps, mean, color=color, label=f"{row.label(keys)} (n={len(runs)})", lw=1.4)
-            if len(runs) > 1:
-                std = ys.std(axis=0, ddof=1)
-                ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, lw=0)
-            ax.set_title(title)
-    for ax in axes:
-        if not ax.lines:
-            ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel("step")
+            tokens, mean, std = curve
+            curves.append(curve)
+            color = colors[row.label(keys)]
+            ax.plot(tokens, mean, color=color, label=f"{row.label(keys)} (n={len(runs)})", lw=1.4)
+            if std is not None:
+                ax.fill_between(tokens, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(unit)
+        ax.set_xlabel("tokens seen")
+        ax.xaxis.set_major_formatter(FuncFormatter(_tokens_label))
         ax.grid(alpha=0.3)
-        if len(tokens_per_step) == 1:  # every run saw the same tokens per step: label them on top
-            (k,) = tokens_per_step
-            ax.secondary_xaxis("top", functions=(lambda s: s * k, lambda t: t / k)).set_xlabel("tokens seen")
-    axes[-1].set_yscale("log")  # objectives differ in scale by orders of magnitude (mse vs ce)
-    axes[0].legend(fontsize=8)
+        if not curves:
+            ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes)
+        elif zoom and (limits := _zoom_limits(curves)):
+            ax.set_ylim(*limits)
+            ax.set_xlim(max(float(c[0][-1]) for c in curves) / 2, max(float(c[0][-1]) for c in curves))
+        elif metric == "train/loss":
+            ax.set_yscale("log")  # objectives differ in scale by orders of magnitude (mse vs ce)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _pos: f"{y:g}" if f"{y:.1g}"[0] in "25" else ""))
+        elif metric.startswith("val/ce"):  # the untrained model's ln V would set the scale: start after it
+            later = [float(v) for tokens, mean, _ in curves for t, v in zip(tokens, mean) if t > 0]
+            if later and max(later) > min(later):
+                ax.set_ylim(min(later) - 0.02 * (max(later) - min(later)), max(later))
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8)
+    _save_figure(fig, path)
+
+
+def plot_final_values(rows: list[Row], keys: list[str], path: Path, metrics: tuple[str, ...] = ("val/ce_calibrated", "val/acc")) -> None:
+    """Each configuration's final value of each metric: mean ± std over seeds, every seed a dot."""
+    import matplotlib.pyplot as plt
+
+    shown = [row for row in rows if row.finished]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(shown) + 1.8), constrained_layout=True, squeeze=False)
+    labels = [row.label(keys) for row in shown]
+    for ax, metric in zip(axes[0], metrics):
+        for y, row in enumerate(shown):
+            mean, std, n = row.stats(metric)
+            if not n:
+                continue
+            ax.errorbar(mean, y, xerr=0.0 if math.isnan(std) else std, fmt="o", color="C0", capsize=4)
+            ax.plot([r.values[metric] for r in row.finished if metric in r.values], [y] * n, "|", color="k", ms=10, alpha=0.6)
+        ax.set_yticks(range(len(shown)), labels if metric == metrics[0] else [], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"final {metric} ({UNITS.get(metric, '')})")
+        ax.grid(alpha=0.3, axis="x")
+    axes[0][0].set_title("mean ± std over seeds; ticks: each seed", fontsize=9)
     _save_figure(fig, path)
 
 
@@ -377,9 +484,39 @@ def plot_metric_vs_value(rows: list[Row], keys: list[str], key: str, metric: str
     if min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
     ax.set_xlabel(key)
-    ax.set_ylabel(f"final {metric} (mean ± std over seeds)")
+    ax.set_ylabel(f"final {metric} ({UNITS.get(metric, '')}), mean ± std")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    _save_figure(fig, path)
+
+
+def plot_against_size(rows: list[Row], keys: list[str], path: Path) -> None:
+    """Final val (solid) and train_eval (dashed) cross-entropy and accuracy against parameter
+    count (log x), mean ± std over seeds, one line per value of the swept keys other than
+    model size: where a model starts to fit its training set and what that does on val."""
+    import matplotlib.pyplot as plt
+
+    others = [k for k in keys if not k.startswith("model.")]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.stats("params")[2]:
+            groups.setdefault(row.label(others), []).append(row)
+    for (label, members), color in zip(sorted(groups.items()), plt.cm.tab10.colors * 10):
+        members.sort(key=lambda r: r.stats("params")[0])
+        x = [r.stats("params")[0] for r in members]
+        for ax, (val, train, unit) in zip(axes, [("val/ce", "train_eval/ce", "nats/token"), ("val/acc", "train_eval/acc", "accuracy")]):
+            for metric, style, split in ((val, "-", "val"), (train, "--", "train")):
+                mean = [r.stats(metric)[0] for r in members]
+                std = [0.0 if math.isnan(r.stats(metric)[1]) else r.stats(metric)[1] for r in members]
+                ax.errorbar(x, mean, yerr=std, fmt="o" + style, color=color, capsize=3, label=f"{label} ({split})")
+            ax.set_ylabel(f"final {val.split('/')[1]} ({unit})")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title("solid: val; dashed: train_eval (the training set)", fontsize=9)
     _save_figure(fig, path)
 
 
@@ -403,7 +540,26 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def compare(paths: list[str], out: Path | None = None, sort: str = "val/ce_calibrated") -> Path:
+def wandb_sweep(runs: list[Run], keys: list[str]) -> Sweep:
+    """Where the runs are on W&B (project, entity, group, as nanolab.train named them) and the
+    config keys their configurations differ by."""
+    places, choices = set(), set()
+    for run in runs:
+        config = _read_yaml(run.dir / ".hydra" / "config.yaml") or {}
+        hydra = (_read_yaml(run.dir / ".hydra" / "hydra.yaml") or {}).get("hydra", {})
+        logger = config.get("logger") or {}
+        runtime_choices = hydra.get("runtime", {}).get("choices", {})
+        choices |= set(runtime_choices)
+        sweep_dir = run.dir.parent if hydra.get("mode") == "MULTIRUN" else None
+        group = wandb_group(logger.get("group"), runtime_choices.get("experiment"), sweep_dir)
+        places.add((logger.get("entity"), logger.get("project", "nanolab"), group))
+    if len(places) != 1 or next(iter(places))[2] is None:
+        raise ConfigError(f"--wandb-workspace needs the runs of one W&B group (one sweep); these are in {sorted(map(str, places))}")
+    entity, project, group = places.pop()
+    return Sweep(entity, project, group, [config_key(k, choices) for k in keys])
+
+
+def compare(paths: list[str], out: Path | None = None, sort: str = "val/ce_calibrated", wandb_workspace: bool = False) -> Path:
     """Write the report of the runs under `paths` into `out` (default: the one directory given,
     or the common parent of several) and print its table; returns the report's path."""
     if sort not in [k for k, *_ in METRICS]:
@@ -422,7 +578,10 @@ def compare(paths: list[str], out: Path | None = None, sort: str = "val/ce_calib
 
         matplotlib.use("Agg")  # files only; no display needed
         plot_curves(rows, keys, out / "curves.png")
+        plot_final_values(rows, keys, out / "final.png")
         plot_sharpness(runs, keys, out / "sharpness.png")
+        if any(k.startswith("model.") for k in keys) and _sizes(rows):
+            plot_against_size(rows, keys, out / "metrics_vs_params.png")
         for key in keys:
             if len(rows) > 1 and all(_is_number(row.params[key]) for row in rows):
                 plot_metric_vs_value(rows, keys, key, sort, out / f"{sort.replace('/', '_')}_vs_{key}.png")
@@ -432,7 +591,9 @@ def compare(paths: list[str], out: Path | None = None, sort: str = "val/ce_calib
     unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
     for r in unfinished:
         print(f"not finished, left out: {r.dir} ({r.status}{': ' + r.error if r.error else ''})")
-    print(f"report: {out / 'report.md'} (and report.csv, runs.csv, curves.png)")
+    print(f"report: {out / 'report.md'} (and report.csv, runs.csv, curves.png, final.png)")
+    if wandb_workspace:
+        print(publish(wandb_sweep(runs, keys), out, f"python -m nanolab.compare {' '.join(paths)} --wandb-workspace"))
     return out / "report.md"
 
 
@@ -441,10 +602,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("paths", nargs="+", help="a multirun directory, or run directories")
     parser.add_argument("--out", type=Path, help="where to write the report (default: the directory given, or the common parent of several)")
     parser.add_argument("--sort", default="val/ce_calibrated", help="the metric rows are sorted by, and plotted against swept numbers (default: %(default)s)")
+    parser.add_argument("--wandb-workspace", action="store_true", help="also save a W&B workspace for the sweep's group (offline: write its definition to wandb_workspace.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with exit_on_config_error(log):
-        compare(args.paths, args.out, args.sort)
+        compare(args.paths, args.out, args.sort, args.wandb_workspace)
 
 
 if __name__ == "__main__":

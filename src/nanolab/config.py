@@ -72,6 +72,7 @@ class TrainKeys:
     cpu_keep_freed_memory: bool = MISSING
     threads: Any = MISSING
     head_chunk_tokens: Any = MISSING
+    init_from: Optional[str] = MISSING
     resume: Any = MISSING
     allow_changes: list[str] = field(default_factory=lambda: MISSING)
     objective: str = MISSING
@@ -88,6 +89,19 @@ class SampleKeys:
     temperature: float = MISSING
     top_k: Optional[int] = MISSING
     seed: int = MISSING
+    device: str = MISSING
+
+
+@dataclass
+class PruneKeys:
+    """prune.yaml's keys."""
+
+    checkpoint: str = MISSING
+    amounts: list[float] = field(default_factory=lambda: MISSING)
+    finetune_steps: int = MISSING
+    finetune_lr: float = MISSING
+    prune_embeddings: bool = MISSING
+    out: Optional[str] = MISSING
     device: str = MISSING
 
 
@@ -148,6 +162,7 @@ class Model:
     rope_base: float = MISSING
     qk_norm: bool = MISSING
     mlp: str = MISSING  # gelu | relu2
+    gelu: str = MISSING  # exact | tanh
     norm: str = MISSING  # layernorm | rmsnorm
     tie_embeddings: bool = MISSING
     zero_init_proj: bool = MISSING
@@ -305,6 +320,7 @@ class Logger:
     name: Optional[str] = MISSING
     tags: list[str] = field(default_factory=lambda: MISSING)
     init_timeout: float = MISSING
+    log_checkpoints: bool = MISSING
 
 
 # group -> (the key whose value picks the schema, {value: schema}); a group with one schema

@@ -37,6 +37,7 @@ class GPTConfig:
     rope_base: float = 10000.0  # rotary frequencies base^(-2i/head_dim)
     qk_norm: bool = False  # RMS-normalise each head's q and k before attention (nanochat, modded-nanogpt)
     mlp: str = "gelu"  # gelu (GPT-2) | relu2: ReLU(x)^2 (Primer, So et al. 2021; modded-nanogpt)
+    gelu: str = "exact"  # exact: x·Φ(x) (nanoGPT) | tanh: the tanh approximation GPT-2's weights were trained with
     norm: str = "layernorm"  # layernorm | rmsnorm (no mean subtraction, no bias)
     tie_embeddings: bool = True  # the output head is the token embedding (GPT-2); false: a head of its own
     zero_init_proj: bool = False  # start every block's output projections (and an untied head) at zero
@@ -53,9 +54,11 @@ class GPTConfig:
             raise ConfigError(
                 f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}"
             )
-        for key, choices in (("position", ("learned", "rope")), ("mlp", ("gelu", "relu2")), ("norm", ("layernorm", "rmsnorm"))):
+        for key, choices in (("position", ("learned", "rope")), ("mlp", ("gelu", "relu2")), ("norm", ("layernorm", "rmsnorm")), ("gelu", ("exact", "tanh"))):
             if getattr(self, key) not in choices:
                 raise ConfigError(f"model.{key}={getattr(self, key)!r} must be one of {', '.join(choices)}")
+        if self.gelu != "exact" and self.mlp != "gelu":
+            raise ConfigError(f"model.gelu={self.gelu} applies to model.mlp=gelu, not {self.mlp}")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(f"model.position=rope needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}")
         if not self.rope_base > 1:
@@ -154,7 +157,7 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = ReLUSquared() if config.mlp == "relu2" else nn.GELU()
+        self.gelu = ReLUSquared() if config.mlp == "relu2" else nn.GELU(approximate="none" if config.gelu == "exact" else "tanh")
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

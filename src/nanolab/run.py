@@ -23,6 +23,7 @@ from nanolab.data import BatchSampler, FullBatchSampler, TokenData, prepare
 from nanolab.distributed import World, gradient_sync, local_grad_accum
 from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens, head_loss
 from nanolab.model import GPT, GPTConfig
+from nanolab.pretrained import load_into, read_weights
 from nanolab.optim import CombinedOptimizer, build_optimizer, build_schedule, set_optimizer_mode
 from nanolab.runtime import Runtime, seed_everything
 
@@ -107,7 +108,10 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
     data.check_block_size(cfg.model.block_size)
     check_activation_memory(cfg, runtime)
     model_config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size)
-    model = GPT(model_config).to(runtime.device)
+    model = GPT(model_config)
+    if cfg.init_from is not None and resume is None:  # a resumed run's weights come from its checkpoint
+        load_into(model, read_weights(cfg.init_from), data.meta)
+    model = model.to(runtime.device)
     if world.rank > 0:  # dropout masks differ between ranks as between micro-batches
         torch.manual_seed(cfg.seed + world.rank)
     sampler, accum = build_sampler(cfg, data, world, runtime.device)

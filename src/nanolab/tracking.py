@@ -3,10 +3,14 @@
 - metrics.jsonl: one JSON object per logged point ({"step", "tokens", "time_s", metric...});
 - summary.json: status (finished / failed), the best val/ce and the final metrics.
 
-W&B mode `auto` means online when an API key is available (WANDB_API_KEY or a netrc entry for
-the W&B host), otherwise offline; WANDB_MODE in the environment wins over `auto`. A W&B run that
-cannot start (bad key, no network) falls back to offline, then to none, with a warning: W&B
-trouble never stops training.
+W&B mode `auto` means online when wandb itself finds credentials (WANDB_API_KEY, an identity
+token, its settings file or netrc), otherwise offline; WANDB_MODE in the environment wins over
+`auto`. A W&B run that cannot start (bad key, no network) falls back to offline, then to none,
+with a warning: W&B trouble never stops training.
+
+The W&B run holds each step once, also across resumes; its config is the resolved one (device,
+dtype, parameters, git commit; no logger keys); its summary keeps each validation metric's best
+(min or max) and last value, while summary.json keeps the `final/*` values.
 """
 
 from __future__ import annotations
@@ -15,16 +19,15 @@ import atexit
 import hashlib
 import json
 import logging
-import netrc
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -58,22 +61,31 @@ def hydra_run_info(cfg: DictConfig) -> RunInfo:
     from hydra.types import RunMode
 
     hc = HydraConfig.get()
-    experiment = hc.runtime.choices.get("experiment")
-    group, name = experiment, hc.job.override_dirname
-    if hc.mode == RunMode.MULTIRUN:
-        sweep = Path(hc.sweep.dir).name
-        group = f"{experiment}-{sweep}" if experiment else sweep
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = wandb_group(cfg.logger.group, hc.runtime.choices.get("experiment"), Path(hc.sweep.dir) if multirun else None)
+    name = hc.job.override_dirname
+    if multirun:
         swept = _swept_keys(Path(hc.sweep.dir), hc.sweeper.get("params") or {})
         name = ",".join(o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept) or name
     if "seed" not in {o.split("=", 1)[0].lstrip("+~") for o in name.split(",")}:
         name = f"{name},seed={cfg.seed}" if name else f"seed={cfg.seed}"
     return RunInfo(
         dir=Path(hc.runtime.output_dir),
-        group=cfg.logger.group or group,
+        group=group,
         name=cfg.logger.name or name,
         multirun=hc.mode == RunMode.MULTIRUN,
         job_num=hc.job.num if hc.mode == RunMode.MULTIRUN else None,
     )
+
+
+def wandb_group(configured: str | None, experiment: str | None, sweep_dir: Path | None) -> str | None:
+    """A run's W&B group: logger.group if set; else, for a multirun job, `<experiment>-<sweep
+    dir name>` (or the sweep dir name); else the experiment, if any."""
+    if configured:
+        return configured
+    if sweep_dir is None:
+        return experiment
+    return f"{experiment}-{sweep_dir.name}" if experiment else sweep_dir.name
 
 
 def _swept_keys(sweep_dir: Path, sweeper_params: DictConfig | dict) -> set[str]:
@@ -142,12 +154,13 @@ def _process_start_time(pid: int) -> float:
 
 
 def wandb_api_key_available() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    """Whether wandb finds credentials for its host, wherever it keeps them (environment,
+    identity token file, settings file, netrc): asked of wandb, without a prompt or network."""
+    import wandb
+
     try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
+        return bool(wandb.login(verify=False, prompt=False))
+    except Exception:  # a malformed key or settings file: offline, and wandb.init will say why online fails
         return False
 
 
@@ -167,8 +180,11 @@ class Tracker:
     DDP run), it keeps the summary in memory and writes nothing."""
 
     def __init__(
-        self, cfg: DictConfig, info: RunInfo, run_id: str, resume_step: int | None = None, enabled: bool = True
+        self, cfg: DictConfig, info: RunInfo, run_id: str, resume_step: int | None = None, enabled: bool = True,
+        resolved: dict[str, Any] | None = None,
     ) -> None:
+        """`resolved`: what the run's setup decided (device, dtype, parameters, ...), added to
+        the W&B config in place of the `auto` settings."""
         self.enabled = enabled
         self.summary: dict[str, Any] = {}
         self.status = "finished"  # how the run ends without an exception: finished | early_stopped
@@ -181,17 +197,38 @@ class Tracker:
         # A resumed run replays the steps after its checkpoint; a fresh one starts a new file.
         # Its clock goes on from the last kept record, so time_s and wall_time_s count the time
         # the kept history took over all segments (not the work a kill threw away).
-        elapsed = self._drop_records_after(resume_step if resume_step is not None else -1)
+        elapsed, self.kept = self._drop_records_after(resume_step if resume_step is not None else -1)
         self.t0 = time.time() - elapsed
         self.last_step, self.last_tokens = resume_step or 0, 0
-        self.run = self._start_wandb(cfg, info, run_id, resumed=resume_step is not None)
+        # W&B's history holds each record once: its row index (W&B's _step) is the record's
+        # place in metrics.jsonl. A resumed run replays the records after its checkpoint (the
+        # same values: resume is exact); the rows W&B already holds are not sent again, the
+        # ones it lost when the run was killed (still in flight) are sent from the file.
+        self.row = len(self.kept)
         self._warned = False
+        self.run = self._start_wandb(cfg, info, run_id, resolved or {}, resumed=resume_step is not None)
+        self.wandb_rows = 0
+        if self.run is not None:
+            self.wandb_rows = self._rows_in_wandb(run_id)
+            for row, line in enumerate(self.kept[self.wandb_rows:], start=self.wandb_rows):
+                self._send(json.loads(line), row)
 
-    def _drop_records_after(self, step: int) -> float:
+    def _rows_in_wandb(self, run_id: str) -> int:
+        """History rows the W&B run holds from earlier segments: the server's count online, the
+        earlier segments' files offline (or, if they cannot be read, the records kept)."""
+        if self.mode == "online":
+            return self.run.step
+        try:
+            return offline_rows(self.dir / "wandb", run_id, before=self.run)
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
+            log.warning("could not read the earlier W&B segments (%s); assuming they hold the %d records kept", e, len(self.kept))
+            return len(self.kept)
+
+    def _drop_records_after(self, step: int) -> tuple[float, list[str]]:
         """Keep the records up to `step`, less status markers (an `interrupted` line is stale
-        once the run goes on); returns the time_s of the last one kept."""
+        once the run goes on). Returns the time_s of the last one kept and the kept lines."""
         if not self.metrics_path.exists():
-            return 0.0
+            return 0.0, []
         kept, elapsed = [], 0.0
         for line in self.metrics_path.read_text().splitlines():
             try:
@@ -203,10 +240,10 @@ class Tracker:
                 continue
         with atomic_path(self.metrics_path) as tmp:
             tmp.write_text("".join(kept))
-        return elapsed
+        return elapsed, kept
 
-    def _start_wandb(self, cfg: DictConfig, info: RunInfo, run_id: str, resumed: bool):
-        mode = resolve_wandb_mode(cfg.logger.mode)
+    def _start_wandb(self, cfg: DictConfig, info: RunInfo, run_id: str, resolved: dict[str, Any], resumed: bool):
+        self.mode = mode = resolve_wandb_mode(cfg.logger.mode)
         if mode == "disabled":
             return None
         import wandb
@@ -220,7 +257,7 @@ class Tracker:
                     group=info.group,
                     name=info.name,
                     tags=tags,
-                    config=OmegaConf.to_container(cfg, resolve=True),
+                    config=wandb_config(cfg, resolved),
                     dir=str(self.dir),
                     id=run_id,
                     resume="allow" if resumed else None,
@@ -238,29 +275,62 @@ class Tracker:
             run.define_metric("step")
             run.define_metric("tokens", summary="max")
             run.define_metric("*", step_metric="step")
+            for name, best in summary_metrics():  # the best value beside the last, in place of best/* and final/* keys
+                run.define_metric(name, step_metric="step", summary=f"{best},last")
+            self._save_hydra_record(run)
+            self.mode = attempt
             return run
         log.warning("continuing without W&B; metrics go to %s", self.metrics_path)
         return None
 
-    def log(self, metrics: dict[str, Any], step: int, tokens: int) -> None:
+    def log(self, metrics: dict[str, Any], step: int, tokens: int, to_wandb: bool = True) -> None:
+        """Append a record to metrics.jsonl and send it to W&B, unless W&B holds it already."""
         if not self.enabled:
             return
         self.last_step, self.last_tokens = step, tokens
         record = {"step": step, "tokens": tokens, "time_s": round(time.time() - self.t0, 3), **metrics}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.run is not None:
-            try:
-                self.run.log(record)
-            except Exception as e:
-                if not self._warned:
-                    log.warning("W&B logging failed (%s); metrics.jsonl keeps everything", e)
-                    self._warned = True
+        if to_wandb:
+            if self.row >= self.wandb_rows:
+                self._send(record, self.row)
+            self.row += 1
+
+    def _send(self, record: dict[str, Any], row: int) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(record, step=row)
+        except Exception as e:
+            if not self._warned:
+                log.warning("W&B logging failed (%s); metrics.jsonl keeps everything", e)
+                self._warned = True
 
     def update_summary(self, values: dict[str, Any]) -> None:
+        """summary.json gets every value; W&B's summary not the best/final copies of metrics it
+        summarises itself (define_metric)."""
         self.summary.update(values)
         if self.run is not None:
-            self.run.summary.update(values)
+            self.run.summary.update({k: v for k, v in values.items() if not k.startswith(("final/", "best/val/", "best/train_eval/"))})
+
+    def _save_hydra_record(self, run: Any) -> None:
+        """The run's Hydra record (config.yaml, hydra.yaml, overrides.yaml of every segment) in
+        the W&B run's files."""
+        for path in sorted((self.dir / ".hydra").rglob("*.yaml")):
+            run.save(str(path), base_path=str(self.dir), policy="now")
+
+    def log_checkpoint(self, path: Path, aliases: list[str]) -> None:
+        """Log a checkpoint file as a W&B model artifact (logger.log_checkpoints)."""
+        if self.run is None or not path.exists():
+            return
+        import wandb
+
+        try:
+            artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata={"step": self.summary.get("best/step")})
+            artifact.add_file(str(path))
+            self.run.log_artifact(artifact, aliases=aliases)
+        except Exception as e:  # W&B trouble never costs the run
+            log.warning("W&B could not log %s as an artifact (%s)", path, e)
 
     def __enter__(self) -> "Tracker":
         return self
@@ -269,11 +339,60 @@ class Tracker:
         if not self.enabled:
             return
         self.update_summary(outcome(exc, self.status) | {"wall_time_s": round(time.time() - self.t0, 3)})
-        if exc is not None:
-            self.log({"status": self.summary["status"]}, self.last_step, self.last_tokens)
+        if exc is not None:  # W&B has the run's state and summary; the local file needs a marker
+            self.log({"status": self.summary["status"]}, self.last_step, self.last_tokens, to_wandb=False)
         write_json(self.dir / "summary.json", self.summary)
         if self.run is not None:
             self.run.finish(exit_code=0 if exc is None else 1)
+
+
+def offline_rows(wandb_dir: Path, run_id: str, before: Any) -> int:
+    """How many history rows the earlier offline segments of run `run_id` hold (one .wandb file
+    per segment), read by wandb's own reader; `before`: the segment now running, not counted."""
+    current = Path(before.settings.sync_file).resolve()
+    rows = 0
+    for path in sorted(wandb_dir.glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")):
+        if path.resolve() == current:
+            continue
+        out = subprocess.run(
+            [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)], capture_output=True, text=True, timeout=120, check=True,
+        ).stdout
+        steps = [json.loads(line)["history"]["item"].get("_step", 0) for line in out.splitlines() if '"type":"history"' in line]
+        rows = max(rows, 1 + max(steps, default=-1))
+    return rows
+
+
+SPLITS = ("train_eval", "val")
+LOWER_IS_BETTER = ("loss", "ce", "ce_calibrated", "ppl", "bpt", "brier", "ece")
+HIGHER_IS_BETTER = ("acc", "acc_top5")
+
+
+def summary_metrics() -> list[tuple[str, str]]:
+    """(metric, min | max) for each evaluated metric whose best W&B keeps in its summary."""
+    return [(f"{split}/{m}", "min") for split in SPLITS for m in LOWER_IS_BETTER] + [
+        (f"{split}/{m}", "max") for split in SPLITS for m in HIGHER_IS_BETTER
+    ]
+
+
+def wandb_config(cfg: DictConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+    """The W&B run config: the run's config resolved, without the logger's own keys (they do
+    not change what a run computes), with what setup decided in place of `auto`."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("logger", None)
+    return config | resolved
+
+
+def git_state(path: Path = Path(__file__).parent) -> dict[str, Any]:
+    """The commit of the nanolab source a run uses and whether tracked files differ from it;
+    None for both outside a git checkout (an installed wheel)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path, capture_output=True, text=True, timeout=10)
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
 
 
 def outcome(exc: BaseException | None, ended: str = "finished") -> dict[str, str]:
@@ -301,6 +420,9 @@ def record_failure(run_dir: Path, exc: BaseException) -> None:
 OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
 OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)  # as Hydra's now
 OmegaConf.register_new_resolver("launch_id", launch_id, use_cache=True, replace=True)
+# Integer division for configs that derive one size from another (experiment=model_size keeps
+# the head size: n_head = ${div:${model.n_embd},32}).
+OmegaConf.register_new_resolver("div", lambda a, b: int(a) // int(b), replace=True)
 
 def hydra_record(output_dir: str) -> str:
     """Where Hydra writes a run's record (config.yaml, overrides.yaml): .hydra for a run's first
@@ -334,7 +456,9 @@ def claim_run_dir(directory: Path, resume: object) -> None:
     a directory that already holds one, and a second live run into a directory that one is
     using (run.lock, with the owner's pid, start time and host; a lock whose process is gone
     is taken over). The lock is removed when this process exits."""
-    if resume in (False, None) and any((directory / name).exists() for name in RUN_FILES):
+    from nanolab.checkpoint import slurm_requeued
+
+    if resume in (False, None) and not slurm_requeued() and any((directory / name).exists() for name in RUN_FILES):
         try:
             status = json.loads((directory / "summary.json").read_text())["status"]
         except (OSError, ValueError, KeyError):

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from nanolab import EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted
 from nanolab.tracking import hydra_run_info, record_failure
-from nanolab.trainer import train
+from nanolab.trainer import requeue_signal, train
 
 log = logging.getLogger("nanolab.train")
 
@@ -36,6 +36,9 @@ def main(cfg: DictConfig) -> float:
         return train(cfg, info)
     except Interrupted as e:
         log.warning("%s", e)
+        handler = signal.getsignal(e.signum)
+        if e.signum == requeue_signal() and callable(handler):
+            handler(e.signum, None)  # submitit's: requeue the job (it resumes from last.pt) and exit
         sys.exit(128 + e.signum)  # the machine is going away: stop a whole sweep too
     except KeyboardInterrupt as e:  # a third signal, or Ctrl-C before training started
         log.warning("%s", e or "interrupted")

@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import signal
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -40,7 +41,7 @@ from nanolab.optim import set_optimizer_mode
 from nanolab.run import Run, StepResult, build_run, is_finite, set_lr, train_step
 from nanolab.runtime import Runtime, pick_device
 from nanolab.sharpness import PROBE_STREAM, SharpnessProbe, probe_windows
-from nanolab.tracking import RunInfo, Tracker
+from nanolab.tracking import RunInfo, Tracker, git_state
 
 log = logging.getLogger("nanolab.train")
 
@@ -200,12 +201,19 @@ class Validator:
             log.info("step %d: %s has not improved by %g for %d evaluations: stopping early", state.step, self.run.cfg.objective, cfg.min_delta, cfg.patience)
 
 
+def requeue_signal() -> int:
+    """The signal submitit sends a SLURM job before its time limit (SUBMITIT_PREEMPT_SIGNAL,
+    USR2 by default); its handler, installed by submitit, requeues the job."""
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+
+
 @contextlib.contextmanager
 def stop_requests() -> Iterator[list[int]]:
-    """Turn SIGTERM and SIGINT (preemption, Ctrl-C) into a request that the loop honours after
-    the current step, with a checkpoint. A second signal (a scheduler and torchrun may each
-    send one) is noted and changes nothing, so the stop checkpoint is always written; a third
-    aborts at once, without it. Yields the list of signals received."""
+    """Turn SIGTERM and SIGINT (preemption, Ctrl-C) and submitit's requeue signal into a
+    request that the loop honours after the current step, with a checkpoint (nanolab.train then
+    hands the requeue signal to submitit's handler). A second signal (a scheduler and torchrun
+    may each send one) is noted and changes nothing, so the stop checkpoint is always written;
+    a third aborts at once, without it. Yields the list of signals received."""
     received: list[int] = []
 
     def request_stop(signum: int, frame: object) -> None:
@@ -218,7 +226,7 @@ def stop_requests() -> Iterator[list[int]]:
             raise KeyboardInterrupt(f"signal {signum}, the third: aborted without a checkpoint of this step")
 
     try:
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT, requeue_signal())}
     except ValueError:  # not the main thread: leave signals to whoever owns them
         previous = {}
     try:
@@ -272,13 +280,25 @@ class Trainer:
             f"in chunks of {run.head_chunk} tokens" if run.head_chunk else "in one piece", self.info.dir,
         )
 
+    def resolved(self) -> dict[str, Any]:
+        """What setup decided, for the W&B config: the `auto` settings resolved and the run's size."""
+        run = self.run
+        return {
+            "device": str(run.runtime.device), "dtype": str(run.runtime.dtype).removeprefix("torch."), "compile": run.runtime.compile,
+            "head_chunk_tokens": run.head_chunk, "params": run.model.num_params(), "tokens_per_step": run.tokens_per_step,
+            "world_size": run.world.size, "git": git_state(),
+        }
+
     def train(self) -> float:
         """Train to trainer.max_iters; returns the best value of `objective`."""
         run, state = self.run, self.state
         if self.resume and (state.step >= self.cfg.trainer.max_iters or state.early_stop["stopped"]):  # a relaunched sweep's finished job
             log.info("%s: already finished at step %d (trainer.max_iters=%d); nothing to do", self.info.dir, state.step, self.cfg.trainer.max_iters)
             return self.resume.state["summary"].get(f"best/{self.cfg.objective}", math.nan)
-        self.tracker = Tracker(self.cfg, self.info, state.run_id, resume_step=state.step if self.resume else None, enabled=run.world.main)
+        self.tracker = Tracker(
+            self.cfg, self.info, state.run_id, resume_step=state.step if self.resume else None, enabled=run.world.main,
+            resolved=self.resolved() if run.world.main else None,
+        )
         progress = tqdm(total=self.cfg.trainer.max_iters, initial=state.step, unit="step", dynamic_ncols=True, disable=None if run.world.main else True)
         with self.tracker, progress, logging_redirect_tqdm(), stop_requests() as self.stop_signals:
             self.validator = Validator(run, self.tracker)
@@ -288,6 +308,7 @@ class Trainer:
                 if self.resume_changes:  # recorded for good: every later segment carries them on
                     earlier = self.tracker.summary.get("resume/changes", [])
                     self.tracker.update_summary({"resume/changes": [*earlier, *(f"step {state.step}: {c}" for c in self.resume_changes)]})
+            self.tracker.update_summary({"params": run.model.num_params(), "flops_per_token": flops_per_token(run.model)})
             self.sharpness = build_probe(run)
             if not self.resume:
                 if self.sharpness and self.sharpness.should_measure(0):
@@ -302,6 +323,8 @@ class Trainer:
                 progress.update(1)
                 self.metric_logger.step_done(state.step)
                 self.after_step(result, lr)
+            if self.cfg.logger.log_checkpoints:
+                self.tracker.log_checkpoint(self.info.dir / "best.pt", aliases=["best", f"step-{self.tracker.summary.get('best/step')}"])
         return self.tracker.summary.get(f"best/{self.cfg.objective}", math.nan)
 
     def after_step(self, result: StepResult, lr: float) -> None:

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Every run behind docs/square_loss.md, in the order they ran, then the reports under
+# docs/square_loss/. The tuned presets hold the lrs and (k, M) that the sweeps before them
+# chose; each later stage used the earlier stages' results as written here. Two runs at a time
+# with one torch thread each: about 2.5 hours on a 2-core CPU.
+#   bash scripts/square_loss_study.sh [sweep root, default multirun]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="${1:-multirun}"
+train() { python -m nanolab.train logger=none "$@"; }
+
+# 65 classes: the quick start (nano model, character-level Shakespeare, 2000 steps)
+train experiment=loss_lr_sweep hydra.sweep.dir="$root/loss_lr_sweep"                              # 4 losses x 6 lrs
+train experiment=mse_rescaling optim.lr=0.001 hydra.sweep.dir="$root/mse_rescaling"               # (k, M) grid at plain MSE's best lr
+train -m experiment=mse_rescaling optim.lr=0.001 loss.k=30,60,120 loss.M=1 hydra.sweep.dir="$root/mse_rescaling_k"   # its best sat at k=15, M=1: k extended
+train -m experiment=mse_rescaling optim.lr=0.001 loss.k=30 loss.M=5 hydra.sweep.dir="$root/mse_rescaling_k2"
+train experiment=mse_rescaling loss.k=30 loss.M=1 optim.lr=0.0005,0.002 hydra.sweep.dir="$root/mse_rescaled_lr"      # the lr at the best (k, M)
+train experiment=mse_rescaling loss.k=30 loss.M=1 optim.lr=0.004,0.008 hydra.sweep.dir="$root/mse_rescaled_lr2"
+train experiment=loss_comparison_tuned hydra.sweep.dir="$root/loss_comparison_tuned"              # 4 losses x 3 seeds
+train experiment=loss_comparison_tuned trainer.max_iters=4000 loss=ce,mse_rescaled hydra.sweep.dir="$root/loss_comparison_tuned_4000"
+
+# 50,257 classes: GPT-2 BPE (every stage through experiment=loss_comparison_bpe, so that the
+# sweeps' seed-1337 runs are the final comparison's first seed)
+train experiment=loss_comparison_bpe seed=1337 loss=ce,label_smoothing,squentropy optim.lr=0.001,0.003,0.01 hydra.sweep.dir="$root/bpe_lr_sweep"
+train experiment=loss_comparison_bpe seed=1337 loss=mse_rescaled_bpe loss.k=1,30 loss.M=1,30 optim.lr=0.003 hydra.sweep.dir="$root/bpe_mse_rescaling"
+train experiment=loss_comparison_bpe seed=1337 loss=mse_rescaled_bpe optim.lr=0.001,0.01 hydra.sweep.dir="$root/bpe_mse_lr"
+train experiment=loss_comparison_bpe seed=1338,1339 hydra.sweep.dir="$root/loss_comparison_bpe"
+
+report() { out="docs/square_loss/$1"; shift; python -m nanolab.compare "$@" --out "$out"; }
+report lr_sweep "$root/loss_lr_sweep"
+report mse_rescaling "$root/mse_rescaling" "$root/mse_rescaling_k" "$root/mse_rescaling_k2"
+report mse_rescaled_lr "$root/mse_rescaling_k" "$root/mse_rescaled_lr" "$root/mse_rescaled_lr2"
+report tuned_2000 "$root/loss_comparison_tuned"
+report tuned_4000 "$root/loss_comparison_tuned_4000"
+report bpe_lr_sweep "$root/bpe_lr_sweep"
+report bpe_mse "$root/bpe_mse_rescaling" "$root/bpe_mse_lr"
+report bpe_final "$root/bpe_lr_sweep" "$root/bpe_mse_rescaling" "$root/bpe_mse_lr" "$root/loss_comparison_bpe"

@@ -1,0 +1,141 @@
+"""Model weights from elsewhere, for `init_from=`: a nanolab run, a nanoGPT checkpoint, or a
+Hugging Face GPT-2 directory, each read into nanolab's parameter names and shapes.
+
+- a nanolab run directory (its best.pt, else last.pt) or checkpoint file;
+- nanoGPT's `ckpt.pt` (train.py's keys `model_args` and `model`; the `_orig_mod.` prefix of a
+  compiled model is dropped); nanoGPT's model is nanolab's with the default options;
+- a local directory holding a GPT2LMHeadModel's `config.json` and `model.safetensors` (or
+  `pytorch_model.bin`): its Conv1D weights (in × out) are transposed, the attention-mask
+  buffers dropped, a `transformer.` prefix optional, the head tied; it needs `model.gelu=tanh`
+  and `model.bias=true`, as GPT-2 was trained with.
+
+The weights must fit the configured model: a shape or vocabulary that differs is one error
+naming both sides. Only the weights are taken: the new run has its own optimizer, data and lr.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nanolab import ConfigError
+from nanolab.checkpoint import checkpoint_file, load_checkpoint
+from nanolab.model import GPT
+
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored in × out by transformers
+
+
+@dataclass
+class Weights:
+    """Weights in nanolab's names, and what is known of the model they belong to."""
+
+    source: str  # what they are, for messages: "nanolab checkpoint x.pt", ...
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]  # GPTConfig fields the source fixes (shapes, options)
+    tokenizer: str  # "gpt2" or "char"
+    chars: list[str] | None = None  # a nanolab character vocabulary, when the source holds it
+
+
+def read_weights(location: str) -> Weights:
+    """The weights at `location`: a nanolab run or checkpoint, a nanoGPT ckpt.pt, or a Hugging
+    Face GPT-2 directory."""
+    path = Path(location)
+    if not path.exists():
+        raise ConfigError(
+            f"init_from={location} does not exist: give a nanolab run directory or .pt file, a nanoGPT ckpt.pt or a local "
+            "Hugging Face GPT-2 directory (a model name such as gpt2 needs the hub: download it and give its directory)"
+        )
+    if path.is_dir() and (path / "config.json").is_file():
+        return _huggingface(path)
+    file = checkpoint_file(path)
+    try:
+        raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a plain-tensor file: a nanolab checkpoint with optimizer classes, or damaged (load_checkpoint says)
+        raw = None
+    if isinstance(raw, dict) and "model_args" in raw and "model" in raw and "format" not in raw:
+        return _nanogpt(file, raw)
+    state = load_checkpoint(file)
+    meta = state["data_meta"]
+    return Weights(f"nanolab checkpoint {file}", state["model"], state["model_config"], meta["tokenizer"], meta.get("chars"))
+
+
+def _nanogpt(file: Path, raw: dict) -> Weights:
+    args = raw["model_args"]
+    state = {k.removeprefix("_orig_mod."): v for k, v in raw["model"].items()}
+    state = {k: v for k, v in state.items() if not k.endswith(".attn.bias")}  # old nanoGPT's causal-mask buffer
+    config = {k: args[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size") if k in args}
+    return Weights(f"nanoGPT checkpoint {file}", state, config, "gpt2" if args.get("vocab_size", 0) >= 50257 else "char")
+
+
+def _huggingface(directory: Path) -> Weights:
+    hf = json.loads((directory / "config.json").read_text())
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise ConfigError(f"init_from={directory} holds a {hf.get('model_type')} model; nanolab reads GPT-2 (GPT2LMHeadModel) directories")
+    if (directory / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        raw = load_file(directory / "model.safetensors")
+    elif (directory / "pytorch_model.bin").is_file():
+        raw = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise ConfigError(f"init_from={directory} has config.json but neither model.safetensors nor pytorch_model.bin")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if abs(eps - 1e-5) > 1e-12:
+        raise ConfigError(f"init_from={directory} uses LayerNorm eps {eps}; nanolab's is 1e-5")
+    state = {}
+    for key, tensor in raw.items():
+        name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
+        if name.endswith((".attn.bias", ".attn.masked_bias")):
+            continue  # causal-mask buffers, not weights
+        state[name] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
+    state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied: often not saved
+    config = {
+        "n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"], "block_size": hf["n_positions"],
+        "vocab_size": hf["vocab_size"], "bias": True, "gelu": "tanh" if hf.get("activation_function", "gelu_new") != "gelu" else "exact",
+    }
+    return Weights(f"Hugging Face GPT-2 {directory}", state, config, "gpt2")
+
+
+def load_into(model: GPT, weights: Weights, data_meta: dict[str, Any]) -> None:
+    """Copy `weights` into `model` (whose data has `data_meta`), or raise one ConfigError naming
+    every difference."""
+    what, mine = "init_from", model.config
+    if weights.tokenizer != data_meta["tokenizer"] or (weights.chars is not None and weights.chars != data_meta.get("chars")):
+        raise ConfigError(
+            f"{what}: {weights.source} was trained on {weights.tokenizer} tokens"
+            + (f" of another character set ({len(weights.chars)} characters)" if weights.tokenizer == data_meta["tokenizer"] else "")
+            + f", this run's data on {data_meta['tokenizer']} tokens ({data_meta['vocab_size']}): choose data= to match"
+        )
+    diffs = [f"{k}: {weights.source} has {v}, model.{k}={getattr(mine, k)}" for k, v in weights.config.items()
+             if k in ("n_layer", "n_head", "n_embd", "bias", "gelu", "mlp", "norm", "position", "qk_norm", "tie_embeddings") and getattr(mine, k) != v]
+    if weights.config.get("block_size", mine.block_size) < mine.block_size:
+        diffs.append(f"block_size: {weights.source} has {weights.config['block_size']}, model.block_size={mine.block_size} (at most that)")
+    source_vocab = weights.config.get("vocab_size")
+    if source_vocab is not None and source_vocab not in (mine.vocab_size, mine.padded_vocab_size):
+        diffs.append(f"vocabulary: {weights.source} has {source_vocab} tokens, this run's data {mine.vocab_size}")
+    if diffs:
+        raise ConfigError(f"{what}: the weights do not fit the configured model/data: " + "; ".join(diffs))
+    target = model.state_dict()
+    state = {}
+    for name, tensor in weights.state_dict.items():
+        if name not in target:
+            raise ConfigError(f"{what}: {weights.source} has a parameter {name} that the configured model lacks")
+        want = target[name]
+        if name in ("transformer.wte.weight", "lm_head.weight") and tensor.shape[0] != want.shape[0]:
+            padded = want.clone()  # rows past the true vocabulary are padding: never read
+            rows = min(tensor.shape[0], want.shape[0])
+            padded[:rows] = tensor[:rows]
+            tensor = padded
+        elif name == "transformer.wpe.weight" and tensor.shape[0] > want.shape[0]:
+            tensor = tensor[: want.shape[0]]  # a shorter context than the source's: its first positions
+        if tensor.shape != want.shape:
+            raise ConfigError(f"{what}: {name} is {tuple(tensor.shape)} in {weights.source}, {tuple(want.shape)} in the configured model")
+        state[name] = tensor.to(want.dtype)
+    missing = sorted(set(target) - set(state) - ({"lm_head.weight"} if mine.tie_embeddings else set()))
+    if missing:
+        raise ConfigError(f"{what}: {weights.source} lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    model.load_state_dict(state, strict=False)
