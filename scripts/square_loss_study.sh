@@ -2,7 +2,7 @@
 # Every run behind docs/square_loss.md, in the order they ran, then the reports under
 # docs/square_loss/. The tuned presets hold the lrs and (k, M) that the sweeps before them
 # chose; each later stage used the earlier stages' results as written here. Two runs at a time
-# with one torch thread each: about 2.5 hours on a 2-core CPU.
+# with one torch thread each: about 5 hours of single-thread run time, 2.5 hours on 2 cores.
 #   bash scripts/square_loss_study.sh [sweep root, default multirun]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,15 +23,27 @@ train experiment=loss_comparison_tuned trainer.max_iters=4000 loss=ce,mse_rescal
 # sweeps' seed-1337 runs are the final comparison's first seed)
 train experiment=loss_comparison_bpe seed=1337 loss=ce,label_smoothing,squentropy optim.lr=0.001,0.003,0.01 hydra.sweep.dir="$root/bpe_lr_sweep"
 train experiment=loss_comparison_bpe seed=1337 loss=mse_rescaled_bpe loss.k=1,30 loss.M=1,30 optim.lr=0.003 hydra.sweep.dir="$root/bpe_mse_rescaling"
-train experiment=loss_comparison_bpe seed=1337 loss=mse_rescaled_bpe optim.lr=0.001,0.01 hydra.sweep.dir="$root/bpe_mse_lr"
-train experiment=loss_comparison_bpe seed=1338,1339 hydra.sweep.dir="$root/loss_comparison_bpe"
+train experiment=loss_comparison_bpe seed=1337 loss=mse_rescaled_bpe loss.k=30 loss.M=30 optim.lr=0.001,0.01 hydra.sweep.dir="$root/bpe_mse_lr"
+train -m experiment=loss_comparison_bpe seed=1337 loss=mse_rescaled_bpe loss.k=30 loss.M=30 optim.lr=0.0003 hydra.sweep.dir="$root/bpe_mse_lr2"
+train -m experiment=loss_comparison_bpe seed=1337 loss=mse_rescaled_bpe loss.k=100 loss.M=30 optim.lr=0.001 hydra.sweep.dir="$root/bpe_mse_ext"
+train -m experiment=loss_comparison_bpe seed=1337 loss=mse_rescaled_bpe loss.k=30 loss.M=100 optim.lr=0.001 hydra.sweep.dir="$root/bpe_mse_ext2"
+train experiment=loss_comparison_bpe seed=1338,1339 hydra.sweep.dir="$root/loss_comparison_bpe"   # the final comparison: (100, 30) at 1e-3
+# run beside the final seeds, after the choice (docs/square_loss.md §2.2):
+train -m experiment=loss_comparison_bpe seed=1337 loss=mse_rescaled_bpe loss.k=300 loss.M=30 optim.lr=0.001 hydra.sweep.dir="$root/bpe_mse_ext3a"
+train -m experiment=loss_comparison_bpe seed=1337 loss=mse_rescaled_bpe loss.k=100 loss.M=100 optim.lr=0.001 hydra.sweep.dir="$root/bpe_mse_ext3b"
+train -m experiment=loss_comparison_bpe seed=1337 loss=mse_rescaled_bpe loss.k=100 loss.M=30 optim.lr=0.0003,0.003 hydra.sweep.dir="$root/bpe_mse_ext3c"
 
 report() { out="docs/square_loss/$1"; shift; python -m nanolab.compare "$@" --out "$out"; }
 report lr_sweep "$root/loss_lr_sweep"
 report mse_rescaling "$root/mse_rescaling" "$root/mse_rescaling_k" "$root/mse_rescaling_k2"
-report mse_rescaled_lr "$root/mse_rescaling_k" "$root/mse_rescaled_lr" "$root/mse_rescaled_lr2"
+train -m experiment=mse_rescaling loss.k=30 loss.M=1 optim.lr=0.016 hydra.sweep.dir="$root/mse_rescaled_lr3"
+train -m experiment=mse_rescaling loss.k=15,60 loss.M=1 optim.lr=0.008 hydra.sweep.dir="$root/mse_rescaling_k_at_lr"
+report mse_rescaled_lr "$root/mse_rescaling_k" "$root/mse_rescaled_lr" "$root/mse_rescaled_lr2" "$root/mse_rescaled_lr3" "$root/mse_rescaling_k_at_lr"
 report tuned_2000 "$root/loss_comparison_tuned"
 report tuned_4000 "$root/loss_comparison_tuned_4000"
 report bpe_lr_sweep "$root/bpe_lr_sweep"
-report bpe_mse "$root/bpe_mse_rescaling" "$root/bpe_mse_lr"
-report bpe_final "$root/bpe_lr_sweep" "$root/bpe_mse_rescaling" "$root/bpe_mse_lr" "$root/loss_comparison_bpe"
+report bpe_mse "$root"/bpe_mse_*
+report bpe_final "$root/bpe_lr_sweep/1_experiment=loss_comparison_bpe,logger=none,loss=ce,optim.lr=0.003,seed=1337" \
+  "$root/bpe_lr_sweep/4_experiment=loss_comparison_bpe,logger=none,loss=label_smoothing,optim.lr=0.003,seed=1337" \
+  "$root/bpe_lr_sweep/7_experiment=loss_comparison_bpe,logger=none,loss=squentropy,optim.lr=0.003,seed=1337" \
+  "$root"/bpe_mse_ext/0_* "$root/loss_comparison_bpe"

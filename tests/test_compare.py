@@ -182,3 +182,15 @@ def test_a_model_size_sweep_gets_sizes_in_the_table_and_a_plot_against_parameter
     assert "| model.n_embd | n | seeds | params | FLOPs/token |" in (sweep / "report.md").read_text()
     assert "| 64 | 2 | 1,2 | 100k | 601k |" in (sweep / "report.md").read_text()
     assert (sweep / "metrics_vs_params.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_presets_interpolated_value_groups_with_the_same_value_given_on_the_command_line(tmp_path):
+    """Hydra saves config.yaml unresolved: optim.lr: ${tuned_lr.${loss.name}} must read as its value."""
+    fake_run(tmp_path / "sweep" / "0_a", ["loss=ce", "optim.lr=0.003"], 1, {"val/ce": 2.0})
+    fake_run(tmp_path / "final" / "0_b", ["loss=ce"], 2, {"val/ce": 2.2})
+    config = tmp_path / "final" / "0_b" / ".hydra" / "config.yaml"
+    config.write_text(yaml.safe_dump({"seed": 2, "loss": {"name": "ce"}, "tuned_lr": {"ce": 0.003}, "optim": {"lr": "${tuned_lr.${loss.name}}"}}))
+    compare([str(tmp_path / "sweep"), str(tmp_path / "final")], out=tmp_path / "report", sort="val/ce")
+    with open(tmp_path / "report" / "report.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["n"] == "2" and row["seeds"] == "1 2"  # one configuration: lr 0.003 both ways

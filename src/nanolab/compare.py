@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 from nanolab import ENDED_AS_PLANNED, ConfigError, exit_on_config_error
 from nanolab.atomic import atomic_path
@@ -197,6 +198,11 @@ def _configured_value(run_dir: Path, key: str) -> str:
     node: Any = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, str) and "${" in node:  # Hydra saves config.yaml unresolved: a preset's ${tuned_lr.${loss.name}}
+        try:
+            node = OmegaConf.select(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), key)
+        except Exception:  # an interpolation that needs the run's environment: keep it as written
+            pass
     return "?" if node is None else str(node)
 
 
@@ -577,6 +583,7 @@ def compare(paths: list[str], out: Path | None = None, sort: str = "val/ce_calib
         import matplotlib
 
         matplotlib.use("Agg")  # files only; no display needed
+        matplotlib.rcParams["text.parse_math"] = False  # labels are override values, which may hold a '$' 
         plot_curves(rows, keys, out / "curves.png")
         plot_final_values(rows, keys, out / "final.png")
         plot_sharpness(runs, keys, out / "sharpness.png")
