@@ -162,6 +162,8 @@ def wandb_api_key_available() -> bool:
         return bool(wandb.login(verify=False, prompt=False))
     except Exception:  # a malformed key or settings file: offline, and wandb.init will say why online fails
         return False
+    finally:
+        wandb.teardown()  # login may start wandb's service process, which would keep this process from exiting
 
 
 def resolve_wandb_mode(mode: str) -> str:
