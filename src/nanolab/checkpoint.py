@@ -215,18 +215,19 @@ def checkpoint_file(path: str | Path) -> Path:
     return p
 
 
-def slurm_requeued() -> bool:
-    """Whether this process is a SLURM job that was requeued (SLURM_RESTART_COUNT > 0)."""
-    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+def requested_resume(resume: bool | str | None) -> bool | str | None:
+    """The `resume` setting in effect: a job that SLURM requeued (submitit, at its time limit;
+    SLURM_RESTART_COUNT > 0) continues as with `resume=true` whatever it was launched with."""
+    if resume in (False, None) and os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0"):
+        return True
+    return resume
 
 
 def resume_checkpoint_path(resume: bool | str, run_dir: Path) -> Path | None:
     """`resume=true`: the run directory's last.pt if it exists (so re-launching a preempted
     sweep with the same sweep dir continues every job that had started); `resume=<path>`: that
-    checkpoint file, or the last.pt of that run directory. A job that SLURM requeued (submitit,
-    at its time limit) continues as with `resume=true`."""
-    if (resume is False or resume is None) and slurm_requeued():
-        resume = True
+    checkpoint file, or the last.pt of that run directory (after `requested_resume`)."""
+    resume = requested_resume(resume)
     if resume is False or resume is None:
         return None
     if resume is True:

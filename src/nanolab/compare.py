@@ -242,14 +242,14 @@ def group_rows(runs: list[Run], keys: list[str], sort: str) -> list[Row]:
     return sorted(rows.values(), key=order)
 
 
-def _size(value: float) -> str:
-    """A parameter or FLOP count as people write it: 816k, 12.3M, 1.2G."""
+def _human(value: float, _pos: object = None) -> str:
+    """A count as people write it, to three digits: 816k, 1.5M, 2G (also a tick formatter)."""
     if math.isnan(value):
         return ""
     for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= scale:
+        if abs(value) >= scale:
             return f"{value / scale:.3g}{suffix}"
-    return f"{value:.0f}"
+    return f"{value:.3g}"
 
 
 def _fmt(fmt: str, mean: float, std: float) -> str:
@@ -270,7 +270,7 @@ def markdown_table(rows: list[Row], keys: list[str]) -> str:
     for row in rows:
         cells = [row.params[k] for k in keys] or ["all runs"]
         cells += [str(len(row.finished)), ",".join(str(r.seed) for r in row.finished)]
-        cells += [_size(row.stats(k)[0]) for k, _ in sizes]
+        cells += [_human(row.stats(k)[0]) for k, _ in sizes]
         cells += [_fmt(fmt, *row.stats(key)[:2]) for key, _, fmt, _ in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -339,14 +339,6 @@ UNITS = {
 }
 
 
-def _tokens_label(x: float, _pos: object = None) -> str:
-    """A tokens tick as people say it: 500k, 1.5M, 2B."""
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:g}{suffix}"
-    return f"{x:g}"
-
-
 def _mean_curve(runs: list[Run], metric: str) -> tuple[Any, Any, Any] | None:
     """(tokens, mean, std or None) over the runs' common evaluation points of `metric`."""
     import numpy as np
@@ -402,7 +394,7 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(unit)
         ax.set_xlabel("tokens seen")
-        ax.xaxis.set_major_formatter(FuncFormatter(_tokens_label))
+        ax.xaxis.set_major_formatter(FuncFormatter(_human))
         ax.grid(alpha=0.3)
         if not curves:
             ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes)

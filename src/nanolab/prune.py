@@ -90,8 +90,8 @@ def prune_run(cfg: DictConfig) -> list[dict[str, Any]]:
     state = load_checkpoint(path)
     train_cfg = OmegaConf.create(state["config"])
     # Fine-tuning: the checkpoint's setup at a constant finetune_lr, no warmup.
-    train_cfg.merge_with({"schedule": {"name": "constant", "warmup_iters": 0}, "optim": {"lr": cfg.finetune_lr}, "logger": {"mode": "disabled"}})
-    train_cfg.schedule = OmegaConf.create({k: v for k, v in train_cfg.schedule.items() if k in ("name", "warmup_iters")})
+    train_cfg.schedule = {"name": "constant", "warmup_iters": 0}
+    train_cfg.optim.lr = cfg.finetune_lr
     train_cfg.init_from = None  # the checkpoint's weights are loaded below
     runtime = Runtime.create(pick_device(cfg.device), "float32", False)
     out = Path(cfg.out) if cfg.out else path.parent / "prune"

@@ -210,7 +210,7 @@ class Tracker:
         self._warned = False
         self.run = self._start_wandb(cfg, info, run_id, resolved or {}, resumed=resume_step is not None)
         self.wandb_rows = 0
-        if self.run is not None:
+        if self.run is not None and resume_step is not None:  # a fresh W&B run holds nothing yet
             self.wandb_rows = self._rows_in_wandb(run_id)
             for row, line in enumerate(self.kept[self.wandb_rows:], start=self.wandb_rows):
                 self._send(json.loads(line), row)
@@ -245,7 +245,7 @@ class Tracker:
         return elapsed, kept
 
     def _start_wandb(self, cfg: DictConfig, info: RunInfo, run_id: str, resolved: dict[str, Any], resumed: bool):
-        self.mode = mode = resolve_wandb_mode(cfg.logger.mode)
+        mode = resolve_wandb_mode(cfg.logger.mode)
         if mode == "disabled":
             return None
         import wandb
@@ -280,7 +280,7 @@ class Tracker:
             for name, best in summary_metrics():  # the best value beside the last, in place of best/* and final/* keys
                 run.define_metric(name, step_metric="step", summary=f"{best},last")
             self._save_hydra_record(run)
-            self.mode = attempt
+            self.mode = attempt  # online, or offline after a failed online start: what _rows_in_wandb asks
             return run
         log.warning("continuing without W&B; metrics go to %s", self.metrics_path)
         return None
@@ -458,9 +458,9 @@ def claim_run_dir(directory: Path, resume: object) -> None:
     a directory that already holds one, and a second live run into a directory that one is
     using (run.lock, with the owner's pid, start time and host; a lock whose process is gone
     is taken over). The lock is removed when this process exits."""
-    from nanolab.checkpoint import slurm_requeued
+    from nanolab.checkpoint import requested_resume
 
-    if resume in (False, None) and not slurm_requeued() and any((directory / name).exists() for name in RUN_FILES):
+    if requested_resume(resume) in (False, None) and any((directory / name).exists() for name in RUN_FILES):
         try:
             status = json.loads((directory / "summary.json").read_text())["status"]
         except (OSError, ValueError, KeyError):

@@ -281,12 +281,12 @@ class Trainer:
         )
 
     def resolved(self) -> dict[str, Any]:
-        """What setup decided, for the W&B config: the `auto` settings resolved and the run's size."""
+        """What setup decided, for the W&B config: the `auto` settings resolved."""
         run = self.run
         return {
             "device": str(run.runtime.device), "dtype": str(run.runtime.dtype).removeprefix("torch."), "compile": run.runtime.compile,
-            "head_chunk_tokens": run.head_chunk, "params": run.model.num_params(), "tokens_per_step": run.tokens_per_step,
-            "world_size": run.world.size, "git": git_state(),
+            "head_chunk_tokens": run.head_chunk, "tokens_per_step": run.tokens_per_step, "world_size": run.world.size,
+            "git": git_state(),
         }
 
     def train(self) -> float:
@@ -295,9 +295,10 @@ class Trainer:
         if self.resume and (state.step >= self.cfg.trainer.max_iters or state.early_stop["stopped"]):  # a relaunched sweep's finished job
             log.info("%s: already finished at step %d (trainer.max_iters=%d); nothing to do", self.info.dir, state.step, self.cfg.trainer.max_iters)
             return self.resume.state["summary"].get(f"best/{self.cfg.objective}", math.nan)
+        size = {"params": run.model.num_params(), "flops_per_token": flops_per_token(run.model)}  # W&B config and summary.json
         self.tracker = Tracker(
             self.cfg, self.info, state.run_id, resume_step=state.step if self.resume else None, enabled=run.world.main,
-            resolved=self.resolved() if run.world.main else None,
+            resolved=self.resolved() | size if run.world.main else None,
         )
         progress = tqdm(total=self.cfg.trainer.max_iters, initial=state.step, unit="step", dynamic_ncols=True, disable=None if run.world.main else True)
         with self.tracker, progress, logging_redirect_tqdm(), stop_requests() as self.stop_signals:
@@ -308,7 +309,7 @@ class Trainer:
                 if self.resume_changes:  # recorded for good: every later segment carries them on
                     earlier = self.tracker.summary.get("resume/changes", [])
                     self.tracker.update_summary({"resume/changes": [*earlier, *(f"step {state.step}: {c}" for c in self.resume_changes)]})
-            self.tracker.update_summary({"params": run.model.num_params(), "flops_per_token": flops_per_token(run.model)})
+            self.tracker.update_summary(size)
             self.sharpness = build_probe(run)
             if not self.resume:
                 if self.sharpness and self.sharpness.should_measure(0):
