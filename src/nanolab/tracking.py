@@ -155,15 +155,16 @@ def _process_start_time(pid: int) -> float:
 
 def wandb_api_key_available() -> bool:
     """Whether wandb finds credentials for its host, wherever it keeps them (environment,
-    identity token file, settings file, netrc): asked of wandb, without a prompt or network."""
-    import wandb
+    identity token file, settings file, netrc): asked of wandb's own login, silently. Not
+    silent, wandb.login greets the user through its service process, which calls the server:
+    offline, that hung the process for minutes."""
+    from wandb.sdk.wandb_login import _login
 
     try:
-        return bool(wandb.login(verify=False, prompt=False))
+        found, _ = _login(verify=False, prompt=False, update_api_key=False, _silent=True)
+        return bool(found)
     except Exception:  # a malformed key or settings file: offline, and wandb.init will say why online fails
         return False
-    finally:
-        wandb.teardown()  # login may start wandb's service process, which would keep this process from exiting
 
 
 def resolve_wandb_mode(mode: str) -> str:
