@@ -20,7 +20,8 @@ directory (or --out):
 - sharpness.png, when runs measured it (sharpness.every): each run's sharpness against step
   with its stability threshold dashed.
 With --wandb-workspace it also saves the sweep's W&B workspace (nanolab/workspace.py), or
-writes its definition to wandb_workspace.json when W&B is offline. It prints the table too. A configuration is a run's overrides without its seed and without
+writes its definition to wandb_workspace.json when W&B is offline. It prints the table too.
+A configuration is a run's overrides without its seed and without
 keys that do not change what a run computes (resume, allow_changes, device, compile, logger.*, hydra.*).
 Only finished (or early-stopped) runs enter the statistics; the others are listed with their
 status and error.
@@ -336,6 +337,7 @@ def _series(run: Run, metric: str) -> dict[int, float]:
 UNITS = {
     "val/ce": "nats/token", "val/ce_calibrated": "nats/token", "val/acc": "accuracy", "val/ece": "expected calibration error",
     "best/val/ce": "nats/token", "val/temperature": "temperature", "perf/tokens_per_s": "tokens/s", "wall_time_s": "s",
+    "train/loss": "loss (log scale)",
 }
 
 
@@ -352,13 +354,14 @@ def _mean_curve(runs: list[Run], metric: str) -> tuple[Any, Any, Any] | None:
 
 
 def _zoom_limits(curves: list[tuple[Any, Any, Any]]) -> tuple[float, float] | None:
-    """y-limits showing the second half of training of the better half of the configurations:
-    a run far behind (plain MSE beside cross-entropy, say) must not flatten the others' gaps."""
+    """y-limits showing the second half of training of the better half of the configurations
+    (at least two): a run far behind (plain MSE beside cross-entropy, say) must not flatten the
+    others' gaps."""
     finals = sorted(float(mean[-1]) for _, mean, _ in curves)
     if len(finals) < 2:
         return None
     low = min(float(m - (0 if s is None else s[i])) for tokens, mean, s in curves for i, (t, m) in enumerate(zip(tokens, mean)) if t >= tokens[-1] / 2)
-    middle = finals[(len(finals) - 1) // 2]
+    middle = finals[max(1, (len(finals) - 1) // 2)]  # at least the two best
     high = middle + max(1.5 * (middle - finals[0]), 0.02 * abs(finals[0]))
     return low - 0.05 * (high - low), high
 
@@ -371,14 +374,14 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
     from matplotlib.ticker import FuncFormatter
 
     panels = [
-        ("val/ce", "val/ce", "nats/token", False), ("val/ce_calibrated", "val/ce, calibrated (temperature fitted)", "nats/token", False),
-        ("val/acc", "val/acc (next-token accuracy)", "accuracy", False), ("val/ce", "val/ce, zoom: better half of the configurations", "nats/token", True),
-        ("val/ce_calibrated", "calibrated val/ce, zoom", "nats/token", True), ("train/loss", "train/loss (each run's own objective)", "loss (log scale)", False),
+        ("val/ce", "val/ce", False), ("val/ce_calibrated", "val/ce, calibrated (temperature fitted)", False),
+        ("val/acc", "val/acc (next-token accuracy)", False), ("val/ce", "val/ce, zoom: better half of the configurations", True),
+        ("val/ce_calibrated", "calibrated val/ce, zoom", True), ("train/loss", "train/loss (each run's own objective)", False),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(18, 8.5), layout="constrained")
     palette = plt.cm.tab10.colors if len(rows) <= 10 else plt.cm.tab20.colors * 5
     colors = dict(zip((row.label(keys) for row in rows), palette))
-    for ax, (metric, title, unit, zoom) in zip(axes.flat, panels):
+    for ax, (metric, title, zoom) in zip(axes.flat, panels):
         curves = []
         for row in rows:
             runs = row.finished or row.runs
@@ -392,7 +395,7 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
             if std is not None:
                 ax.fill_between(tokens, mean - std, mean + std, color=color, alpha=0.2, lw=0)
         ax.set_title(title, fontsize=10)
-        ax.set_ylabel(unit)
+        ax.set_ylabel(UNITS[metric])
         ax.set_xlabel("tokens seen")
         ax.xaxis.set_major_formatter(FuncFormatter(_human))
         ax.grid(alpha=0.3)
