@@ -21,10 +21,10 @@ def synthetic(n: int = 20000, classes: int = 10, seed: int = 0) -> tuple[torch.T
     return logits, targets
 
 
-def metrics_of(logits: torch.Tensor, targets: torch.Tensor, calibrate: bool = False) -> dict:
+def metrics_of(logits: torch.Tensor, targets: torch.Tensor, calibrate: bool = False, batch: int = 4096) -> dict:
     totals = TokenTotals(calibrate=calibrate)
-    for chunk in range(0, len(targets), 4096):  # in batches, as evaluation feeds them
-        totals.update(logits[chunk : chunk + 4096], targets[chunk : chunk + 4096], LOSSES["ce"], CE)
+    for chunk in range(0, len(targets), batch):  # in batches, as evaluation feeds them
+        totals.update(logits[chunk : chunk + batch], targets[chunk : chunk + batch], LOSSES["ce"], CE)
     return totals.compute()
 
 
@@ -92,3 +92,76 @@ def test_ignored_targets_count_in_no_metric():
     masked[::4] = -1
     keep = masked != -1
     assert metrics_of(logits, masked, calibrate=True) == pytest.approx(metrics_of(logits[keep], targets[keep], calibrate=True))
+
+
+def test_tokens_past_the_calibration_cap_are_scored_at_the_kept_tokens_temperature(monkeypatch):
+    # A cap of 3000 rows of 10 classes: the first 3000 tokens are cross-fitted among themselves,
+    # the other 17,000 scored at the temperature fitted on those 3000.
+    import nanolab.metrics
+
+    monkeypatch.setattr(nanolab.metrics, "CALIBRATION_ELEMENTS", 3000 * 10)
+    logits, targets = synthetic()
+    logits = 3 * logits  # overconfident: the true temperature is 3
+    targets[::7] = -1  # ignored targets are kept under the cap (as rows) but count nowhere
+    m = metrics_of(logits, targets, calibrate=True)
+    kept = targets[:3000] != -1
+    t = fit_temperature(logits[:3000][kept], targets[:3000][kept])
+    past = F.cross_entropy(logits[3000:] / t, targets[3000:], ignore_index=-1, reduction="sum").item()
+    n_kept, n_all = int(kept.sum()), int((targets != -1).sum())
+    expected = (calibrated_ce(logits[:3000][kept], targets[:3000][kept]) * n_kept + past) / n_all
+    assert m["ce_calibrated"] == pytest.approx(expected, rel=1e-6)  # float32 sums batch by batch
+    assert m["temperature"] == pytest.approx(t, rel=1e-12) and m["temperature"] == pytest.approx(3.0, rel=0.05)
+    true_ce = metrics_of(logits / 3, targets)["ce"]
+    assert m["ce_calibrated"] == pytest.approx(true_ce, abs=0.005) and m["ce"] > true_ce + 0.3
+
+
+def _ranks_evaluate(rank: int, store: str, logits: torch.Tensor, targets: torch.Tensor, cap: int, out: str) -> None:
+    """One of two gloo ranks: evaluates its consecutive half of the batches, combines, and rank
+    0 saves the metrics and its token accounting."""
+    import torch.distributed as dist
+
+    import nanolab.metrics
+    from nanolab.distributed import World
+
+    nanolab.metrics.CALIBRATION_ELEMENTS = cap
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        totals = TokenTotals(calibrate=True)
+        half = len(targets) // 2
+        mine = slice(0, half) if rank == 0 else slice(half, None)
+        for x, y in zip(logits[mine].split(1000), targets[mine].split(1000)):
+            totals.update(x, y, LOSSES["ce"], CE)
+        totals.combine(World(rank=rank, size=2), torch.device("cpu"))
+        metrics = totals.compute()
+        if rank == 0:
+            past = float(totals.sums.get("past_cap_tokens", torch.tensor(0.0)))
+            torch.save({"metrics": metrics, "scored": len(totals._kept()[1]) + past}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("cap_rows", [20000, 3000, 1500])
+def test_two_ranks_score_every_token_once_and_match_one_process_under_the_cap(tmp_path, cap_rows):
+    # 20000 rows: everything kept, so DDP equals one process exactly; 3000 (each rank's 4000
+    # rows exceed it, rank 1's kept rows do not fit rank 0's) and 1500 (both ranks past their
+    # own cap): every token is still scored once, close to one process's value.
+    import torch.multiprocessing as mp
+
+    logits, targets = synthetic(n=8000)
+    logits = 3 * logits
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_ranks_evaluate, args=(str(tmp_path / "store"), logits, targets, cap_rows * 10, str(out)), nprocs=2)
+    result = torch.load(out)
+    assert result["scored"] == 8000
+    import nanolab.metrics
+
+    nanolab.metrics.CALIBRATION_ELEMENTS, saved = cap_rows * 10, nanolab.metrics.CALIBRATION_ELEMENTS
+    try:
+        one = metrics_of(logits, targets, calibrate=True, batch=1000)
+    finally:
+        nanolab.metrics.CALIBRATION_ELEMENTS = saved
+    if cap_rows >= 8000:
+        assert result["metrics"]["ce_calibrated"] == pytest.approx(one["ce_calibrated"], rel=1e-9)
+    else:
+        assert result["metrics"]["ce_calibrated"] == pytest.approx(one["ce_calibrated"], abs=0.005)
+    assert result["metrics"]["ce"] == pytest.approx(one["ce"], rel=1e-9)
