@@ -14,7 +14,8 @@ from conftest import TINY, compose_train, run_cli
 from nanolab import ConfigError
 from nanolab.compare import compare
 from nanolab.config import check_config
-from nanolab.data import FullBatchSampler
+from nanolab.data import BatchSampler, FullBatchSampler, TokenData
+from nanolab.model import GPT, GPTConfig
 from nanolab.tracking import RunInfo
 from nanolab.train import train
 
@@ -62,6 +63,51 @@ def test_train_tokens_keeps_a_fixed_subset_and_full_batch_needs_divisible_window
         check_config(compose_train(*TINY, "data.train_tokens=10"))
     with pytest.raises(ConfigError, match="data.train_tokens=99999999 is more than"):
         run(tmp_path / "big", "data.train_tokens=99999999", "trainer.max_iters=1")
+
+
+def test_label_noise_replaces_a_fixed_share_of_the_training_targets_only():
+    vocab = 1009  # tokens 0..1000 in order: a token is its position
+    train = np.arange(1001, dtype=np.uint16)
+
+    def noisy(seed: int) -> TokenData:
+        data = TokenData(train=train, val=train.copy(), meta={"vocab_size": vocab, "name": "t"})
+        data.add_label_noise(0.1, seed)
+        return data
+
+    data = noisy(0)
+    changed = np.flatnonzero(data.train_targets != train)
+    assert len(changed) == 100 and changed.min() >= 1  # round(0.1 x 1000 targets); token 0 is no target
+    assert data.train_targets.max() < vocab and np.array_equal(data.train, np.arange(1001)) and np.array_equal(data.val, train)
+    assert np.array_equal(noisy(0).train_targets, data.train_targets)  # the seed alone decides
+    assert not np.array_equal(noisy(1).train_targets, data.train_targets)
+    # the samplers read inputs from the tokens and targets from the noisy targets
+    x, y = BatchSampler(data.train, 4, 16, 0, torch.device("cpu"), targets=data.train_targets).next_batch()
+    for row_x, row_y in zip(x.numpy(), y.numpy()):
+        start = row_x[0]
+        assert np.array_equal(row_x, np.arange(start, start + 16)) and np.array_equal(row_y, data.train_targets[start + 1 : start + 17])
+    full = FullBatchSampler(data.train, 10, 10, torch.device("cpu"), data.train_targets)
+    assert torch.equal(full.x.flatten(), torch.arange(1000))
+    assert torch.equal(full.y.flatten(), torch.from_numpy(data.train_targets[1:1001].astype(np.int64)))
+    with pytest.raises(ConfigError, match=r"data.label_noise=1.0 must be a fraction in \[0, 1\)"):
+        check_config(compose_train(*TINY, "data.label_noise=1.0"))
+
+
+def test_a_full_batch_runs_train_eval_is_over_exactly_its_noisy_training_set(tmp_path):
+    run(tmp_path / "a", *FULL_BATCH, "trainer.batch_size=4", "data.label_noise=0.5", "trainer.max_iters=1", "trainer.eval_interval=1")
+    cfg = compose_train(*TINY, *FULL_BATCH, "trainer.batch_size=4", "data.label_noise=0.5")
+    data = TokenData.load(cfg.data)
+    data.limit_train(257)
+    data.add_label_noise(0.5, 0)
+    state = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    model = GPT(GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size))
+    model.load_state_dict(state["model"])
+    model.eval()
+    x = torch.from_numpy(data.train[:256].astype(np.int64)).view(8, 32)
+    y = torch.from_numpy(data.train_targets[1:257].astype(np.int64)).view(8, 32)
+    with torch.no_grad():
+        by_hand = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+    final = records(tmp_path / "a")[-1]
+    assert final["step"] == 1 and final["train_eval/ce"] == pytest.approx(by_hand, rel=1e-5)
 
 
 def test_sharpness_is_logged_during_training_with_the_gd_threshold(tmp_path):
@@ -113,7 +159,7 @@ def test_an_early_stopped_job_does_not_fail_its_sweep(tmp_path):
     ("edge_of_stability", []), ("optimizer_comparison", []), ("speedrun_char", []), ("loss_lr_sweep", ["loss=squentropy"]),
     ("mse_rescaling", ["loss.k=15", "loss.M=30"]), ("loss_comparison_tuned", ["loss=mse_rescaled"]),
     ("loss_comparison_bpe", ["loss=mse_rescaled_bpe", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"]),
-    ("model_size", ["model.n_embd=64", "model.n_layer=2"]),
+    ("model_size", ["model.n_embd=64", "model.n_layer=2"]), ("double_descent", ["model.n_embd=8", "data.label_noise=0.2"]),
 ])
 def test_the_presets_run_a_few_steps(tmp_path, experiment, choice):
     cfg = compose_train(f"experiment={experiment}", *choice, "logger.mode=disabled", "trainer.max_iters=4", "trainer.eval_interval=2",

@@ -58,6 +58,8 @@ CONFIG_KEYS_ADDED = {
     "trainer.early_stop.patience": 0,
     "trainer.early_stop.min_delta": 0.0,
     "data.train_tokens": None,
+    "data.label_noise": 0.0,
+    "data.label_noise_seed": 0,
     "init_from": None,
     "sharpness.every": 0,
     "sharpness.k": 1,
@@ -250,7 +252,7 @@ def load_model(path: Path, device: torch.device) -> tuple[GPT, dict]:
 RESUME_GROUPS = ("model", "loss", "optim", "schedule")
 RESUME_KEYS = (
     "seed", "trainer.batch_size", "trainer.grad_accum", "trainer.grad_clip", "trainer.full_batch", "data.name", "data.source", "data.train_tokens",
-    "data.tokenizer", "data.val_fraction", "data.hf_path", "data.hf_name", "data.data_files", "data.text_field", "data.val_split",
+    "data.label_noise", "data.label_noise_seed", "data.tokenizer", "data.val_fraction", "data.hf_path", "data.hf_name", "data.data_files", "data.text_field", "data.val_split",
 )
 RESUME_FREE = ("optim.fused",)
 

@@ -90,6 +90,7 @@ class SampleKeys:
     top_k: Optional[int] = MISSING
     seed: int = MISSING
     device: str = MISSING
+    data: Any = MISSING  # {dir}: a string or null
 
 
 @dataclass
@@ -288,6 +289,8 @@ class Data:
     dir: str = MISSING
     shared_filesystem: bool = MISSING
     train_tokens: Optional[int] = MISSING
+    label_noise: float = MISSING
+    label_noise_seed: int = MISSING
 
 
 @dataclass
@@ -421,6 +424,8 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.early_stop.patience={trainer.early_stop.patience} and min_delta={trainer.early_stop.min_delta} must be >= 0 (patience 0: off)")
     if cfg.data.train_tokens is not None and not cfg.data.train_tokens > cfg.model.block_size:
         raise ConfigError(f"data.train_tokens={cfg.data.train_tokens} must be null (all) or more than model.block_size={cfg.model.block_size}")
+    if not 0 <= cfg.data.label_noise < 1:
+        raise ConfigError(f"data.label_noise={cfg.data.label_noise} must be a fraction in [0, 1): the share of training targets replaced by random wrong tokens")
     if trainer.full_batch and cfg.data.train_tokens is not None:
         full_batch_windows(cfg.data.train_tokens, cfg.model.block_size, trainer.batch_size)
     check_sharpness(cfg.sharpness)

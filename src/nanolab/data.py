@@ -101,6 +101,9 @@ class GPT2Tokenizer:
         return self.encoding.decode(ids)
 
 
+GPT2_VOCAB = 50257  # GPT-2's BPE tokens, <|endoftext|> last
+
+
 @functools.cache
 def gpt2_encoding() -> tiktoken.Encoding:
     """tiktoken's `gpt2` encoding from local files; the hashes are the ones tiktoken checks
@@ -120,8 +123,8 @@ def gpt2_encoding() -> tiktoken.Encoding:
         name="gpt2",
         pat_str=r50k_pat_str,
         mergeable_ranks=ranks,
-        special_tokens={ENDOFTEXT: 50256},
-        explicit_n_vocab=50257,
+        special_tokens={ENDOFTEXT: GPT2_VOCAB - 1},
+        explicit_n_vocab=GPT2_VOCAB,
     )
 
 
@@ -434,14 +437,27 @@ class TokenData:
     train: np.ndarray | ShardedTokens
     val: np.ndarray | ShardedTokens
     meta: dict
+    # The training targets when they differ from the training tokens (data.label_noise):
+    # aligned with `train`, read for targets only, so a corrupted target is never an input.
+    train_targets: np.ndarray | None = None
 
     @classmethod
     def load(cls, cfg: DictConfig, prepare_missing: bool = True) -> "TokenData":
         """The prepared dataset, preparing it first when needed (and `prepare_missing`)."""
-        meta = prepare(cfg, allowed=prepare_missing)
+        return cls.read(Path(cfg.dir), prepare(cfg, allowed=prepare_missing))
+
+    @classmethod
+    def read(cls, directory: Path, meta: dict | None = None) -> "TokenData":
+        """The data prepared in `directory` (meta.json, train and val bins), whatever its source."""
+        meta = meta or _read_meta(directory)
+        if meta is None:
+            raise DataError(
+                f"{directory} holds no complete prepared data (meta.json, train and val bins): give the folder a nanolab run "
+                "prepared, e.g. data/shakespeare_char (any run on data=shakespeare_char prepares it)"
+            )
         splits = {}
         for split in ("train", "val"):
-            maps = [np.memmap(path, dtype=meta["dtype"], mode="r") for path, _ in _split_files(Path(cfg.dir), meta, split)]
+            maps = [np.memmap(path, dtype=meta["dtype"], mode="r") for path, _ in _split_files(directory, meta, split)]
             splits[split] = maps[0] if len(maps) == 1 else ShardedTokens(maps)
         return cls(meta=meta, **splits)
 
@@ -457,6 +473,20 @@ class TokenData:
         if tokens > len(self.train):
             raise DataError(f"data.train_tokens={tokens} is more than the {len(self.train)} training tokens of data={self.meta['name']}")
         self.train = self.train[:tokens] if isinstance(self.train, np.ndarray) else self.train[np.arange(tokens)]
+
+    def add_label_noise(self, fraction: float, seed: int) -> None:
+        """Replace round(fraction·n) of the n training targets (every training token but the
+        first) by a uniformly drawn other token (`data.label_noise`), at positions drawn from
+        `seed` alone: the same noisy set for every model and seed of a sweep. Inputs and the
+        val split stay clean."""
+        if not fraction:
+            return
+        rng = np.random.default_rng(seed)
+        targets = np.array(self.train)
+        positions = 1 + rng.choice(len(targets) - 1, size=round(fraction * (len(targets) - 1)), replace=False)
+        shift = rng.integers(1, self.vocab_size, size=len(positions))  # never 0: the new token differs
+        targets[positions] = (targets[positions].astype(np.int64) + shift) % self.vocab_size
+        self.train_targets = targets
 
     def check_block_size(self, block_size: int) -> None:
         """Both splits must hold at least one (input, target) window of block_size tokens."""
@@ -479,9 +509,10 @@ class BatchSampler:
 
     def __init__(
         self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int, device: torch.device,
-        streams: Sequence[int] = (0,),
+        streams: Sequence[int] = (0,), targets: np.ndarray | None = None,
     ) -> None:
         self.tokens = tokens
+        self.targets = targets  # the targets when they are not the tokens (label noise)
         self.batch_size = batch_size
         self.offsets = np.arange(block_size + 1)
         self.device = device
@@ -493,12 +524,15 @@ class BatchSampler:
         generator = self.generators[self.order[self.position]]
         self.position = (self.position + 1) % len(self.order)
         starts = torch.randint(len(self.tokens) - len(self.offsets) + 1, (self.batch_size,), generator=generator)
-        window = torch.from_numpy(self.tokens[starts.numpy()[:, None] + self.offsets].astype(np.int64))
+        rows = starts.numpy()[:, None] + self.offsets
+        window = torch.from_numpy(self.tokens[rows].astype(np.int64))
+        if self.targets is not None:  # (inputs, targets) stacked: the inputs stay the clean tokens
+            window = torch.stack([window[:, :-1], torch.from_numpy(self.targets[rows[:, 1:]].astype(np.int64))])
         if self.device.type == "cuda":
             window = window.pin_memory().to(self.device, non_blocking=True)
         else:
             window = window.to(self.device)
-        return window[:, :-1], window[:, 1:]
+        return (window[:, :-1], window[:, 1:]) if self.targets is None else (window[0], window[1])
 
     def state_dict(self) -> dict:
         """The generator state of each stream (taken between optimizer steps)."""
@@ -537,11 +571,14 @@ class FullBatchSampler:
     returns the next micro-batch of `batch_size` windows, so `accum` calls make one full
     batch. It holds no state between optimizer steps."""
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, block_size: int, device: torch.device) -> None:
+    def __init__(
+        self, tokens: np.ndarray, batch_size: int, block_size: int, device: torch.device, targets: np.ndarray | None = None
+    ) -> None:
         windows = full_batch_windows(len(tokens), block_size, batch_size)
         flat = torch.from_numpy(np.asarray(tokens[: windows * block_size + 1]).astype(np.int64))
+        flat_targets = flat if targets is None else torch.from_numpy(np.asarray(targets[: windows * block_size + 1]).astype(np.int64))
         self.x = flat[:-1].view(windows, block_size).to(device)
-        self.y = flat[1:].view(windows, block_size).to(device)
+        self.y = flat_targets[1:].view(windows, block_size).to(device)
         self.batch_size, self.position = batch_size, 0
 
     @property

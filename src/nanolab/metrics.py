@@ -256,23 +256,32 @@ def evaluate(
     autocast: contextlib.AbstractContextManager,
     head_chunk: int = 0,
     world: World = World(),
+    train_windows: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """`val/<m>` and `train_eval/<m>` over eval_iters batches of each split, for m in loss, ce,
     ppl, bpt, acc, acc_top5, brier, ece; for val also ce_calibrated and temperature (on rank 0
     alone under DDP). Under DDP each rank evaluates a consecutive share of the batches and the
-    totals are combined, so the metrics are those of one process evaluating them all."""
+    totals are combined, so the metrics are those of one process evaluating them all. The
+    training batches have the training targets (label noise included); given `train_windows`
+    (a full-batch run's whole training set), train_eval is over exactly those."""
     device = next(model.parameters()).device
     mine = range(eval_iters * world.rank // world.size, eval_iters * (world.rank + 1) // world.size)
     model.eval()
     metrics = {}
     for split, prefix in (("train", "train_eval"), ("val", "val")):
-        sampler = BatchSampler(getattr(data, split), batch_size, model.config.block_size, EVAL_SEED, device)
         totals = TokenTotals(calibrate=split == "val")
-        for i in range(mine.stop):
-            x, y = sampler.next_batch()  # drawn on every rank, so each rank's share is the same batches
-            if i in mine:
+        if split == "train" and train_windows is not None:
+            for x, y in zip(*(t.split(batch_size) for t in train_windows)):
                 with autocast:
                     update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
+        else:
+            targets = data.train_targets if split == "train" else None
+            sampler = BatchSampler(getattr(data, split), batch_size, model.config.block_size, EVAL_SEED, device, targets=targets)
+            for i in range(mine.stop):
+                x, y = sampler.next_batch()  # drawn on every rank, so each rank's share is the same batches
+                if i in mine:
+                    with autocast:
+                        update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
         totals.combine(world, device)
         metrics |= {f"{prefix}/{k}": v for k, v in totals.compute(device).items()}
     model.train()

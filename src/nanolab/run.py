@@ -105,6 +105,7 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
     seed_everything(cfg.seed)
     data = load_data(cfg.data, world)
     data.limit_train(cfg.data.train_tokens)
+    data.add_label_noise(cfg.data.label_noise, cfg.data.label_noise_seed)
     data.check_block_size(cfg.model.block_size)
     check_activation_memory(cfg, runtime)
     model_config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size)
@@ -146,11 +147,11 @@ def build_sampler(cfg: DictConfig, data: TokenData, world: World, device: torch.
             raise ConfigError("trainer.full_batch=true runs in one process; run it without torchrun")
         if cfg.trainer.grad_accum != 1:
             raise ConfigError(f"trainer.full_batch=true sets the micro-batches itself; leave trainer.grad_accum at 1 (it is {cfg.trainer.grad_accum})")
-        sampler = FullBatchSampler(data.train, cfg.trainer.batch_size, cfg.model.block_size, device)
+        sampler = FullBatchSampler(data.train, cfg.trainer.batch_size, cfg.model.block_size, device, data.train_targets)
         return sampler, sampler.micro_batches
     accum = local_grad_accum(cfg.trainer.grad_accum, cfg.trainer.fix_global_batch, world)
     streams = range(world.rank * accum, (world.rank + 1) * accum)
-    return BatchSampler(data.train, cfg.trainer.batch_size, cfg.model.block_size, cfg.seed, device, streams), accum
+    return BatchSampler(data.train, cfg.trainer.batch_size, cfg.model.block_size, cfg.seed, device, streams, data.train_targets), accum
 
 
 def wrap_forward(model: GPT, runtime: Runtime, world: World) -> torch.nn.Module:

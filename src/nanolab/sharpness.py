@@ -153,7 +153,10 @@ class SharpnessProbe:
         return stats
 
 
-def probe_windows(tokens: np.ndarray, probe_tokens: int, block_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """probe_tokens // block_size random (x, y) windows of `tokens`, drawn as the training batches
-    are but from a generator of their own (the training streams are untouched)."""
-    return BatchSampler(tokens, max(1, probe_tokens // block_size), block_size, seed, torch.device("cpu")).next_batch()
+def probe_windows(
+    tokens: np.ndarray, probe_tokens: int, block_size: int, seed: int, targets: np.ndarray | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """probe_tokens // block_size random (x, y) windows of `tokens` (with `targets` when they
+    differ), drawn as the training batches are but from a generator of their own (the training
+    streams are untouched)."""
+    return BatchSampler(tokens, max(1, probe_tokens // block_size), block_size, seed, torch.device("cpu"), targets=targets).next_batch()

@@ -168,9 +168,10 @@ class Validator:
         """Evaluate at the current step (after the early-stopping bookkeeping); returns whether
         val/ce improved on the best so far."""
         run, cfg = self.run, self.run.cfg
+        full_batch = (run.sampler.x, run.sampler.y) if isinstance(run.sampler, FullBatchSampler) else None
         metrics = evaluate(
             run.model, run.data, run.loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters,
-            run.runtime.autocast(), run.head_chunk, run.world,
+            run.runtime.autocast(), run.head_chunk, run.world, train_windows=full_batch,
         )
         self.tracker.log(metrics, state.step, state.step * run.tokens_per_step)
         log.info("step %d: train ce %.4f, val ce %.4f, val acc %.4f", state.step, metrics["train_eval/ce"], metrics["val/ce"], metrics["val/acc"])
@@ -245,7 +246,9 @@ def build_probe(run: Run) -> SharpnessProbe | None:
     if isinstance(run.sampler, FullBatchSampler):
         x, y = run.sampler.x, run.sampler.y
     else:
-        x, y = probe_windows(run.data.train, cfg.sharpness.probe_tokens, run.model.config.block_size, stream_seed(cfg.seed, PROBE_STREAM))
+        x, y = probe_windows(
+            run.data.train, cfg.sharpness.probe_tokens, run.model.config.block_size, stream_seed(cfg.seed, PROBE_STREAM), run.data.train_targets
+        )
     return SharpnessProbe(cfg, run.model, run.loss_fn, x.to(run.runtime.device), y.to(run.runtime.device), seed=cfg.seed)
 
 
