@@ -1,16 +1,23 @@
 """Evaluate a checkpoint on a whole split, the same way for every training loss.
 
     python -m nanolab.evaluate checkpoint=outputs/2026-11-23/21-00-00
+    python -m nanolab.evaluate checkpoint=../nanoGPT/out-shakespeare-char/ckpt.pt data.dir=data/shakespeare_char
+    python -m nanolab.evaluate checkpoint=path/to/gpt2 data.dir=data/shakespeare   # a Hugging Face GPT-2 directory
 
 The split is cut into consecutive windows of the model's context (every token is predicted
 once; the first tokens of a window see a shorter context). Prints the metrics and writes them
-to evaluation_<split>.json beside the checkpoint.
+to evaluation_<split>.json beside the checkpoint (into a Hugging Face directory). A nanolab
+checkpoint brings its data and loss; nanoGPT's and GPT-2's weights are scored with
+cross-entropy on the prepared data in data.dir, which must hold the same tokens (a folder a
+nanolab run prepared: nanoGPT's shakespeare_char has the same sorted characters).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 import hydra
 import numpy as np
@@ -25,6 +32,7 @@ from nanolab.config import EvaluateKeys, check_entry_types
 from nanolab.data import TokenData
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.metrics import TokenTotals, update_totals
+from nanolab.pretrained import Weights, foreign_weights, model_from_weights
 from nanolab.runtime import Runtime, pick_device
 
 log = logging.getLogger("nanolab.evaluate")
@@ -50,25 +58,62 @@ def evaluate_split(
     return totals.compute(device) | {"tokens": totals.tokens}
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    check_entry_types(cfg, EvaluateKeys)
-    if cfg.split not in ("train", "val"):
-        raise ConfigError(f"split={cfg.split!r} must be train or val")
-    if cfg.batch_tokens < 1:
-        raise ConfigError(f"batch_tokens={cfg.batch_tokens} must be >= 1")
+# What a model from outside nanolab (nanoGPT, GPT-2) is scored with: its own objective.
+CE = {"name": "ce", "ignore_index": -1, "z_loss": 0.0}
+
+
+@dataclass
+class Subject:
+    """What is evaluated: the model, its data and loss, the head-chunk setting, its step."""
+
+    model: torch.nn.Module
+    data: TokenData
+    loss: DictConfig
+    head_chunk_tokens: int | str
+    step: int | None
+
+
+def nanolab_subject(cfg: DictConfig, device: torch.device) -> Subject:
+    """A nanolab checkpoint with the data, loss and head chunk of its run."""
     path = checkpoint_file(cfg.checkpoint)
-    runtime = Runtime.create(pick_device(cfg.device), cfg.dtype, False, cfg.cpu_keep_freed_memory)
-    model, state = load_model(path, runtime.device)
+    model, state = load_model(path, device)
     train_cfg = OmegaConf.create(state["config"])
     # The checkpoint's data locations (by default under NANOLAB_DATA_DIR, else ./data), unless given here.
     train_cfg.data.merge_with({k: v for k, v in cfg.data.items() if v is not None and k in train_cfg.data})
     data = TokenData.load(train_cfg.data)
     if data.meta["vocab_size"] != model.config.vocab_size:
         raise ConfigError(f"{path} was trained on another vocabulary than data/{train_cfg.data.name} now holds")
+    return Subject(model, data, train_cfg.loss, train_cfg.head_chunk_tokens, state["step"])
+
+
+def foreign_subject(weights: Weights, cfg: DictConfig, device: torch.device) -> Subject:
+    """nanoGPT's or GPT-2's weights on the prepared data in data.dir, scored with cross-entropy."""
+    if cfg.data.dir is None:
+        raise ConfigError(
+            f"checkpoint={cfg.checkpoint}: a {weights.source.split(' ')[0]} model does not record its data; give data.dir=<a folder a nanolab "
+            "run prepared with the same tokens>, e.g. data.dir=data/shakespeare_char for nanoGPT's shakespeare_char (the same sorted characters)"
+        )
+    data = TokenData.read(Path(cfg.data.dir))
+    model = model_from_weights(weights, data.meta, "checkpoint").to(device).eval()
+    return Subject(model, data, OmegaConf.create(CE), "auto", weights.step)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    check_entry_types(cfg, EvaluateKeys)
+    if cfg.split not in ("train", "val"):
+        raise ConfigError(f"split={cfg.split!r} must be train or val")
+    if cfg.batch_tokens < 1:
+        raise ConfigError(f"batch_tokens={cfg.batch_tokens} must be >= 1")
+    runtime = Runtime.create(pick_device(cfg.device), cfg.dtype, False, cfg.cpu_keep_freed_memory)
+    foreign = foreign_weights(cfg.checkpoint, "checkpoint")
+    subject = nanolab_subject(cfg, runtime.device) if foreign is None else foreign_subject(foreign, cfg, runtime.device)
+    model = subject.model
     windows_per_batch = max(1, cfg.batch_tokens // model.config.block_size)
-    head_chunk = head_chunk_tokens(train_cfg.head_chunk_tokens, model.config.vocab_size)
-    metrics = evaluate_split(model, getattr(data, cfg.split), train_cfg.loss, windows_per_batch, head_chunk, runtime.autocast())
-    write_json(path.parent / f"evaluation_{cfg.split}.json", {"checkpoint": str(path), "step": state["step"], **metrics})
+    head_chunk = head_chunk_tokens(subject.head_chunk_tokens, model.config.vocab_size)
+    metrics = evaluate_split(model, getattr(subject.data, cfg.split), subject.loss, windows_per_batch, head_chunk, runtime.autocast())
+    given = Path(cfg.checkpoint)
+    source = checkpoint_file(given) if foreign is None else given
+    write_json((given if given.is_dir() else given.parent) / f"evaluation_{cfg.split}.json", {"checkpoint": str(source), "step": subject.step, **metrics})
     return metrics
 
 

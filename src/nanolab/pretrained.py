@@ -1,5 +1,6 @@
-"""Model weights from elsewhere, for `init_from=`: a nanolab run, a nanoGPT checkpoint, or a
-Hugging Face GPT-2 directory, each read into nanolab's parameter names and shapes.
+"""Model weights from elsewhere, for `init_from=` (and for `checkpoint=` of nanolab.evaluate and
+nanolab.sample): a nanolab run, a nanoGPT checkpoint, or a Hugging Face GPT-2 directory, each
+read into nanolab's parameter names and shapes.
 
 - a nanolab run directory (its best.pt, else last.pt) or checkpoint file;
 - nanoGPT's `ckpt.pt` (train.py's keys `model_args` and `model`; the `_orig_mod.` prefix of a
@@ -15,6 +16,7 @@ naming both sides. Only the weights are taken: the new run has its own optimizer
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ import torch
 
 from nanolab import ConfigError
 from nanolab.checkpoint import checkpoint_file, load_checkpoint
-from nanolab.model import GPT
+from nanolab.model import GPT, GPTConfig
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored in × out by transformers
 
@@ -38,19 +40,32 @@ class Weights:
     config: dict[str, Any]  # GPTConfig fields the source fixes (shapes, options)
     tokenizer: str  # "gpt2" or "char"
     chars: list[str] | None = None  # a nanolab character vocabulary, when the source holds it
+    step: int | None = None  # the training step, when the source records it
 
 
-def read_weights(location: str) -> Weights:
+def read_weights(location: str, key: str = "init_from") -> Weights:
     """The weights at `location`: a nanolab run or checkpoint, a nanoGPT ckpt.pt, or a Hugging
-    Face GPT-2 directory."""
+    Face GPT-2 directory; `key` is the config key that named it, for messages."""
+    foreign = foreign_weights(location, key)
+    if foreign is not None:
+        return foreign
+    file = checkpoint_file(location)
+    state = load_checkpoint(file)
+    meta = state["data_meta"]
+    return Weights(f"nanolab checkpoint {file}", state["model"], state["model_config"], meta["tokenizer"], meta.get("chars"), state["step"])
+
+
+def foreign_weights(location: str, key: str) -> Weights | None:
+    """The weights at `location` when nanoGPT or Hugging Face wrote them; None for a nanolab
+    run or checkpoint."""
     path = Path(location)
     if not path.exists():
         raise ConfigError(
-            f"init_from={location} does not exist: give a nanolab run directory or .pt file, a nanoGPT ckpt.pt or a local "
+            f"{key}={location} does not exist: give a nanolab run directory or .pt file, a nanoGPT ckpt.pt or a local "
             "Hugging Face GPT-2 directory (a model name such as gpt2 needs the hub: download it and give its directory)"
         )
     if path.is_dir() and (path / "config.json").is_file():
-        return _huggingface(path)
+        return _huggingface(path, key)
     file = checkpoint_file(path)
     try:
         raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
@@ -58,9 +73,7 @@ def read_weights(location: str) -> Weights:
         raw = None
     if isinstance(raw, dict) and "model_args" in raw and "model" in raw and "format" not in raw:
         return _nanogpt(file, raw)
-    state = load_checkpoint(file)
-    meta = state["data_meta"]
-    return Weights(f"nanolab checkpoint {file}", state["model"], state["model_config"], meta["tokenizer"], meta.get("chars"))
+    return None
 
 
 def _nanogpt(file: Path, raw: dict) -> Weights:
@@ -68,13 +81,14 @@ def _nanogpt(file: Path, raw: dict) -> Weights:
     state = {k.removeprefix("_orig_mod."): v for k, v in raw["model"].items()}
     state = {k: v for k, v in state.items() if not k.endswith(".attn.bias")}  # old nanoGPT's causal-mask buffer
     config = {k: args[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size") if k in args}
-    return Weights(f"nanoGPT checkpoint {file}", state, config, "gpt2" if args.get("vocab_size", 0) >= 50257 else "char")
+    step = raw.get("iter_num")
+    return Weights(f"nanoGPT checkpoint {file}", state, config, "gpt2" if args.get("vocab_size", 0) >= 50257 else "char", step=step)
 
 
-def _huggingface(directory: Path) -> Weights:
+def _huggingface(directory: Path, key: str) -> Weights:
     hf = json.loads((directory / "config.json").read_text())
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise ConfigError(f"init_from={directory} holds a {hf.get('model_type')} model; nanolab reads GPT-2 (GPT2LMHeadModel) directories")
+        raise ConfigError(f"{key}={directory} holds a {hf.get('model_type')} model; nanolab reads GPT-2 (GPT2LMHeadModel) directories")
     if (directory / "model.safetensors").is_file():
         from safetensors.torch import load_file
 
@@ -82,10 +96,10 @@ def _huggingface(directory: Path) -> Weights:
     elif (directory / "pytorch_model.bin").is_file():
         raw = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
-        raise ConfigError(f"init_from={directory} has config.json but neither model.safetensors nor pytorch_model.bin")
+        raise ConfigError(f"{key}={directory} has config.json but neither model.safetensors nor pytorch_model.bin")
     eps = hf.get("layer_norm_epsilon", 1e-5)
     if abs(eps - 1e-5) > 1e-12:
-        raise ConfigError(f"init_from={directory} uses LayerNorm eps {eps}; nanolab's is 1e-5")
+        raise ConfigError(f"{key}={directory} uses LayerNorm eps {eps}; nanolab's is 1e-5")
     state = {}
     for key, tensor in raw.items():
         name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
@@ -100,13 +114,22 @@ def _huggingface(directory: Path) -> Weights:
     return Weights(f"Hugging Face GPT-2 {directory}", state, config, "gpt2")
 
 
-def load_into(model: GPT, weights: Weights, data_meta: dict[str, Any]) -> None:
+def model_from_weights(weights: Weights, data_meta: dict[str, Any], key: str) -> GPT:
+    """A model of the weights' own shape and options (nanoGPT's are nanolab's defaults) holding
+    them, for data with `data_meta`; `key` names the weights in messages."""
+    known = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
+    model = GPT(GPTConfig(**{k: v for k, v in weights.config.items() if k in known}, vocab_size=data_meta["vocab_size"]))
+    load_into(model, weights, data_meta, key)
+    return model
+
+
+def load_into(model: GPT, weights: Weights, data_meta: dict[str, Any], key: str = "init_from") -> None:
     """Copy `weights` into `model` (whose data has `data_meta`), or raise one ConfigError naming
-    every difference."""
-    what, mine = "init_from", model.config
+    every difference; `key` names the weights in messages."""
+    mine = model.config
     if weights.tokenizer != data_meta["tokenizer"] or (weights.chars is not None and weights.chars != data_meta.get("chars")):
         raise ConfigError(
-            f"{what}: {weights.source} was trained on {weights.tokenizer} tokens"
+            f"{key}: {weights.source} was trained on {weights.tokenizer} tokens"
             + (f" of another character set ({len(weights.chars)} characters)" if weights.tokenizer == data_meta["tokenizer"] else "")
             + f", this run's data on {data_meta['tokenizer']} tokens ({data_meta['vocab_size']}): choose data= to match"
         )
@@ -118,12 +141,12 @@ def load_into(model: GPT, weights: Weights, data_meta: dict[str, Any]) -> None:
     if source_vocab is not None and source_vocab not in (mine.vocab_size, mine.padded_vocab_size):
         diffs.append(f"vocabulary: {weights.source} has {source_vocab} tokens, this run's data {mine.vocab_size}")
     if diffs:
-        raise ConfigError(f"{what}: the weights do not fit the configured model/data: " + "; ".join(diffs))
+        raise ConfigError(f"{key}: the weights do not fit the configured model/data: " + "; ".join(diffs))
     target = model.state_dict()
     state = {}
     for name, tensor in weights.state_dict.items():
         if name not in target:
-            raise ConfigError(f"{what}: {weights.source} has a parameter {name} that the configured model lacks")
+            raise ConfigError(f"{key}: {weights.source} has a parameter {name} that the configured model lacks")
         want = target[name]
         if name in ("transformer.wte.weight", "lm_head.weight") and tensor.shape[0] != want.shape[0]:
             padded = want.clone()  # rows past the true vocabulary are padding: never read
@@ -133,9 +156,9 @@ def load_into(model: GPT, weights: Weights, data_meta: dict[str, Any]) -> None:
         elif name == "transformer.wpe.weight" and tensor.shape[0] > want.shape[0]:
             tensor = tensor[: want.shape[0]]  # a shorter context than the source's: its first positions
         if tensor.shape != want.shape:
-            raise ConfigError(f"{what}: {name} is {tuple(tensor.shape)} in {weights.source}, {tuple(want.shape)} in the configured model")
+            raise ConfigError(f"{key}: {name} is {tuple(tensor.shape)} in {weights.source}, {tuple(want.shape)} in the configured model")
         state[name] = tensor.to(want.dtype)
     missing = sorted(set(target) - set(state) - ({"lm_head.weight"} if mine.tie_embeddings else set()))
     if missing:
-        raise ConfigError(f"{what}: {weights.source} lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        raise ConfigError(f"{key}: {weights.source} lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
     model.load_state_dict(state, strict=False)

@@ -1,6 +1,8 @@
-"""Sample text from a trained checkpoint.
+"""Sample text from a trained checkpoint: a nanolab run, nanoGPT's ckpt.pt or a Hugging Face
+GPT-2 directory.
 
     python -m nanolab.sample checkpoint=outputs/2026-01-01/12-00-00 prompt="ROMEO:" num_samples=2
+    python -m nanolab.sample checkpoint=../nanoGPT/out-shakespeare-char/ckpt.pt data.dir=data/shakespeare_char
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from omegaconf import DictConfig
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.checkpoint import checkpoint_file, load_model
 from nanolab.config import SampleKeys, check_entry_types
-from nanolab.data import tokenizer_from_meta
+from nanolab.data import GPT2_VOCAB, TokenData, Tokenizer, tokenizer_from_meta
+from nanolab.pretrained import foreign_weights, model_from_weights
 from nanolab.runtime import Runtime, pick_device
 
 log = logging.getLogger("nanolab.sample")
@@ -30,8 +33,7 @@ def sample(cfg: DictConfig) -> list[str]:
     if cfg.top_k is not None and cfg.top_k < 1:
         raise ConfigError(f"top_k={cfg.top_k} must be >= 1, or null to sample among all tokens")
     device = Runtime.create(pick_device(cfg.device)).device
-    model, state = load_model(checkpoint_file(cfg.checkpoint), device)
-    tokenizer = tokenizer_from_meta(state["data_meta"])
+    model, tokenizer = load_for_sampling(cfg, device)
     prompt = cfg.prompt
     if prompt.startswith("FILE:"):
         path = Path(prompt[5:])
@@ -46,6 +48,25 @@ def sample(cfg: DictConfig) -> list[str]:
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     out = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)
     return [tokenizer.decode(row.tolist()) for row in out]
+
+
+def load_for_sampling(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Tokenizer]:
+    """The model and its tokenizer: a nanolab checkpoint carries its vocabulary; nanoGPT's and
+    GPT-2's weights use GPT-2's, or for a nanoGPT character model the one in data.dir."""
+    foreign = foreign_weights(cfg.checkpoint, "checkpoint")
+    if foreign is None:
+        model, state = load_model(checkpoint_file(cfg.checkpoint), device)
+        return model, tokenizer_from_meta(state["data_meta"])
+    if foreign.tokenizer == "gpt2":
+        meta = {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB}
+    elif cfg.data.dir is None:
+        raise ConfigError(
+            f"checkpoint={cfg.checkpoint} is a character model whose characters nanoGPT keeps elsewhere (meta.pkl): give data.dir=<a folder "
+            "a nanolab run prepared from the same text>, e.g. data.dir=data/shakespeare_char (nanoGPT's sorted characters)"
+        )
+    else:
+        meta = TokenData.read(Path(cfg.data.dir)).meta
+    return model_from_weights(foreign, meta, "checkpoint").to(device).eval(), tokenizer_from_meta(meta)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="sample")
