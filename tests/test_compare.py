@@ -194,3 +194,33 @@ def test_a_presets_interpolated_value_groups_with_the_same_value_given_on_the_co
     with open(tmp_path / "report" / "report.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["n"] == "2" and row["seeds"] == "1 2"  # one configuration: lr 0.003 both ways
+
+
+def test_evaluated_takes_the_val_metrics_from_each_runs_whole_split_evaluation(tmp_path):
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "0_loss=ce,seed=1", ["loss=ce"], 1, {"val/ce": 2.0, "val/ce_calibrated": 1.9, "val/acc": 0.50})
+    fake_run(sweep / "1_loss=ce,seed=2", ["loss=ce"], 2, {"val/ce": 2.2, "val/ce_calibrated": 2.1, "val/acc": 0.40})
+
+    def evaluation(job: str, step: int, ce: float, tokens: int = 36032) -> None:
+        fields = {"step": step, "ce": ce, "ce_calibrated": ce - 0.1, "temperature": 1.1, "acc": 0.3, "ece": 0.02, "tokens": tokens}
+        (sweep / job / "evaluation_val.json").write_text(json.dumps({"checkpoint": f"{job}/last.pt", **fields}))
+
+    evaluation("0_loss=ce,seed=1", 20, 3.0)
+    with pytest.raises(ConfigError, match=r"1 finished run\(s\) have no evaluation_val.json.*1_loss=ce,seed=2/last.pt"):
+        compare([str(sweep)], evaluated=True)
+    evaluation("1_loss=ce,seed=2", 10, 3.4)  # an evaluation of an earlier checkpoint does not count
+    with pytest.raises(ConfigError, match="1_loss=ce,seed=2/last.pt"):
+        compare([str(sweep)], evaluated=True)
+    evaluation("1_loss=ce,seed=2", 20, 3.4, tokens=100)
+    with pytest.raises(ConfigError, match=r"different numbers of tokens \(\[100, 36032\]\)"):
+        compare([str(sweep)], evaluated=True)
+    evaluation("1_loss=ce,seed=2", 20, 3.4)
+
+    compare([str(sweep)], evaluated=True)
+
+    with open(sweep / "report.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["val/ce_mean"]) == pytest.approx(3.2) and float(row["val/ce_calibrated_mean"]) == pytest.approx(3.1)
+    assert float(row["val/acc_mean"]) == pytest.approx(0.3) and float(row["val/temperature_mean"]) == pytest.approx(1.1)
+    assert float(row["best/val/ce_mean"]) == pytest.approx(2.1)  # the lowest in training, not the evaluation's
+    assert "whole val split (36,032 tokens)" in (sweep / "report.md").read_text()

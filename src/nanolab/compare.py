@@ -19,6 +19,11 @@ directory (or --out):
   cross-entropy and accuracy against parameter count (the report gains params and FLOPs/token);
 - sharpness.png, when runs measured it (sharpness.every): each run's sharpness against step
   with its stability threshold dashed.
+With --evaluated, each finished run's val metrics are those nanolab.evaluate wrote into its
+evaluation_val.json (every token of the val split, scored by the run's final checkpoint)
+instead of its last in-training evaluation (a few batches): the axis for comparisons at a
+large vocabulary, where a few batches leave the seeds' noise larger than the configurations'
+gaps. The curves stay the in-training evaluations.
 With --wandb-workspace it also saves the sweep's W&B workspace (nanolab/workspace.py), or
 writes its definition to wandb_workspace.json when W&B is offline. It prints the table too.
 A configuration is a run's overrides without its seed and without
@@ -66,6 +71,8 @@ METRICS = [
 SIZE = [("params", "params"), ("flops_per_token", "FLOPs/token")]
 # The last evaluation's training-set metrics, for plots against model size (over- versus under-fitting).
 TRAIN_EVAL = ("train_eval/ce", "train_eval/acc")
+# The metrics --evaluated takes from a run's evaluation_val.json, as its val/<name>.
+EVALUATED = ("ce", "ce_calibrated", "temperature", "acc", "ece")
 IDENTITY_FREE_KEYS = ("resume", "allow_changes", "device", "compile", "logger", "hydra")  # and their sub-keys
 
 
@@ -180,6 +187,31 @@ def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Pa
     return values
 
 
+def use_evaluations(runs: list[Run]) -> int:
+    """Give each finished run the val metrics of its evaluation_val.json, which must score its
+    final step; returns the tokens they were measured on (the same split for every run)."""
+    tokens, missing = set(), []
+    for run in (r for r in runs if r.status in ENDED_AS_PLANNED and r.values):
+        final = max(r["step"] for r in run.records)
+        try:
+            evaluation = json.loads((run.dir / "evaluation_val.json").read_text())
+        except (OSError, ValueError):
+            evaluation = {}
+        if evaluation.get("step") != final:
+            missing.append(f"{run.dir}/last.pt")
+            continue
+        run.values |= {f"val/{k}": evaluation[k] for k in EVALUATED if k in evaluation}
+        tokens.add(evaluation["tokens"])
+    if missing:
+        raise ConfigError(
+            f"--evaluated: {len(missing)} finished run(s) have no evaluation_val.json of their final step; write them with "
+            f"`python -m nanolab.evaluate checkpoint=<run>/last.pt`, for: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+        )
+    if len(tokens) > 1:
+        raise ConfigError(f"--evaluated: the runs' evaluation_val.json files score different numbers of tokens ({sorted(tokens)}): evaluate them on the same data")
+    return tokens.pop() if tokens else 0
+
+
 def fill_missing_params(runs: list[Run]) -> list[str]:
     """Give every run a value for every key some run overrides (its config's value or group
     choice when it did not override it); returns the keys whose values differ across runs."""
@@ -277,15 +309,20 @@ def markdown_table(rows: list[Row], keys: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(rows: list[Row], keys: list[str], runs: list[Run], sort: str, sources: list[str]) -> str:
+def report_markdown(rows: list[Row], keys: list[str], runs: list[Run], sort: str, sources: list[str], evaluated_tokens: int = 0) -> str:
     unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
     early = [r for r in runs if r.status == "early_stopped"]
+    where = (
+        f"val/ce, its calibrated value, T, val/acc and val/ece are from nanolab.evaluate on the whole val split ({evaluated_tokens:,} tokens) "
+        "at each run's final step (evaluation_val.json), the rest from its last in-training evaluation"
+        if evaluated_tokens else "metrics are from each run's last evaluation"
+    )
     out = [
         "# Comparison report\n",
         f"Runs: {len(runs)} from {', '.join(sources)}; {len(runs) - len(unfinished)} finished. "
         f"One row per configuration, sorted by {sort}. Cells are mean ± sample standard deviation "
-        "over the finished seeds (n); metrics are from each run's last evaluation, `best val/ce` is "
-        "its lowest, tokens/s the median over its log intervals.\n",
+        f"over the finished seeds (n); {where}; `best val/ce` is "
+        "its lowest in training, tokens/s the median over its log intervals.\n",
         markdown_table(rows, keys),
     ]
     if early:
@@ -560,19 +597,23 @@ def wandb_sweep(runs: list[Run], keys: list[str]) -> Sweep:
     return Sweep(entity, project, group, [config_key(k, choices) for k in keys])
 
 
-def compare(paths: list[str], out: Path | None = None, sort: str = "val/ce_calibrated", wandb_workspace: bool = False) -> Path:
+def compare(
+    paths: list[str], out: Path | None = None, sort: str = "val/ce_calibrated", wandb_workspace: bool = False, evaluated: bool = False
+) -> Path:
     """Write the report of the runs under `paths` into `out` (default: the one directory given,
-    or the common parent of several) and print its table; returns the report's path."""
+    or the common parent of several) and print its table; returns the report's path. With
+    `evaluated`, the val metrics are those of each run's evaluation_val.json."""
     if sort not in [k for k, *_ in METRICS]:
         raise ConfigError(f"--sort {sort} is not one of {', '.join(k for k, *_ in METRICS)}")
     runs = [read_run(d) for d in find_run_dirs(paths)]
+    evaluated_tokens = use_evaluations(runs) if evaluated else 0
     keys = fill_missing_params(runs)
     rows = group_rows(runs, keys, sort)
     if out is None:
         out = Path(paths[0]) if len(paths) == 1 else Path(os.path.commonpath([Path(p).resolve() for p in paths]))
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_text(out / "report.md", report_markdown(rows, keys, runs, sort, paths))
+        _write_text(out / "report.md", report_markdown(rows, keys, runs, sort, paths, evaluated_tokens))
         _write_text(out / "report.csv", rows_csv(rows, keys))
         _write_text(out / "runs.csv", runs_csv(runs, keys))
         import matplotlib
@@ -604,11 +645,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("paths", nargs="+", help="a multirun directory, or run directories")
     parser.add_argument("--out", type=Path, help="where to write the report (default: the directory given, or the common parent of several)")
     parser.add_argument("--sort", default="val/ce_calibrated", help="the metric rows are sorted by, and plotted against swept numbers (default: %(default)s)")
+    parser.add_argument("--evaluated", action="store_true", help="val metrics from each run's evaluation_val.json (python -m nanolab.evaluate checkpoint=<run>/last.pt: the whole val split) instead of its last in-training evaluation")
     parser.add_argument("--wandb-workspace", action="store_true", help="also save a W&B workspace for the sweep's group (offline: write its definition to wandb_workspace.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with exit_on_config_error(log):
-        compare(args.paths, args.out, args.sort, args.wandb_workspace)
+        compare(args.paths, args.out, args.sort, args.wandb_workspace, args.evaluated)
 
 
 if __name__ == "__main__":
