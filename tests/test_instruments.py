@@ -160,6 +160,7 @@ def test_an_early_stopped_job_does_not_fail_its_sweep(tmp_path):
     ("mse_rescaling", ["loss.k=15", "loss.M=30"]), ("loss_comparison_tuned", ["loss=mse_rescaled"]),
     ("loss_comparison_bpe", ["loss=mse_rescaled_bpe", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"]),
     ("model_size", ["model.n_embd=64", "model.n_layer=2"]), ("double_descent", ["model.n_embd=8", "data.label_noise=0.2"]),
+    ("finetune_shakespeare", ["pretrained=null", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"]),
 ])
 def test_the_presets_run_a_few_steps(tmp_path, experiment, choice):
     cfg = compose_train(f"experiment={experiment}", *choice, "logger.mode=disabled", "trainer.max_iters=4", "trainer.eval_interval=2",
@@ -180,3 +181,11 @@ def test_each_loss_of_a_tuned_comparison_runs_at_its_own_lr(experiment):
     for loss in losses:
         run = compose_train(f"experiment={experiment}", f"loss={loss}")
         assert run.optim.lr == run.tuned_lr[run.loss.name]
+
+
+def test_the_finetune_preset_needs_its_pretrained_weights_named():
+    with pytest.raises(ConfigError, match=r"pretrained: no value given .* e.g. pretrained=\.\.\."):
+        check_config(compose_train("experiment=finetune_shakespeare"))
+    cfg = compose_train("experiment=finetune_shakespeare", "pretrained=runs/pretrained")
+    check_config(cfg)
+    assert cfg.init_from == "runs/pretrained" and cfg.optim.lr == 0.001

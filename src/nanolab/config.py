@@ -403,8 +403,22 @@ def check_config(cfg: DictConfig) -> None:
     """Check a composed training config before anything runs or is written: types against the
     schemas (converting in place), then the values of every group. Raises one ConfigError
     naming the first bad key and what it must be."""
+    missing = missing_keys(cfg)
+    if missing:
+        raise ConfigError(f"{', '.join(missing)}: no value given (the config has ???); set it on the command line, e.g. {missing[0]}=...")
     check_types(cfg)
     check_values(cfg)
+
+
+def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """The dotted keys left at ??? (without resolving interpolations, which may point at them)."""
+    found = []
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            found.append(f"{prefix}{key}")
+        elif isinstance(child := node._get_node(key), DictConfig):
+            found += missing_keys(child, f"{prefix}{key}.")
+    return found
 
 
 # Validation metrics a run can return to a sweeper, all of them lower-is-better.
