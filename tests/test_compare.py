@@ -224,3 +224,15 @@ def test_evaluated_takes_the_val_metrics_from_each_runs_whole_split_evaluation(t
     assert float(row["val/acc_mean"]) == pytest.approx(0.3) and float(row["val/temperature_mean"]) == pytest.approx(1.1)
     assert float(row["best/val/ce_mean"]) == pytest.approx(2.1)  # the lowest in training, not the evaluation's
     assert "whole val split (36,032 tokens)" in (sweep / "report.md").read_text()
+
+
+def test_the_interpolation_point_is_the_smallest_size_that_fits_its_training_set():
+    from nanolab.compare import Row, Run, interpolation_point
+
+    def row(params: float, *train_accs: float) -> Row:
+        runs = [Run(Path("r"), "finished", "", seed, {}, [], {"params": params, "train_eval/acc": acc}) for seed, acc in enumerate(train_accs)]
+        return Row({}, runs)
+
+    # means 0.40, 0.955, 0.968, 0.970: the best is 0.970, and 0.955 is more than 0.01 below it
+    assert interpolation_point([row(1e3, 0.40), row(1e4, 0.95, 0.96), row(2e4, 0.968), row(4e4, 0.97)]) == 2e4
+    assert interpolation_point([row(1e3, 0.30), row(1e4, 0.85)]) is None  # never fits: no point

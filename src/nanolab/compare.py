@@ -44,7 +44,7 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from omegaconf import OmegaConf
@@ -285,6 +285,16 @@ def _human(value: float, _pos: object = None) -> str:
     return f"{value:.3g}"
 
 
+def _log_axis(axis: Any, fmt: Callable[[float, Any], str] = lambda v, _pos=None: f"{v:g}") -> None:
+    """Log-scale `axis` with plain tick labels (1k, 0.003; also at 2 and 5 between powers of
+    ten): matplotlib's own are mathtext, which compare turns off as labels may hold a '$'."""
+    from matplotlib.ticker import FuncFormatter
+
+    (axis.axes.set_xscale if axis.axis_name == "x" else axis.axes.set_yscale)("log")
+    axis.set_major_formatter(FuncFormatter(fmt))
+    axis.set_minor_formatter(FuncFormatter(lambda v, pos: fmt(v, pos) if f"{v:.1g}"[0] in "25" else ""))
+
+
 def _fmt(fmt: str, mean: float, std: float) -> str:
     if math.isnan(mean):
         return ""
@@ -442,9 +452,7 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
             ax.set_ylim(*limits)
             ax.set_xlim(max(float(c[0][-1]) for c in curves) / 2, max(float(c[0][-1]) for c in curves))
         elif metric == "train/loss":
-            ax.set_yscale("log")  # objectives differ in scale by orders of magnitude (mse vs ce)
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}"))
-            ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _pos: f"{y:g}" if f"{y:.1g}"[0] in "25" else ""))
+            _log_axis(ax.yaxis)  # objectives differ in scale by orders of magnitude (mse vs ce)
         elif metric.startswith("val/ce"):  # the untrained model's ln V would set the scale: start after it
             later = [float(v) for tokens, mean, _ in curves for t, v in zip(tokens, mean) if t > 0]
             if later and max(later) > min(later):
@@ -494,7 +502,7 @@ def plot_sharpness(runs: list[Run], keys: list[str], path: Path) -> bool:
         threshold = _series(run, "sharpness/threshold")
         if threshold:
             ax.plot(list(threshold), list(threshold.values()), color=color, ls="--", lw=1.0)
-    ax.set_yscale("log")
+    _log_axis(ax.yaxis)
     ax.set_xlabel("step")
     ax.set_ylabel("top Hessian eigenvalue of the training loss")
     ax.set_title("sharpness; dashed: each run's stability threshold (2/η for GD)")
@@ -520,7 +528,7 @@ def plot_metric_vs_value(rows: list[Row], keys: list[str], key: str, metric: str
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
     xs = [float(row.params[key]) for row in rows]
     if min(xs) > 0 and max(xs) / min(xs) >= 10:
-        ax.set_xscale("log")
+        _log_axis(ax.xaxis)
     ax.set_xlabel(key)
     ax.set_ylabel(f"final {metric} ({UNITS.get(metric, '')}), mean ± std")
     ax.grid(alpha=0.3)
@@ -531,7 +539,10 @@ def plot_metric_vs_value(rows: list[Row], keys: list[str], key: str, metric: str
 def plot_against_size(rows: list[Row], keys: list[str], path: Path) -> None:
     """Final val (solid) and train_eval (dashed) cross-entropy and accuracy against parameter
     count (log x), mean ± std over seeds, one line per value of the swept keys other than
-    model size: where a model starts to fit its training set and what that does on val."""
+    model size: where a model starts to fit its training set and what that does on val. A
+    line whose models fit their training set (train_eval/acc reaching 0.9) gets its
+    interpolation point marked, dotted: the smallest size within INTERPOLATED of its best
+    train_eval/acc."""
     import matplotlib.pyplot as plt
 
     others = [k for k in keys if not k.startswith("model.")]
@@ -549,13 +560,31 @@ def plot_against_size(rows: list[Row], keys: list[str], path: Path) -> None:
                 std = [0.0 if math.isnan(r.stats(metric)[1]) else r.stats(metric)[1] for r in members]
                 ax.errorbar(x, mean, yerr=std, fmt="o" + style, color=color, capsize=3, label=f"{label} ({split})")
             ax.set_ylabel(f"final {val.split('/')[1]} ({unit})")
+        if (point := interpolation_point(members)) is not None:
+            for ax in axes:
+                ax.axvline(point, color=color, ls=":", lw=1.5, label=f"{label} (interpolation: {_human(point)} params)")
     for ax in axes:
-        ax.set_xscale("log")
+        _log_axis(ax.xaxis, _human)
         ax.set_xlabel("parameters")
         ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=7, loc="center right")  # the accuracy panel's middle right is empty once models fit
     axes[0].set_title("solid: val; dashed: train_eval (the training set)", fontsize=9)
     _save_figure(fig, path)
+
+
+# How close to its best train_eval/acc a size must come to count as fitting the training set.
+INTERPOLATED = 0.01
+
+
+def interpolation_point(rows: list[Row]) -> float | None:
+    """The parameter count of the smallest of `rows` (sizes of one line) whose mean
+    train_eval/acc is within INTERPOLATED of the line's best, if that best reaches 0.9."""
+    fits = [(r.stats("params")[0], r.stats("train_eval/acc")[0]) for r in rows]
+    fits = [(n, acc) for n, acc in fits if not math.isnan(acc)]
+    best = max((acc for _, acc in fits), default=math.nan)
+    if not best >= 0.9:
+        return None
+    return min(n for n, acc in fits if acc >= best - INTERPOLATED)
 
 
 def _save_figure(fig: Any, path: Path) -> None:
