@@ -183,9 +183,13 @@ def test_each_loss_of_a_tuned_comparison_runs_at_its_own_lr(experiment):
         assert run.optim.lr == run.tuned_lr[run.loss.name]
 
 
-def test_the_finetune_preset_needs_its_pretrained_weights_named():
+def test_the_finetune_preset_needs_its_pretrained_weights_named(tmp_path):
     with pytest.raises(ConfigError, match=r"pretrained: no value given .* e.g. pretrained=\.\.\."):
         check_config(compose_train("experiment=finetune_shakespeare"))
+    # from the command line (where the config also holds Hydra's node, with its own ???): one line, exit 2
+    proc = run_cli("experiment=finetune_shakespeare", "hydra.mode=RUN", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "pretrained: no value given" in proc.stderr + proc.stdout and "hydra.job" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "run").exists()
     cfg = compose_train("experiment=finetune_shakespeare", "pretrained=runs/pretrained")
     check_config(cfg)
     assert cfg.init_from == "runs/pretrained" and cfg.optim.lr == 0.001

@@ -411,9 +411,12 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:
-    """The dotted keys left at ??? (without resolving interpolations, which may point at them)."""
+    """The dotted keys left at ??? (without resolving interpolations, which may point at them),
+    Hydra's own node left out: Hydra fills its ??? (job id, output dir) itself."""
     found = []
     for key in node:
+        if not prefix and key == "hydra":
+            continue
         if OmegaConf.is_missing(node, key):
             found.append(f"{prefix}{key}")
         elif isinstance(child := node._get_node(key), DictConfig):
