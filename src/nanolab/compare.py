@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -523,9 +524,10 @@ def plot_metric_vs_value(rows: list[Row], keys: list[str], key: str, metric: str
         if n:
             lines.setdefault(row.label(others), []).append((float(row.params[key]), mean, 0.0 if math.isnan(std) else std))
     fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
-    for label, points in sorted(lines.items()):
+    palette = plt.cm.tab10.colors if len(lines) <= 10 else plt.cm.tab20.colors * 5  # no two lines alike
+    for (label, points), color in zip(sorted(lines.items(), key=lambda item: _natural(item[0])), palette):
         x, y, err = zip(*sorted(points))
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, color=color)
     xs = [float(row.params[key]) for row in rows]
     if min(xs) > 0 and max(xs) / min(xs) >= 10:
         _log_axis(ax.xaxis)
@@ -593,6 +595,11 @@ def _save_figure(fig: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def _natural(label: str) -> list[Any]:
+    """A sort key reading the numbers in a label as numbers: k=30 before k=100."""
+    return [float(part) if _is_number(part) else part for part in re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", label)]
 
 
 def _is_number(text: str) -> bool:
