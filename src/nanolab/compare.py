@@ -540,14 +540,16 @@ def plot_metric_vs_value(rows: list[Row], keys: list[str], key: str, metric: str
 
 def plot_against_size(rows: list[Row], keys: list[str], path: Path) -> None:
     """Final val (solid) and train_eval (dashed) cross-entropy and accuracy against parameter
-    count (log x), mean ± std over seeds, one line per value of the swept keys other than
-    model size: where a model starts to fit its training set and what that does on val. A
+    count (log x), mean ± std over seeds, one line per value of the swept keys other than the
+    width (model.n_embd, else the first model key swept; so a width x depth sweep has a line per
+    depth): where a model starts to fit its training set and what that does on val. A
     line whose models fit their training set (train_eval/acc reaching 0.9) gets its
     interpolation point marked, dotted: the smallest size within INTERPOLATED of its best
     train_eval/acc."""
     import matplotlib.pyplot as plt
 
-    others = [k for k in keys if not k.startswith("model.")]
+    size_key = "model.n_embd" if "model.n_embd" in keys else next(k for k in keys if k.startswith("model."))
+    others = [k for k in keys if k != size_key]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
     groups: dict[str, list[Row]] = {}
     for row in rows:
