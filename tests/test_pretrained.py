@@ -4,6 +4,7 @@ directory load into nanolab's model and compute what their own code computes."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -115,9 +116,14 @@ def test_evaluate_and_sample_take_a_nanogpt_checkpoint_on_nanogpts_character_voc
         assert failed.returncode == 2 and "give data.dir=" in failed.stderr + failed.stdout and "Traceback" not in failed.stderr
 
 
-def test_sample_takes_a_hugging_face_gpt2_directory(tmp_path):
+def test_sample_and_evaluate_take_a_hugging_face_gpt2_directory(tmp_path, data_root):
     transformers = pytest.importorskip("transformers", reason="the transformers package (dev extra) is needed to write the directory")
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=64, vocab_size=50257)).save_pretrained(tmp_path / "gpt2")
     out = run_cli(f"checkpoint={tmp_path / 'gpt2'}", "prompt=Hello", "num_samples=1", "max_new_tokens=5", cwd=tmp_path, module="nanolab.sample")
     assert out.stdout.startswith("Hello")
+    data = TokenData.load(compose_train("data=shakespeare").data)  # tiny Shakespeare in GPT-2 tokens
+    run_cli(f"checkpoint={tmp_path / 'gpt2'}", f"data.dir={data_root / 'shakespeare'}", cwd=tmp_path, module="nanolab.evaluate")
+    result = json.loads((tmp_path / "gpt2" / "evaluation_val.json").read_text())  # written into the directory
+    assert result["tokens"] == (len(data.val) - 1) // 64 * 64 and result["step"] is None
+    assert abs(result["ce"] - math.log(50257)) < 0.1  # random weights: about uniform
