@@ -42,9 +42,9 @@ def sizes(dry_run: bool) -> dict[str, list[str]]:
         tiny = ["model=nano", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32", "trainer.batch_size=4",
                 "device=cpu", "dtype=float32", "compile=false", "threads=1", "logger=none"]
         return {
-            "bench": [*tiny, "data=shakespeare", "trainer.log_interval=5", "bench.steps=5", "bench.warmup=5", "bench.repeats=1"],
+            "bench": [*tiny, "data=shakespeare", "trainer.log_interval=5", "trainer.eval_iters=2", "bench.steps=5", "bench.warmup=5", "bench.repeats=1"],
             "head": ["bench.what=head", "device=cpu", "dtype=float32", "threads=1", "bench.head.tokens=512", "bench.head.n_embd=64", "bench.repeats=1"],
-            "torchrun": [*tiny, "trainer.max_iters=400", "trainer.eval_interval=5", "trainer.eval_iters=2"],
+            "torchrun": [*tiny, "trainer.max_iters=100", "trainer.eval_interval=5", "trainer.eval_iters=2"],
             "quickstart": [*tiny, "trainer.max_iters=20", "trainer.eval_interval=10", "trainer.eval_iters=2"],
         }
     gpt2 = ["model=gpt2", "data=shakespeare", "dtype=bfloat16", "compile=true", "trainer.batch_size=16", "logger=none"]
