@@ -64,8 +64,10 @@ CE = {"name": "ce", "ignore_index": -1, "z_loss": 0.0}
 
 @dataclass
 class Subject:
-    """What is evaluated: the model, its data and loss, the head-chunk setting, its step."""
+    """What is evaluated: the file or directory its weights came from, the model, its data and
+    loss, the head-chunk setting, its step."""
 
+    source: Path
     model: torch.nn.Module
     data: TokenData
     loss: DictConfig
@@ -83,7 +85,7 @@ def nanolab_subject(cfg: DictConfig, device: torch.device) -> Subject:
     data = TokenData.load(train_cfg.data)
     if data.meta["vocab_size"] != model.config.vocab_size:
         raise ConfigError(f"{path} was trained on another vocabulary than data/{train_cfg.data.name} now holds")
-    return Subject(model, data, train_cfg.loss, train_cfg.head_chunk_tokens, state["step"])
+    return Subject(path, model, data, train_cfg.loss, train_cfg.head_chunk_tokens, state["step"])
 
 
 def foreign_subject(weights: Weights, cfg: DictConfig, device: torch.device) -> Subject:
@@ -95,7 +97,7 @@ def foreign_subject(weights: Weights, cfg: DictConfig, device: torch.device) -> 
         )
     data = TokenData.read(Path(cfg.data.dir))
     model = model_from_weights(weights, data.meta, "checkpoint").to(device).eval()
-    return Subject(model, data, OmegaConf.create(CE), "auto", weights.step)
+    return Subject(Path(cfg.checkpoint), model, data, OmegaConf.create(CE), "auto", weights.step)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -111,9 +113,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     windows_per_batch = max(1, cfg.batch_tokens // model.config.block_size)
     head_chunk = head_chunk_tokens(subject.head_chunk_tokens, model.config.vocab_size)
     metrics = evaluate_split(model, getattr(subject.data, cfg.split), subject.loss, windows_per_batch, head_chunk, runtime.autocast())
-    given = Path(cfg.checkpoint)
-    source = checkpoint_file(given) if foreign is None else given
-    write_json((given if given.is_dir() else given.parent) / f"evaluation_{cfg.split}.json", {"checkpoint": str(source), "step": subject.step, **metrics})
+    out = subject.source if subject.source.is_dir() else subject.source.parent  # a Hugging Face directory holds its own
+    write_json(out / f"evaluation_{cfg.split}.json", {"checkpoint": str(subject.source), "step": subject.step, **metrics})
     return metrics
 
 

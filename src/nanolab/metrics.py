@@ -182,9 +182,10 @@ class TokenTotals:
             # Rank 0 keeps the first rows over the ranks in order: send only what it can keep.
             before = sum(world.gather(self.kept_rows)[: world.rank])
             room = max(0, CALIBRATION_ELEMENTS // self.kept_logits[0].size(-1) - before) if self.kept_logits else 0
-            mine = (torch.cat(self.kept_logits)[:room].cpu(), torch.cat(self.kept_targets)[:room].cpu()) if room else None
+            kept = (torch.cat(self.kept_logits), torch.cat(self.kept_targets)) if self.kept_logits else None
+            mine = (kept[0][:room].cpu(), kept[1][:room].cpu()) if room else None  # room > 0 only when rows were kept
             if self.kept_rows > room:
-                logits, targets = torch.cat(self.kept_logits)[room:], torch.cat(self.kept_targets)[room:]
+                logits, targets = kept[0][room:], kept[1][room:]
                 counted = targets != self.ignore_index
                 if n := int(counted.sum()):
                     self._add("past_cap_ce", torch.tensor(calibrated_ce(logits[counted], targets[counted]) * n, dtype=torch.float64, device=device))

@@ -26,6 +26,7 @@ import torch
 
 from nanolab import ConfigError
 from nanolab.checkpoint import checkpoint_file, load_checkpoint
+from nanolab.data import GPT2_VOCAB
 from nanolab.model import GPT, GPTConfig
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored in × out by transformers
@@ -82,7 +83,7 @@ def _nanogpt(file: Path, raw: dict) -> Weights:
     state = {k: v for k, v in state.items() if not k.endswith(".attn.bias")}  # old nanoGPT's causal-mask buffer
     config = {k: args[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size") if k in args}
     step = raw.get("iter_num")
-    return Weights(f"nanoGPT checkpoint {file}", state, config, "gpt2" if args.get("vocab_size", 0) >= 50257 else "char", step=step)
+    return Weights(f"nanoGPT checkpoint {file}", state, config, "gpt2" if args.get("vocab_size", 0) >= GPT2_VOCAB else "char", step=step)
 
 
 def _huggingface(directory: Path, key: str) -> Weights:
