@@ -32,7 +32,7 @@ from nanolab.config import EvaluateKeys, check_entry_types
 from nanolab.data import TokenData
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.metrics import TokenTotals, update_totals
-from nanolab.pretrained import Weights, foreign_weights, model_from_weights
+from nanolab.pretrained import Weights, foreign_data_dir, foreign_weights, model_from_weights
 from nanolab.runtime import Runtime, pick_device
 
 log = logging.getLogger("nanolab.evaluate")
@@ -90,12 +90,7 @@ def nanolab_subject(cfg: DictConfig, device: torch.device) -> Subject:
 
 def foreign_subject(weights: Weights, cfg: DictConfig, device: torch.device) -> Subject:
     """nanoGPT's or GPT-2's weights on the prepared data in data.dir, scored with cross-entropy."""
-    if cfg.data.dir is None:
-        raise ConfigError(
-            f"checkpoint={cfg.checkpoint}: a {weights.source.split(' ')[0]} model does not record its data; give data.dir=<a folder a nanolab "
-            "run prepared with the same tokens>, e.g. data.dir=data/shakespeare_char for nanoGPT's shakespeare_char (the same sorted characters)"
-        )
-    data = TokenData.read(Path(cfg.data.dir))
+    data = TokenData.read(foreign_data_dir(weights, cfg.data.dir, cfg.checkpoint))
     model = model_from_weights(weights, data.meta, "checkpoint").to(device).eval()
     return Subject(Path(cfg.checkpoint), model, data, OmegaConf.create(CE), "auto", weights.step)
 

@@ -115,6 +115,17 @@ def _huggingface(directory: Path, key: str) -> Weights:
     return Weights(f"Hugging Face GPT-2 {directory}", state, config, "gpt2")
 
 
+def foreign_data_dir(weights: Weights, data_dir: str | None, location: str) -> Path:
+    """`data.dir` of nanolab.evaluate or nanolab.sample for weights from outside nanolab, which
+    record neither their data nor (nanoGPT's character models: meta.pkl) their vocabulary."""
+    if data_dir is None:
+        raise ConfigError(
+            f"checkpoint={location}: {weights.source} records neither its data nor its vocabulary; give data.dir=<a folder a nanolab run "
+            "prepared with the same tokens>, e.g. data.dir=data/shakespeare_char for nanoGPT's shakespeare_char (the same sorted characters)"
+        )
+    return Path(data_dir)
+
+
 def model_from_weights(weights: Weights, data_meta: dict[str, Any], key: str) -> GPT:
     """A model of the weights' own shape and options (nanoGPT's are nanolab's defaults) holding
     them, for data with `data_meta`; `key` names the weights in messages."""

@@ -18,7 +18,7 @@ from nanolab import ConfigError, exit_on_config_error
 from nanolab.checkpoint import checkpoint_file, load_model
 from nanolab.config import SampleKeys, check_entry_types
 from nanolab.data import GPT2_VOCAB, TokenData, Tokenizer, tokenizer_from_meta
-from nanolab.pretrained import foreign_weights, model_from_weights
+from nanolab.pretrained import foreign_data_dir, foreign_weights, model_from_weights
 from nanolab.runtime import Runtime, pick_device
 
 log = logging.getLogger("nanolab.sample")
@@ -57,15 +57,10 @@ def load_for_sampling(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.M
     if foreign is None:
         model, state = load_model(checkpoint_file(cfg.checkpoint), device)
         return model, tokenizer_from_meta(state["data_meta"])
-    if foreign.tokenizer == "gpt2":
+    if foreign.tokenizer == "gpt2":  # GPT-2's BPE ships with nanolab
         meta = {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB}
-    elif cfg.data.dir is None:
-        raise ConfigError(
-            f"checkpoint={cfg.checkpoint} is a character model whose characters nanoGPT keeps elsewhere (meta.pkl): give data.dir=<a folder "
-            "a nanolab run prepared from the same text>, e.g. data.dir=data/shakespeare_char (nanoGPT's sorted characters)"
-        )
     else:
-        meta = TokenData.read(Path(cfg.data.dir)).meta
+        meta = TokenData.read(foreign_data_dir(foreign, cfg.data.dir, cfg.checkpoint)).meta
     return model_from_weights(foreign, meta, "checkpoint").to(device).eval(), tokenizer_from_meta(meta)
 
 
