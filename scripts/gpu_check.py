@@ -10,8 +10,9 @@ command, exit code and the end of its output) without stopping the others:
 - head: the chunked output head against the whole one at GPT-2's 50,257 tokens;
 - kernels: which scaled-dot-product-attention kernel a training step runs (profiler), and
   whether AdamW runs fused;
-- torchrun: one process with nccl for 50 steps, stopped by SIGTERM after its first
-  checkpoint, then resumed to the end;
+- torchrun: one process with nccl, stopped by SIGTERM after its first checkpoint (its
+  trainer.max_iters is out of reach, so the stop is certain however fast the steps), then
+  resumed for a few more steps to the end;
 - quickstart: `python -m nanolab.train` on the GPU, its wall time and val/ce.
 Everything goes into <out>/gpu_check.json and <out>/gpu_check.md, and each check's own files
 (bench.json, run directories, logs) under <out>/<check>/.
@@ -44,14 +45,14 @@ def sizes(dry_run: bool) -> dict[str, list[str]]:
         return {
             "bench": [*tiny, "data=shakespeare", "trainer.log_interval=5", "trainer.eval_iters=2", "bench.steps=5", "bench.warmup=5", "bench.repeats=1"],
             "head": ["bench.what=head", "device=cpu", "dtype=float32", "threads=1", "bench.head.tokens=512", "bench.head.n_embd=64", "bench.repeats=1"],
-            "torchrun": [*tiny, "trainer.max_iters=100", "trainer.eval_interval=5", "trainer.eval_iters=2"],
+            "torchrun": [*tiny, "trainer.eval_interval=5", "trainer.eval_iters=2"],
             "quickstart": [*tiny, "trainer.max_iters=20", "trainer.eval_interval=10", "trainer.eval_iters=2"],
         }
     gpt2 = ["model=gpt2", "data=shakespeare", "dtype=bfloat16", "compile=true", "trainer.batch_size=16", "logger=none"]
     return {
         "bench": [*gpt2, "trainer.log_interval=10", "bench.steps=30", "bench.warmup=20", "bench.repeats=1"],
         "head": ["bench.what=head", "dtype=bfloat16", "bench.head.tokens=16384", "bench.repeats=3"],
-        "torchrun": [*gpt2[:4], "compile=false", "trainer.batch_size=8", "trainer.max_iters=50", "trainer.eval_interval=25", "trainer.eval_iters=5", "logger=none"],
+        "torchrun": [*gpt2[:4], "compile=false", "trainer.batch_size=8", "trainer.eval_interval=25", "trainer.eval_iters=5", "logger=none"],
         "quickstart": ["logger=none"],
     }
 
@@ -120,14 +121,21 @@ def check_kernels(out: Path, dry_run: bool) -> dict[str, Any]:
     }
 
 
+# The first segment's trainer.max_iters: never reached, so the SIGTERM sent once its first
+# checkpoint exists always finds it running (a short run could end first: a race with the clock).
+UNREACHED = 10**9
+RESUMED_STEPS = 20  # the resumed segment runs this many steps past the stop checkpoint
+
+
 def check_torchrun(out: Path, overrides: list[str], dry_run: bool) -> dict[str, Any]:
-    """50 steps under torchrun (nccl on CUDA), SIGTERM once the first checkpoint exists, resume."""
+    """Under torchrun (nccl on CUDA): SIGTERM once the first checkpoint exists, then resume
+    for RESUMED_STEPS more steps."""
     directory = out / "torchrun" / "run"
     cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "nanolab.train", *overrides, f"hydra.run.dir={directory}"]
     log = out / "torchrun" / "first.txt"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([*cmd, f"trainer.max_iters={UNREACHED}"], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 240
         while proc.poll() is None and not (directory / "last.pt").exists() and time.time() < deadline:
             time.sleep(0.5)
@@ -136,7 +144,8 @@ def check_torchrun(out: Path, overrides: list[str], dry_run: bool) -> dict[str, 
             os.killpg(proc.pid, signal.SIGTERM)
         first_exit = proc.wait(timeout=120)
     first, first_records = read_run(directory)
-    resumed = run([*cmd, "resume=true"], out / "torchrun" / "resume.txt", 300)
+    stopped_at = max((r["step"] for r in first_records), default=0)
+    resumed = run([*cmd, f"trainer.max_iters={stopped_at + RESUMED_STEPS}", "resume=true"], out / "torchrun" / "resume.txt", 300)
     summary, records = read_run(directory)
     train_steps = [r["step"] for r in records if "train/loss" in r]
     return {

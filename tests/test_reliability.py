@@ -450,9 +450,11 @@ def test_threads_setting_applies_and_bad_values_are_named(tmp_path):
     assert "threads=0 must be auto or a number of threads >= 1" in _config_error(tmp_path, "threads=0")
 
 
-def test_evaluate_from_any_directory_and_every_fix_its_error_suggests_works(tmp_path, data_root):
-    """A run trained in a project with its data in ./data, evaluated from elsewhere."""
-    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+def test_evaluate_and_prune_from_any_directory_read_the_runs_own_data(tmp_path, data_root):
+    """A run trained in a project with its data in ./data, evaluated and pruned from elsewhere:
+    its checkpoint says where its data was prepared. Moved away, the fixes the error names
+    (data.dir=, NANOLAB_DATA_DIR) work. Nothing is prepared or written where the command runs."""
+    project, elsewhere, moved = tmp_path / "project", tmp_path / "elsewhere", tmp_path / "moved"
     (project / "data" / "shakespeare_char").mkdir(parents=True)
     shutil.copy(data_root / "shakespeare_char" / "input.txt", project / "data" / "shakespeare_char")
     elsewhere.mkdir()
@@ -464,24 +466,87 @@ def test_evaluate_from_any_directory_and_every_fix_its_error_suggests_works(tmp_
     assert cli("nanolab.train", *TINY, "trainer.max_iters=2", "trainer.eval_interval=2", "logger.mode=disabled",
                f"hydra.run.dir={project}/run", cwd=project).returncode == 0
     checkpoint = f"checkpoint={project}/run"
-    failed = cli("nanolab.evaluate", checkpoint, cwd=elsewhere)
-    assert failed.returncode == 2 and "Traceback" not in failed.stderr
-    message = (failed.stdout + failed.stderr).strip().splitlines()[-1]
-    missing = elsewhere / "data" / "shakespeare_char" / "input.txt"
-    for fix in ("copy input.txt to data/shakespeare_char/input.txt", "point data.raw_path=... at a local copy", "set NANOLAB_DATA_DIR"):
-        assert fix in message, message
-    assert not (elsewhere / "data" / "shakespeare_char" / "meta.json").exists()
-    # Each fix the message names, applied as a user would, works.
-    assert cli("nanolab.evaluate", checkpoint, cwd=elsewhere, NANOLAB_DATA_DIR=str(project / "data")).returncode == 0
-    assert cli("nanolab.evaluate", checkpoint, f"data.raw_path={project}/data/shakespeare_char/input.txt", cwd=elsewhere).returncode == 0
-    shutil.rmtree(elsewhere / "data")
-    missing.parent.mkdir(parents=True)
-    shutil.copy(project / "data" / "shakespeare_char" / "input.txt", missing)
     assert cli("nanolab.evaluate", checkpoint, cwd=elsewhere).returncode == 0
-    # And prepared data alone, pointed at with data.dir, is enough.
-    assert cli("nanolab.evaluate", checkpoint, f"data.dir={project}/data/shakespeare_char", cwd=tmp_path).returncode == 0
+    assert cli("nanolab.prune", checkpoint, "amounts=[0,0.5]", cwd=elsewhere).returncode == 0
+    assert (project / "run" / "prune" / "prune.md").is_file() and list(elsewhere.iterdir()) == []
+    shutil.move(project / "data", moved)
+    failed = cli("nanolab.evaluate", checkpoint, cwd=elsewhere)
+    lines = (failed.stdout + failed.stderr).strip().splitlines()
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr and len(lines) == 1, lines
+    assert "no prepared data for checkpoint=" in lines[0] and "give data.dir=<the folder its run prepared>" in lines[0]
+    assert cli("nanolab.evaluate", checkpoint, cwd=elsewhere, NANOLAB_DATA_DIR=str(moved)).returncode == 0
+    assert cli("nanolab.evaluate", checkpoint, f"data.dir={moved}/shakespeare_char", cwd=elsewhere).returncode == 0
+    assert list(elsewhere.iterdir()) == []
     result = json.loads((project / "run" / "evaluation_val.json").read_text())
     assert result["tokens"] == (111_540 - 1) // 32 * 32
+
+
+def test_a_relaunched_sweep_without_resume_and_a_second_sweep_at_once_overwrite_nothing(tmp_path):
+    """Each job claims its directory as a single run does, and a sweep directory takes one
+    sweep at a time: nothing is run twice, truncated or overwritten, and the sweep says so."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "loss=ce,mse", *TINY, "trainer.max_iters=4", "trainer.eval_interval=2", "logger.mode=disabled", f"hydra.sweep.dir={sweep}"]
+    both = [subprocess.Popen([sys.executable, "-m", "nanolab.train", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outputs = [proc.communicate(timeout=600)[0] for proc in both]
+    codes = sorted(proc.returncode for proc in both)
+    assert codes == [0, 2], outputs
+    refused = outputs[[proc.returncode for proc in both].index(2)]
+    assert "is in use by another sweep (pid" in refused and "Traceback" not in refused
+    jobs = sorted(d for d in sweep.iterdir() if d.is_dir())
+    for job in jobs:
+        steps = [r["step"] for r in records(job) if "train/loss" in r]
+        assert steps == sorted(set(steps)) == [1, 2, 3, 4], (job, steps)
+    kept = {job: snapshot_files(job) for job in jobs}
+
+    proc = run_cli(*args, cwd=tmp_path, check=False)  # relaunched without resume=true
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in text, text
+    assert "2 of 2 jobs did not finish" in text and text.count("already holds a run (finished); continue it with resume=true") >= 2
+    for job in jobs:
+        # Hydra's own record (.hydra/resume-1, the log train.log) gains this attempt; the run is untouched.
+        hydras = (".hydra", "train.log")
+        assert {k: v for k, v in snapshot_files(job).items() if not k.startswith(hydras)} == {k: v for k, v in kept[job].items() if not k.startswith(hydras)}
+        assert (job / ".hydra" / "resume-1" / "refused.json").is_file()
+        assert not (job / "run.lock").exists()
+    assert not (sweep / "sweep.lock").exists()
+
+
+def snapshot_files(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+LONG_MEASUREMENTS = [
+    (["trainer.eval_iters=100000"], "arrived during an evaluation"),  # 100,000 batches a split: minutes
+    (["sharpness.every=1", "sharpness.lanczos_iters=2000", "sharpness.probe_tokens=4096"], "arrived during a sharpness measurement"),
+]
+
+
+@pytest.mark.parametrize("long,message", LONG_MEASUREMENTS, ids=["evaluation", "sharpness"])
+def test_a_stop_during_a_long_measurement_checkpoints_within_seconds_and_the_resume_evaluates_first(tmp_path, long, message):
+    """The step-0 measurement here would take minutes: a SIGTERM abandons it at its next batch
+    (or Lanczos step), the stop checkpoint marks the evaluation due, the resumed run does it."""
+    args = [*RUN, "trainer.max_iters=4", "trainer.eval_interval=2", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "nanolab.train", *args, *long], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # the model's description is logged just before the baseline evaluation
+        if "M parameters" in line:
+            break
+    time.sleep(1.0)
+    signalled = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    elapsed = time.time() - signalled
+    assert proc.returncode == 143 and "Traceback" not in out, out
+    assert elapsed < 15, f"the stop waited {elapsed:.1f} s"
+    assert message in out
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 0 and state["eval_due"]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+    run_cli(*args, "resume=true", cwd=tmp_path)
+    evaluated = [r["step"] for r in records(tmp_path) if "val/ce" in r]
+    assert evaluated == [0, 2, 4]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
 
 
 def test_a_relaunched_sweep_keeps_each_jobs_first_record(tmp_path):

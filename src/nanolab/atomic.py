@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,6 +29,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def unwritable(directory: str | os.PathLike) -> str | None:
+    """Why files cannot be written in `directory` (made if missing), or None when they can:
+    checked by writing one, before any work whose results go there."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

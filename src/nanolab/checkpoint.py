@@ -17,6 +17,7 @@ import math
 import os
 import pickle
 import random
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -24,11 +25,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from nanolab import ConfigError
+from nanolab import ConfigError, StorageError, config_as_data
 from nanolab.atomic import atomic_path
 from nanolab.data import stream_seed
 from nanolab.model import GPT, GPTConfig
-from nanolab.optim import state_classes
+from nanolab.optim import OPTIMIZERS, state_classes
 
 if TYPE_CHECKING:
     from nanolab.run import Run
@@ -78,16 +79,18 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
         for parent in parents:
             node = node.setdefault(parent, {})
         node.setdefault(key, value)
-    data = config.get("data", {})
-    for key, default in (("dir", f"data/{data.get('name')}"), ("raw_path", "data/shakespeare_char/input.txt")):
-        if data.get(key) == default:  # a default location saved resolved, relative to the working directory
-            data[key] = "${oc.env:NANOLAB_DATA_DIR,data}" + default.removeprefix("data")
+    # Where the run prepared its data, read (never written) by evaluate and prune: recorded
+    # since this key exists; before, only a data.dir saved as an absolute path says it.
+    saved_dir = config.get("data", {}).get("dir")
+    state.setdefault("data_dir", saved_dir if isinstance(saved_dir, str) and Path(saved_dir).is_absolute() else None)
+    state.setdefault("data_meta", {}).setdefault("name", config.get("data", {}).get("name"))
     if config.get("optim", {}).get("name") == "adamw":
         config["optim"].setdefault("fused", "auto")
     state["model_config"].setdefault("logit_softcap", None)
     for key, value in MODEL_OPTIONS_ADDED.items():
         state["model_config"].setdefault(key, value)
     state.setdefault("skipped_steps", 0)
+    state.setdefault("eval_due", False)
     state.setdefault("early_stop", {"best": math.inf, "evals_without_improvement": 0, "stopped": False})
     state.setdefault("rng_ranks", [state["rng"]])  # saved before DDP: one process
     for rng in (state["rng"], *state["rng_ranks"]):
@@ -136,17 +139,16 @@ class Checkpointer:
             save_checkpoint(self.directory / "best.pt", checkpoint)
 
 
-DATA_LOCATIONS = ("dir", "raw_path", "path")
-
-
 def saved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The config a checkpoint keeps: resolved, except the data locations, kept as given (by
-    default relative to the data root, `${oc.env:NANOLAB_DATA_DIR,data}/...`), so that the
-    checkpoint is evaluated from any working directory and NANOLAB_DATA_DIR is honoured."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    given = OmegaConf.to_container(cfg.data, resolve=False)
-    config["data"] |= {k: given[k] for k in DATA_LOCATIONS if k in given}
-    return config
+    """The config a checkpoint keeps, resolved: a record of the run, which nothing reading the
+    checkpoint takes as an instruction (see `run_config`)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run_config(state: dict[str, Any]) -> DictConfig:
+    """The config of a loaded checkpoint as data: interpolations in it (a checkpoint may come
+    from anyone) read back as written text, never resolved from the environment."""
+    return OmegaConf.create(config_as_data(state["config"]))
 
 
 def capture_rng_state(device: torch.device) -> dict:
@@ -173,8 +175,15 @@ def restore_rng_state(state: dict, device: torch.device) -> None:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write `state` (plus the format version) to `path` atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"format": FORMAT, **state}, tmp)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError from its writer
+        free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+        raise StorageError(
+            f"could not write the checkpoint {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+            f"{free / 2**20:.0f} MiB free there); the previous {path.name}, if any, is intact"
+        ) from None
     for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
 
@@ -206,14 +215,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return upgrade(state)
 
 
-def checkpoint_file(path: str | Path) -> Path:
-    """A run directory means its best.pt (else last.pt); a file is taken as it is."""
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # a Hugging Face GPT-2 directory's weights, beside its config.json
+
+
+def checkpoint_file(path: str | Path, key: str = "checkpoint") -> Path:
+    """A run directory means its best.pt (else last.pt); a file is taken as it is. `key` is
+    the config key that named it, for messages."""
     p = Path(path)
     if p.is_dir():
         for name in ("best.pt", "last.pt"):
             if (p / name).is_file():
                 return p / name
-        raise ConfigError(f"checkpoint={path} is a directory without best.pt or last.pt")
+        weights = [name for name in HF_WEIGHTS if (p / name).is_file()]
+        if weights:
+            raise ConfigError(f"{key}={path} holds {weights[0]} but no config.json: a Hugging Face GPT-2 directory needs both")
+        raise ConfigError(f"{key}={path} is a directory without best.pt or last.pt (nor a Hugging Face config.json)")
     return p
 
 
@@ -283,7 +299,14 @@ def resume_changes(path: Path, saved: dict, now: dict, allowed: list[str]) -> li
             f"resume from {path} would change what the run computes: {diffs}. Resume with the checkpoint's values, "
             f"or name the keys to change on purpose: allow_changes=[{','.join(refused)}]"
         )
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed]
+    fresh = bool(new.get("fresh_optimizer"))
+    if "optim.name" in changed and OPTIMIZERS.get(old.get("optim.name")) is not OPTIMIZERS.get(new.get("optim.name")) and not fresh:
+        raise ConfigError(
+            f"resume from {path} with optim.name={new.get('optim.name')}: the checkpoint holds {old.get('optim.name')}'s state, which "
+            f"{new.get('optim.name')} cannot continue from; add fresh_optimizer=true to start its state afresh, or resume with "
+            f"optim={old.get('optim.name')}"
+        )
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed] + (["the optimizer state started afresh (fresh_optimizer=true)"] if fresh else [])
 
 
 def check_compatible(path: Path, state: dict, model_config: dict) -> None:

@@ -27,7 +27,7 @@ gaps. The curves stay the in-training evaluations.
 With --wandb-workspace it also saves the sweep's W&B workspace (nanolab/workspace.py), or
 writes its definition to wandb_workspace.json when W&B is offline. It prints the table too.
 A configuration is a run's overrides without its seed and without
-keys that do not change what a run computes (resume, allow_changes, device, compile, logger.*, hydra.*).
+keys that do not change what a run computes (resume, allow_changes, fresh_optimizer, device, compile, logger.*, hydra.*).
 Only finished (or early-stopped) runs enter the statistics; the others are listed with their
 status and error.
 """
@@ -50,7 +50,7 @@ from typing import Any, Callable
 import yaml
 from omegaconf import OmegaConf
 
-from nanolab import ENDED_AS_PLANNED, ConfigError, exit_on_config_error
+from nanolab import ENDED_AS_PLANNED, ConfigError, config_as_data, exit_on_config_error
 from nanolab.atomic import atomic_path
 from nanolab.tracking import wandb_group
 from nanolab.workspace import Sweep, config_key, publish
@@ -74,7 +74,7 @@ SIZE = [("params", "params"), ("flops_per_token", "FLOPs/token")]
 TRAIN_EVAL = ("train_eval/ce", "train_eval/acc")
 # The metrics --evaluated takes from a run's evaluation_val.json, as its val/<name>.
 EVALUATED = ("ce", "ce_calibrated", "temperature", "acc", "ece")
-IDENTITY_FREE_KEYS = ("resume", "allow_changes", "device", "compile", "logger", "hydra")  # and their sub-keys
+IDENTITY_FREE_KEYS = ("resume", "allow_changes", "fresh_optimizer", "device", "compile", "logger", "hydra")  # and their sub-keys
 
 
 @dataclass
@@ -127,20 +127,36 @@ def _is_identity_free(key: str) -> bool:
     return key.split(".", 1)[0] in IDENTITY_FREE_KEYS
 
 
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_record(record: Any) -> bool:
+    """A metrics.jsonl record as nanolab writes it: an object with an integer step, its tokens
+    and time_s, and numbers for values but for a run's closing `status` marker."""
+    return (
+        isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool)
+        and _numeric(record.get("tokens")) and _numeric(record.get("time_s"))
+        and all(_numeric(v) or (k == "status" and isinstance(v, str)) for k, v in record.items())
+    )
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """A metrics.jsonl, read defensively: a torn line (a process killed mid-write) is left
-    out and a step logged twice of the same kind (two runs in one directory) is kept once,
-    each with a warning naming the file and line."""
+    """A metrics.jsonl, read defensively: a torn line (a process killed mid-write) or one that
+    is not a record is left out and a step logged twice of the same kind (two runs in one
+    directory) is kept once, each with a warning naming the file and line."""
     records, seen = [], {}
     if not path.is_file():
         return records
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         try:
             record = json.loads(line)
-            key = (record["step"], tuple(sorted(k for k in record if k not in ("step", "tokens", "time_s"))))
-        except (ValueError, KeyError, TypeError):
+        except ValueError:
+            record = None
+        if not _is_record(record):
             log.warning("%s line %d is torn or not a record (a process killed mid-write?); left out", path, number)
             continue
+        key = (record["step"], tuple(sorted(k for k in record if k not in ("step", "tokens", "time_s"))))
         if key in seen:
             log.warning("%s line %d logs step %d again (first at line %d): two runs wrote here? the first is kept", path, number, key[0], seen[key])
             continue
@@ -156,12 +172,19 @@ def read_run(path: Path) -> Run:
         summary = json.loads((path / "summary.json").read_text())
     except (OSError, ValueError):
         summary = {"status": "incomplete", "error": "no summary.json: killed, or still running"}
+    if not isinstance(summary, dict) or not isinstance(summary.get("status", ""), str):
+        log.warning("%s is not a run's summary (a JSON object with a status); the run is left out", path / "summary.json")
+        summary = {"status": "unreadable", "error": "summary.json is not a run's summary"}
     overrides = _read_yaml(path / ".hydra" / "overrides.yaml") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        log.warning("%s is not a list of overrides; ignored", path / ".hydra" / "overrides.yaml")
+        overrides = []
     params = {}
     for override in overrides:
         key, _, value = override.partition("=")
         params[key.lstrip("+~")] = value
-    config = _read_yaml(path / ".hydra" / "config.yaml") or {}
+    config = _read_yaml(path / ".hydra" / "config.yaml")
+    config = config if isinstance(config, dict) else {}
     seed = config.get("seed", params.get("seed"))
     params = {k: v for k, v in params.items() if k != "seed" and not _is_identity_free(k)}
     return Run(path, summary.get("status", "unknown"), summary.get("error", ""), seed, params, records, run_values(records, summary, path))
@@ -175,7 +198,7 @@ def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Pa
         return {}
     values = {k: evals[-1][k] for k in [*(k for k, *_ in METRICS), *TRAIN_EVAL] if k in evals[-1]}
     if summary.get("status") in ENDED_AS_PLANNED:  # its summary holds the final evaluation for sure
-        final = {k: summary[f"final/{k}"] for k in values if f"final/{k}" in summary}
+        final = {k: summary[f"final/{k}"] for k in values if _numeric(summary.get(f"final/{k}"))}
         if any(final[k] != values[k] for k in final):
             log.warning("%s: metrics.jsonl's last evaluation (step %d) is not summary.json's final one: the summary's is reported", where, evals[-1]["step"])
         values |= final
@@ -183,8 +206,8 @@ def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Pa
     speeds = [r["perf/tokens_per_s"] for r in records if "perf/tokens_per_s" in r]
     if speeds:
         values["perf/tokens_per_s"] = statistics.median(speeds)
-    values["wall_time_s"] = summary.get("wall_time_s", records[-1]["time_s"])
-    values |= {k: float(summary[k]) for k, _ in SIZE if k in summary}
+    values["wall_time_s"] = summary["wall_time_s"] if _numeric(summary.get("wall_time_s")) else max(r["time_s"] for r in records)
+    values |= {k: float(summary[k]) for k, _ in SIZE if _numeric(summary.get(k))}
     return values
 
 
@@ -233,9 +256,9 @@ def _configured_value(run_dir: Path, key: str) -> str:
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     if isinstance(node, str) and "${" in node:  # Hydra saves config.yaml unresolved: a preset's ${tuned_lr.${loss.name}}
-        try:
-            node = OmegaConf.select(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), key)
-        except Exception:  # an interpolation that needs the run's environment: keep it as written
+        try:  # references to other keys resolve; resolvers (${oc.env:...}) in a file from elsewhere stay text
+            node = OmegaConf.select(OmegaConf.create(config_as_data(_read_yaml(run_dir / ".hydra" / "config.yaml"), references=True)), key)
+        except Exception:  # an interpolation that cannot be resolved from the file alone: keep it as written
             pass
     return "?" if node is None else str(node)
 
@@ -635,6 +658,15 @@ def wandb_sweep(runs: list[Run], keys: list[str]) -> Sweep:
     return Sweep(entity, project, group, [config_key(k, choices) for k in keys])
 
 
+def offline_run_folders(run_dirs: list[Path]) -> str:
+    """The offline W&B folders of the runs, as `wandb sync` takes them: each run keeps its own
+    under <run dir>/wandb/ (one pattern for the runs of one sweep)."""
+    parents = {d.parent for d in run_dirs}
+    if len(parents) == 1 and len(run_dirs) > 1:
+        return f"{parents.pop()}/*/wandb/offline-run-*"
+    return " ".join(f"{d}/wandb/offline-run-*" for d in run_dirs)
+
+
 def compare(
     paths: list[str], out: Path | None = None, sort: str = "val/ce_calibrated", wandb_workspace: bool = False, evaluated: bool = False
 ) -> Path:
@@ -674,7 +706,8 @@ def compare(
         print(f"not finished, left out: {r.dir} ({r.status}{': ' + r.error if r.error else ''})")
     print(f"report: {out / 'report.md'} (and report.csv, runs.csv, curves.png, final.png)")
     if wandb_workspace:
-        print(publish(wandb_sweep(runs, keys), out, f"python -m nanolab.compare {' '.join(paths)} --wandb-workspace"))
+        command = f"python -m nanolab.compare {' '.join(paths)} --wandb-workspace"
+        print(publish(wandb_sweep(runs, keys), out, command, offline_run_folders([run.dir for run in runs])))
     return out / "report.md"
 
 

@@ -75,6 +75,7 @@ class TrainKeys:
     init_from: Optional[str] = MISSING
     resume: Any = MISSING
     allow_changes: list[str] = field(default_factory=lambda: MISSING)
+    fresh_optimizer: bool = MISSING
     objective: str = MISSING
 
 
@@ -104,6 +105,7 @@ class PruneKeys:
     prune_embeddings: bool = MISSING
     out: Optional[str] = MISSING
     device: str = MISSING
+    data: Any = MISSING  # {dir}: a string or null
 
 
 @dataclass
@@ -116,7 +118,7 @@ class EvaluateKeys:
     device: str = MISSING
     dtype: Dtype = MISSING
     cpu_keep_freed_memory: bool = MISSING
-    data: Any = MISSING  # {dir, raw_path, path}: strings or null
+    data: Any = MISSING  # {dir}: a string or null
 
 
 @dataclass
@@ -437,7 +439,7 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be > 0")
     if trainer.grad_clip < 0:
         raise ConfigError(f"trainer.grad_clip={trainer.grad_clip} must be >= 0 (0 turns clipping off)")
-    if trainer.early_stop.patience < 0 or trainer.early_stop.min_delta < 0:
+    if trainer.early_stop.patience < 0 or not trainer.early_stop.min_delta >= 0:  # NaN too
         raise ConfigError(f"trainer.early_stop.patience={trainer.early_stop.patience} and min_delta={trainer.early_stop.min_delta} must be >= 0 (patience 0: off)")
     if cfg.data.train_tokens is not None and not cfg.data.train_tokens > cfg.model.block_size:
         raise ConfigError(f"data.train_tokens={cfg.data.train_tokens} must be null (all) or more than model.block_size={cfg.model.block_size}")

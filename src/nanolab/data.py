@@ -416,15 +416,76 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
         )
 
     log.info("preparing %s in %s", cfg.name, directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "meta.json").unlink(missing_ok=True)  # invalid until the new bins are complete
-    _start_preparing(directory, source_hash)
-    meta = _prepare_from_text(cfg, text) if text is not None else _prepare_from_hf(cfg)
-    meta = {"name": cfg.name, "source_hash": source_hash} | meta
-    write_json(directory / "meta.json", meta)
-    (directory / PREPARING).unlink()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "meta.json").unlink(missing_ok=True)  # invalid until the new bins are complete
+        _start_preparing(directory, source_hash)
+        meta = _prepare_from_text(cfg, text) if text is not None else _prepare_from_hf(cfg)
+        meta = {"name": cfg.name, "source_hash": source_hash} | meta
+        write_json(directory / "meta.json", meta)
+        (directory / PREPARING).unlink()
+    except OSError as e:
+        raise DataError(
+            f"data.dir={directory} cannot be written ({e.strerror or e}: {e.filename or directory}); "
+            "give data.dir=<a writable folder> (or set NANOLAB_DATA_DIR) to prepare the data there"
+        ) from None
     log.info("%s: %d train / %d val tokens, vocabulary %d", cfg.name, meta["train_tokens"], meta["val_tokens"], meta["vocab_size"])
     return meta
+
+
+# --- prepared data for a trained model (read only) ------------------------------------------
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def data_root() -> Path:
+    """The project's own data root: NANOLAB_DATA_DIR, else ./data."""
+    return Path(os.environ.get("NANOLAB_DATA_DIR") or "data")
+
+
+def same_vocabulary(found: dict, wanted: dict) -> str | None:
+    """None when prepared data with meta `found` has the tokens of `wanted` (a checkpoint's
+    data meta), else what differs."""
+    if found.get("tokenizer") != wanted.get("tokenizer"):
+        return f"{found.get('tokenizer')} tokens where the model was trained on {wanted.get('tokenizer')} tokens"
+    if wanted.get("tokenizer") == "char" and found.get("chars") != wanted.get("chars"):
+        return f"another character set ({len(found.get('chars') or [])} characters, the model's {len(wanted.get('chars') or [])})"
+    if found.get("vocab_size") != wanted.get("vocab_size"):
+        return f"a vocabulary of {found.get('vocab_size')} tokens, the model's {wanted.get('vocab_size')}"
+    return None
+
+
+def trained_data(wanted: dict, given: str | None, recorded: str | None, what: str) -> TokenData:
+    """The prepared data of a trained model whose data had meta `wanted`, read only: from
+    `given` (the user's data.dir) alone when set; otherwise from `recorded` (where the run
+    prepared it, as its checkpoint says) or the project's data root (NANOLAB_DATA_DIR or
+    ./data, under the data's name). Nothing is prepared, downloaded, written or deleted: the
+    checkpoint's own config is information, never an instruction. The data must hold the
+    model's vocabulary; `what` names the model in messages."""
+    if given is not None:
+        candidates = [Path(given)]
+    else:
+        name = wanted.get("name")
+        plain = isinstance(name, str) and _PLAIN_NAME.fullmatch(name) is not None
+        candidates = [Path(recorded)] if recorded else []
+        candidates += [data_root() / name] if plain else []
+    tried = []
+    for directory in dict.fromkeys(candidates):
+        meta = _read_meta(directory)
+        differs = "no complete prepared data (meta.json, train and val bins)" if meta is None else same_vocabulary(meta, wanted)
+        if differs is None:
+            if meta.get("source_hash") != wanted.get("source_hash"):
+                log.warning("%s holds other text than %s was trained on (data hash %s, the model's %s)",
+                            directory, what, str(meta.get("source_hash"))[:12], str(wanted.get("source_hash"))[:12])
+            return TokenData.read(directory, meta)
+        tried.append(f"{directory}: {differs}")
+    if given is not None:
+        raise DataError(f"data.dir={given} does not fit {what}: {tried[0].split(': ', 1)[1]}; give the folder its run prepared")
+    raise DataError(
+        f"no prepared data for {what} (data {wanted.get('name')!r}, {wanted.get('tokenizer')} tokens) was found"
+        + (f" ({'; '.join(tried)})" if tried else "")
+        + ": give data.dir=<the folder its run prepared>, or prepare it with a training run on the same data"
+    )
 
 
 # --- sampling batches ------------------------------------------------------------------------
@@ -481,6 +542,11 @@ class TokenData:
         val split stay clean."""
         if not fraction:
             return
+        if self.vocab_size < 2:
+            raise DataError(
+                f"data.label_noise={fraction} needs at least two tokens to replace a target by another; "
+                f"data={self.meta['name']} has a vocabulary of {self.vocab_size}: use data.label_noise=0 or more varied text"
+            )
         rng = np.random.default_rng(seed)
         targets = np.array(self.train)
         positions = 1 + rng.choice(len(targets) - 1, size=round(fraction * (len(targets) - 1)), replace=False)

@@ -6,9 +6,12 @@
 
 The split is cut into consecutive windows of the model's context (every token is predicted
 once; the first tokens of a window see a shorter context). Prints the metrics and writes them
-to evaluation_<split>.json beside the checkpoint (into a Hugging Face directory). A nanolab
-checkpoint brings its data and loss; nanoGPT's and GPT-2's weights are scored with
-cross-entropy on the prepared data in data.dir, which must hold the same tokens (a folder a
+to evaluation_<split>.json beside the checkpoint (into a Hugging Face directory); where that
+folder is not writable, the metrics are printed only. A nanolab checkpoint brings its loss and
+finds its prepared data, read only, where its run prepared it or under the data root
+(NANOLAB_DATA_DIR, else ./data), unless data.dir names the folder; nothing is prepared or
+downloaded, whatever the checkpoint's config says. nanoGPT's and GPT-2's weights are scored
+with cross-entropy on the prepared data in data.dir, which must hold the same tokens (a folder a
 nanolab run prepared: nanoGPT's shakespeare_char has the same sorted characters).
 """
 
@@ -25,11 +28,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from nanolab import ConfigError, exit_on_config_error
-from nanolab.atomic import write_json
-from nanolab.checkpoint import checkpoint_file, load_model
+from nanolab import ConfigError, StorageError, exit_on_config_error
+from nanolab.atomic import unwritable, write_json
+from nanolab.checkpoint import checkpoint_file, load_model, run_config
 from nanolab.config import EvaluateKeys, check_entry_types
-from nanolab.data import TokenData
+from nanolab.data import TokenData, trained_data
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.metrics import TokenTotals, update_totals
 from nanolab.pretrained import Weights, foreign_data_dir, foreign_weights, model_from_weights
@@ -76,15 +79,12 @@ class Subject:
 
 
 def nanolab_subject(cfg: DictConfig, device: torch.device) -> Subject:
-    """A nanolab checkpoint with the data, loss and head chunk of its run."""
+    """A nanolab checkpoint with its run's loss and head chunk, on its run's prepared data
+    (read only: see data.trained_data)."""
     path = checkpoint_file(cfg.checkpoint)
     model, state = load_model(path, device)
-    train_cfg = OmegaConf.create(state["config"])
-    # The checkpoint's data locations (by default under NANOLAB_DATA_DIR, else ./data), unless given here.
-    train_cfg.data.merge_with({k: v for k, v in cfg.data.items() if v is not None and k in train_cfg.data})
-    data = TokenData.load(train_cfg.data)
-    if data.meta["vocab_size"] != model.config.vocab_size:
-        raise ConfigError(f"{path} was trained on another vocabulary than data/{train_cfg.data.name} now holds")
+    train_cfg = run_config(state)
+    data = trained_data(state["data_meta"], cfg.data.dir, state["data_dir"], f"checkpoint={path}")
     return Subject(path, model, data, train_cfg.loss, train_cfg.head_chunk_tokens, state["step"])
 
 
@@ -107,18 +107,26 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model = subject.model
     windows_per_batch = max(1, cfg.batch_tokens // model.config.block_size)
     head_chunk = head_chunk_tokens(subject.head_chunk_tokens, model.config.vocab_size)
-    metrics = evaluate_split(model, getattr(subject.data, cfg.split), subject.loss, windows_per_batch, head_chunk, runtime.autocast())
     out = subject.source if subject.source.is_dir() else subject.source.parent  # a Hugging Face directory holds its own
-    write_json(out / f"evaluation_{cfg.split}.json", {"checkpoint": str(subject.source), "step": subject.step, **metrics})
+    reason = unwritable(out)
+    if reason:
+        log.warning("%s is not writable (%s): the metrics are printed, not saved", out, reason)
+    metrics = evaluate_split(model, getattr(subject.data, cfg.split), subject.loss, windows_per_batch, head_chunk, runtime.autocast())
+    for key, value in metrics.items():  # printed first: a failed write loses nothing
+        print(f"{cfg.split}/{key:14s} {value:.4f}" if isinstance(value, float) else f"{cfg.split}/{key:14s} {value}", flush=True)
+    if not reason:
+        path = out / f"evaluation_{cfg.split}.json"
+        try:
+            write_json(path, {"checkpoint": str(subject.source), "step": subject.step, **metrics})
+        except OSError as e:
+            raise StorageError(f"could not write {path} ({e.strerror or e}); the metrics are printed above") from None
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     with exit_on_config_error(log):
-        metrics = run(cfg)
-    for key, value in metrics.items():
-        print(f"{cfg.split}/{key:14s} {value:.4f}" if isinstance(value, float) else f"{cfg.split}/{key:14s} {value}")
+        run(cfg)
 
 
 if __name__ == "__main__":

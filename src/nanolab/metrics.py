@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Sequence
 
 import torch
 from omegaconf import DictConfig
 from torch.nn import functional as F
 
+from nanolab import Abandoned
 from nanolab.data import BatchSampler, TokenData
 from nanolab.distributed import World
 from nanolab.losses import LossFn
@@ -258,35 +260,47 @@ def evaluate(
     head_chunk: int = 0,
     world: World = World(),
     train_windows: tuple[torch.Tensor, torch.Tensor] | None = None,
+    stop: Sequence[int] = (),
 ) -> dict[str, float]:
     """`val/<m>` and `train_eval/<m>` over eval_iters batches of each split, for m in loss, ce,
     ppl, bpt, acc, acc_top5, brier, ece; for val also ce_calibrated and temperature (on rank 0
     alone under DDP). Under DDP each rank evaluates a consecutive share of the batches and the
     totals are combined, so the metrics are those of one process evaluating them all. The
     training batches have the training targets (label noise included); given `train_windows`
-    (a full-batch run's whole training set), train_eval is over exactly those."""
+    (a full-batch run's whole training set), train_eval is over exactly those. Once `stop` is
+    non-empty (a signal arrived: the trainer's stop requests) it raises Abandoned at the next
+    batch, so a stop never waits for a whole evaluation."""
     device = next(model.parameters()).device
     mine = range(eval_iters * world.rank // world.size, eval_iters * (world.rank + 1) // world.size)
     model.eval()
     metrics = {}
-    for split, prefix in (("train", "train_eval"), ("val", "val")):
-        totals = TokenTotals(calibrate=split == "val")
-        if split == "train" and train_windows is not None:
-            for x, y in zip(*(t.split(batch_size) for t in train_windows)):
-                with autocast:
-                    update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
-        else:
-            targets = data.train_targets if split == "train" else None
-            sampler = BatchSampler(getattr(data, split), batch_size, model.config.block_size, EVAL_SEED, device, targets=targets)
-            for i in range(mine.stop):
-                x, y = sampler.next_batch()  # drawn on every rank, so each rank's share is the same batches
-                if i in mine:
+    try:
+        for split, prefix in (("train", "train_eval"), ("val", "val")):
+            totals = TokenTotals(calibrate=split == "val")
+            if split == "train" and train_windows is not None:
+                for x, y in zip(*(t.split(batch_size) for t in train_windows)):
+                    _check_stop(stop)
                     with autocast:
                         update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
-        totals.combine(world, device)
-        metrics |= {f"{prefix}/{k}": v for k, v in totals.compute(device).items()}
-    model.train()
+            else:
+                targets = data.train_targets if split == "train" else None
+                sampler = BatchSampler(getattr(data, split), batch_size, model.config.block_size, EVAL_SEED, device, targets=targets)
+                for i in range(mine.stop):
+                    x, y = sampler.next_batch()  # drawn on every rank, so each rank's share is the same batches
+                    if i in mine:
+                        _check_stop(stop)
+                        with autocast:
+                            update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
+            totals.combine(world, device)
+            metrics |= {f"{prefix}/{k}": v for k, v in totals.compute(device).items()}
+    finally:
+        model.train()
     return metrics
+
+
+def _check_stop(stop: Sequence[int]) -> None:
+    if stop:
+        raise Abandoned(f"signal {stop[0]} arrived during an evaluation")
 
 
 def flops_per_token(model: GPT) -> float:

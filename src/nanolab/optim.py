@@ -229,6 +229,8 @@ def _warmup(step: int, warmup_iters: int) -> float:
 
 def _cosine(cfg: DictConfig, base_lr: float) -> Callable[[int], float]:
     """Linear warmup, then cosine decay to min_lr at decay_iters, then min_lr."""
+    if not cfg.min_lr >= 0:
+        raise ConfigError(f"schedule.min_lr={cfg.min_lr} must be >= 0 (a negative learning rate climbs the loss)")
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_iters:
@@ -267,6 +269,8 @@ def wsd_multiplier(step: int, warmup_iters: int, total_iters: int, decay_frac: f
 
 def _wsd(cfg: DictConfig, base_lr: float) -> Callable[[int], float]:
     """Linear warmup, flat, then a decay over the last `decay_frac` of the run to `final_frac`."""
+    if not cfg.total_iters > 0:
+        raise ConfigError(f"schedule.total_iters={cfg.total_iters} must be > 0 (the steps the schedule spans; by default trainer.max_iters)")
     if not 0 <= cfg.decay_frac <= 1:
         raise ConfigError(f"schedule.decay_frac={cfg.decay_frac} must be in [0, 1]")
     if not 0 <= cfg.final_frac <= 1:

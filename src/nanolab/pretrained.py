@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file as load_safetensors
 
 from nanolab import ConfigError
 from nanolab.checkpoint import checkpoint_file, load_checkpoint
@@ -50,7 +51,7 @@ def read_weights(location: str, key: str = "init_from") -> Weights:
     foreign = foreign_weights(location, key)
     if foreign is not None:
         return foreign
-    file = checkpoint_file(location)
+    file = checkpoint_file(location, key)
     state = load_checkpoint(file)
     meta = state["data_meta"]
     return Weights(f"nanolab checkpoint {file}", state["model"], state["model_config"], meta["tokenizer"], meta.get("chars"), state["step"])
@@ -67,7 +68,7 @@ def foreign_weights(location: str, key: str) -> Weights | None:
         )
     if path.is_dir() and (path / "config.json").is_file():
         return _huggingface(path, key)
-    file = checkpoint_file(path)
+    file = checkpoint_file(path, key)
     try:
         raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a plain-tensor file: a nanolab checkpoint with optimizer classes, or damaged (load_checkpoint says)
@@ -86,24 +87,28 @@ def _nanogpt(file: Path, raw: dict) -> Weights:
     return Weights(f"nanoGPT checkpoint {file}", state, config, "gpt2" if args.get("vocab_size", 0) >= GPT2_VOCAB else "char", step=step)
 
 
-def _huggingface(directory: Path, key: str) -> Weights:
-    hf = json.loads((directory / "config.json").read_text())
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise ConfigError(f"{key}={directory} holds a {hf.get('model_type')} model; nanolab reads GPT-2 (GPT2LMHeadModel) directories")
-    if (directory / "model.safetensors").is_file():
-        from safetensors.torch import load_file
+HF_CONFIG_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")  # what a GPT-2 config.json must give
 
-        raw = load_file(directory / "model.safetensors")
-    elif (directory / "pytorch_model.bin").is_file():
-        raw = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    else:
-        raise ConfigError(f"{key}={directory} has config.json but neither model.safetensors nor pytorch_model.bin")
+
+def _huggingface(directory: Path, key: str) -> Weights:
+    config_file = directory / "config.json"
+    try:
+        hf = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{key}={directory}: {config_file} is unreadable or not JSON ({e}); download it again") from None
+    if not isinstance(hf, dict) or hf.get("model_type", "gpt2") != "gpt2":
+        kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
+        raise ConfigError(f"{key}={directory} holds a {kind} model; nanolab reads GPT-2 (GPT2LMHeadModel) directories")
+    lacking = [k for k in HF_CONFIG_KEYS if not isinstance(hf.get(k), int)]
+    if lacking:
+        raise ConfigError(f"{key}={directory}: {config_file} lacks {', '.join(lacking)} (a whole number each); download it again")
+    raw = _hf_weights(directory, key)
     eps = hf.get("layer_norm_epsilon", 1e-5)
-    if abs(eps - 1e-5) > 1e-12:
+    if not isinstance(eps, (int, float)) or abs(eps - 1e-5) > 1e-12:
         raise ConfigError(f"{key}={directory} uses LayerNorm eps {eps}; nanolab's is 1e-5")
     state = {}
-    for key, tensor in raw.items():
-        name = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
+    for stored, tensor in raw.items():
+        name = stored if stored.startswith(("transformer.", "lm_head.")) else f"transformer.{stored}"
         if name.endswith((".attn.bias", ".attn.masked_bias")):
             continue  # causal-mask buffers, not weights
         state[name] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
@@ -113,6 +118,24 @@ def _huggingface(directory: Path, key: str) -> Weights:
         "vocab_size": hf["vocab_size"], "bias": True, "gelu": "tanh" if hf.get("activation_function", "gelu_new") != "gelu" else "exact",
     }
     return Weights(f"Hugging Face GPT-2 {directory}", state, config, "gpt2")
+
+
+def _hf_weights(directory: Path, key: str) -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face directory's weights file, or one ConfigError naming it."""
+    safetensors, pickled = directory / "model.safetensors", directory / "pytorch_model.bin"
+    if not safetensors.is_file() and not pickled.is_file():
+        raise ConfigError(f"{key}={directory} has config.json but neither model.safetensors nor pytorch_model.bin")
+    file = safetensors if safetensors.is_file() else pickled
+    try:
+        if file is safetensors:
+            raw = load_safetensors(file)
+        else:
+            raw = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors and torch raise many types for a damaged file
+        raise ConfigError(f"{key}={directory}: {file} is unreadable (truncated or damaged: {str(e).splitlines()[0]}); download it again") from None
+    if not isinstance(raw, dict) or "wte.weight" not in {k.removeprefix("transformer.") for k in raw}:
+        raise ConfigError(f"{key}={directory}: {file} holds no GPT-2 weights (no wte.weight)")
+    return raw
 
 
 def foreign_data_dir(weights: Weights, data_dir: str | None, location: str) -> Path:

@@ -11,7 +11,9 @@ is the token embedding, so it is then pruned with it). The report gives the spar
 (global and per layer), the non-zero parameters, the val metrics right after pruning and, with
 finetune_steps > 0, after that many training steps at finetune_lr with the pruned weights held
 at zero. It writes prune.md, prune.csv, prune.json and prune.png (val/ce against sparsity) into
-`out` (default: <run dir>/prune/).
+`out` (default: <run dir>/prune/), checked writable before any work. The data is the run's
+prepared data, read only, found as nanolab.evaluate finds it (or data.dir=); nothing is
+prepared or downloaded, whatever the checkpoint's config says.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.nn.utils import prune
 
 from nanolab import ConfigError, exit_on_config_error
-from nanolab.atomic import atomic_path, write_json
-from nanolab.checkpoint import checkpoint_file, load_checkpoint
+from nanolab.atomic import atomic_path, unwritable, write_json
+from nanolab.checkpoint import checkpoint_file, load_checkpoint, run_config
 from nanolab.config import PruneKeys, check_entry_types
+from nanolab.data import trained_data
 from nanolab.distributed import World
 from nanolab.metrics import evaluate
 from nanolab.model import GPT
@@ -88,16 +91,20 @@ def prune_run(cfg: DictConfig) -> list[dict[str, Any]]:
         raise ConfigError(f"finetune_steps={cfg.finetune_steps} must be >= 0 and finetune_lr={cfg.finetune_lr} > 0")
     path = checkpoint_file(cfg.checkpoint)
     state = load_checkpoint(path)
-    train_cfg = OmegaConf.create(state["config"])
+    out = Path(cfg.out) if cfg.out else path.parent / "prune"
+    reason = unwritable(out)
+    if reason:
+        raise ConfigError(f"the report cannot be written to {out} ({reason}); choose a writable folder with out=")
+    train_cfg = run_config(state)
     # Fine-tuning: the checkpoint's setup at a constant finetune_lr, no warmup.
     train_cfg.schedule = {"name": "constant", "warmup_iters": 0}
     train_cfg.optim.lr = cfg.finetune_lr
     train_cfg.init_from = None  # the checkpoint's weights are loaded below
+    data = trained_data(state["data_meta"], cfg.data.dir, state["data_dir"], f"checkpoint={path}")
     runtime = Runtime.create(pick_device(cfg.device), "float32", False)
-    out = Path(cfg.out) if cfg.out else path.parent / "prune"
     results = []
     for amount in amounts:
-        run = build_run(train_cfg, World(), runtime)  # a fresh optimizer for each amount
+        run = build_run(train_cfg, World(), runtime, data=data)  # a fresh optimizer for each amount
         run.model.load_state_dict(state["model"])
         modules = prunable(run.model, cfg.prune_embeddings)
         masks = prune_globally(modules, amount)

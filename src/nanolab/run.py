@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import torch
@@ -28,6 +29,12 @@ from nanolab.optim import CombinedOptimizer, build_optimizer, build_schedule, se
 from nanolab.runtime import Runtime, seed_everything
 
 log = logging.getLogger("nanolab.train")
+
+
+# Param-group entries that an optimizer itself updates as it steps (pytorch-optimizer's step
+# count, the schedule-free averages): they continue from the checkpoint. Every other entry is
+# a hyperparameter set from the config, and `lr` is set before each step.
+RUNNING_GROUP_KEYS = ("step", "k", "train_mode", "weight_sum", "lr_max", "scheduled_lr")
 
 
 @dataclass
@@ -68,22 +75,18 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "data_meta": self.data.meta,
+            "data_dir": str(Path(self.cfg.data.dir).resolve()),  # where evaluate and prune look for it first
             "rng": rngs[0],
             "rng_ranks": rngs,
             "sampler": {"streams": {s: g for state in samplers for s, g in state["streams"].items()}},
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from a checkpoint: weights, optimizer, scaler, this rank's data streams and
-        RNG state (the first rank's when the world size changed)."""
+    def load_state_dict(self, state: dict, fresh_optimizer: bool = False) -> None:
+        """Continue from a checkpoint: weights, optimizer (unless `fresh_optimizer`), scaler,
+        this rank's data streams and RNG state (the first rank's when the world size changed)."""
         self.model.load_state_dict(state["model"])
-        # load_state_dict would also restore each group's kernel choice (fused, foreach) as it
-        # was where the checkpoint was written: a CPU checkpoint would run unfused on a GPU, a
-        # GPU one would turn the opt-in CPU kernel on. The config and this device decide.
-        kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, kernel in zip(self.optimizer.param_groups, kernels):
-            group.update(kernel)
+        if not fresh_optimizer:
+            self.load_optimizer(state["optimizer"])
         if state["scaler"]:  # a disabled scaler (float32, bfloat16) saves {}: a float16 run starts its own
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -91,10 +94,27 @@ class Run:
         rng = rng_ranks[self.world.rank] if len(rng_ranks) == self.world.size else state["rng"]
         restore_rng_state(rng, self.runtime.device)
 
+    def load_optimizer(self, saved: dict) -> None:
+        """Load an optimizer state into the optimizer, keeping the hyperparameters the config set
+        (weight decay, betas, the kernel choice...): load_state_dict would bring back the
+        checkpoint's, so a change allow_changes permits would be recorded but not applied, and a
+        CPU checkpoint would run unfused on a GPU."""
+        configured = [{k: v for k, v in g.items() if k not in ("params", "lr", *RUNNING_GROUP_KEYS)} for g in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(saved)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(
+                f"the checkpoint's optimizer state does not fit optim={self.cfg.optim.name} ({str(e).splitlines()[0]}); resume with its "
+                "optimizer settings, or start the optimizer state afresh with fresh_optimizer=true"
+            ) from None
+        for group, values in zip(self.optimizer.param_groups, configured):
+            group.update(values)
 
-def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoint | None = None) -> Run:
+
+def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoint | None = None, data: TokenData | None = None) -> Run:
     """The run's parts from the config, seeded; continued from a checkpoint when `resume` is
-    given (its model must fit the configured one)."""
+    given (its model must fit the configured one); on `data` when given, else on the
+    configured data, prepared if needed."""
     if cfg.schedule.warmup_iters >= cfg.trainer.max_iters and world.main:
         log.warning(
             "schedule.warmup_iters=%d is not shorter than trainer.max_iters=%d: the learning rate never reaches "
@@ -103,7 +123,7 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
     loss_fn = get_loss(cfg.loss)
     lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
     seed_everything(cfg.seed)
-    data = load_data(cfg.data, world)
+    data = data or load_data(cfg.data, world)
     data.limit_train(cfg.data.train_tokens)
     data.add_label_noise(cfg.data.label_noise, cfg.data.label_noise_seed)
     data.check_block_size(cfg.model.block_size)
@@ -134,7 +154,7 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
     )
     if resume is not None:
         check_compatible(resume.path, resume.state, model_config.to_dict())
-        run.load_state_dict(resume.state)
+        run.load_state_dict(resume.state, fresh_optimizer=cfg.fresh_optimizer)
     run.forward = wrap_forward(model, runtime, world)
     return run
 

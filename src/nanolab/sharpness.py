@@ -21,14 +21,14 @@ of the parameter vector: 8·iters bytes per parameter.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from nanolab import ConfigError
+from nanolab import Abandoned, ConfigError
 from nanolab.data import BatchSampler
 
 PROBE_STREAM = 1 << 20  # the probe set's data stream: apart from every training stream
@@ -46,15 +46,18 @@ def check_sharpness(cfg: DictConfig) -> None:
         raise ConfigError(f"sharpness.k={cfg.k} eigenvalues need sharpness.lanczos_iters >= {cfg.k} (it is {cfg.lanczos_iters})")
 
 
-def lanczos(operator: Operator, dim: int, k: int, iters: int, generator: torch.Generator) -> list[float]:
+def lanczos(operator: Operator, dim: int, k: int, iters: int, generator: torch.Generator, stop: Sequence[int] = ()) -> list[float]:
     """The k largest eigenvalues of a symmetric operator on R^dim, largest first, by `iters`
-    Lanczos steps with full reorthogonalisation (exact once iters reaches dim)."""
+    Lanczos steps with full reorthogonalisation (exact once iters reaches dim). Raises
+    Abandoned at the next step once `stop` (the trainer's stop requests) is non-empty."""
     iters = min(iters, dim)
     basis = torch.zeros(iters, dim, dtype=torch.float64)
     q = torch.randn(dim, generator=generator, dtype=torch.float64)
     q /= q.norm()
     alphas, betas = [], []
     for j in range(iters):
+        if stop:
+            raise Abandoned(f"signal {stop[0]} arrived during a sharpness measurement")
         basis[j] = q
         w = operator(q)
         alphas.append(float(w @ q))
@@ -106,7 +109,10 @@ def adam_preconditioner(optimizer: Any, params: list[torch.Tensor]) -> torch.Ten
 
 def stability_threshold(optim_cfg: DictConfig, lr: float) -> float | None:
     """The sharpness above which the optimizer at learning rate `lr` is unstable on a quadratic
-    (preconditioned sharpness for Adam); None where no such threshold is known."""
+    (preconditioned sharpness for Adam); None where no such threshold is known, and at lr 0
+    (the end of a decay to zero), where every sharpness is stable."""
+    if not lr > 0:
+        return None
     if optim_cfg.name == "sgd":
         beta = optim_cfg.momentum
         return (2 + 2 * beta) / ((1 + 2 * beta) * lr) if optim_cfg.nesterov and beta else (2 + 2 * beta) / lr
@@ -127,9 +133,9 @@ class SharpnessProbe:
     def should_measure(self, step: int) -> bool:
         return self.cfg.sharpness.every > 0 and step % self.cfg.sharpness.every == 0
 
-    def measure(self, optimizer: Any, lr: float) -> dict[str, float]:
+    def measure(self, optimizer: Any, lr: float, stop: Sequence[int] = ()) -> dict[str, float]:
         """sharpness/top1 .. topk, the optimizer's threshold at `lr` and, for Adam/AdamW after
-        its first step, sharpness/precond_top1."""
+        its first step, sharpness/precond_top1; Abandoned once `stop` is non-empty."""
         cfg = self.cfg.sharpness
         params = [p for p in self.model.parameters() if p.requires_grad]
         dim = sum(p.numel() for p in params)
@@ -140,11 +146,11 @@ class SharpnessProbe:
                 logits = self.model(self.x)
                 loss = self.loss_fn(logits.reshape(-1, logits.size(-1)).float(), self.y.reshape(-1), self.cfg.loss)
             hvp = hessian_operator(loss, params)
-            top = lanczos(hvp, dim, cfg.k, cfg.lanczos_iters, self.generator)
+            top = lanczos(hvp, dim, cfg.k, cfg.lanczos_iters, self.generator, stop)
             stats = {f"sharpness/top{i + 1}": value for i, value in enumerate(top)}
             scale = adam_preconditioner(optimizer, params)
             if scale is not None:
-                stats["sharpness/precond_top1"] = lanczos(lambda v: scale * hvp(scale * v), dim, 1, cfg.lanczos_iters, self.generator)[0]
+                stats["sharpness/precond_top1"] = lanczos(lambda v: scale * hvp(scale * v), dim, 1, cfg.lanczos_iters, self.generator, stop)[0]
         finally:
             self.model.train(was_training)
         threshold = stability_threshold(self.cfg.optim, lr)

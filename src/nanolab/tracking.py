@@ -23,7 +23,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nanolab import ENDED_AS_PLANNED, EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted
-from nanolab.atomic import atomic_path, write_json
+from nanolab.atomic import atomic_path, unwritable, write_json
 
 log = logging.getLogger(__name__)
 
@@ -342,9 +341,12 @@ class Tracker:
         if not self.enabled:
             return
         self.update_summary(outcome(exc, self.status) | {"wall_time_s": round(time.time() - self.t0, 3)})
-        if exc is not None:  # W&B has the run's state and summary; the local file needs a marker
-            self.log({"status": self.summary["status"]}, self.last_step, self.last_tokens, to_wandb=False)
-        write_json(self.dir / "summary.json", self.summary)
+        try:
+            if exc is not None:  # W&B has the run's state and summary; the local file needs a marker
+                self.log({"status": self.summary["status"]}, self.last_step, self.last_tokens, to_wandb=False)
+            write_json(self.dir / "summary.json", self.summary)
+        except OSError as e:  # a full disk: the error that ended the run is the one to report
+            log.error("could not write %s (%s); the run ended as %s", self.dir / "summary.json", e.strerror or e, self.summary["status"])
         if self.run is not None:
             self.run.finish(exit_code=0 if exc is None else 1)
 
@@ -441,6 +443,8 @@ def hydra_record(output_dir: str) -> str:
 OmegaConf.register_new_resolver("hydra_record", hydra_record, replace=True)
 
 LOCK = "run.lock"
+SWEEP_LOCK = "sweep.lock"
+REFUSED = "refused.json"  # in a sweep job's Hydra record: this job was refused its directory
 RUN_FILES = ("summary.json", "last.pt", "metrics.jsonl")  # a directory holding any of them holds a run
 
 
@@ -454,24 +458,28 @@ def _alive(owner: dict) -> bool | None:
         return False
 
 
-def claim_run_dir(directory: Path, resume: object) -> None:
+def claim_run_dir(directory: Path, resume: object, key: str = "hydra.run.dir") -> tuple[Path, dict]:
     """Make `directory` this run's, before anything is written there: refuse a fresh run into
     a directory that already holds one, and a second live run into a directory that one is
-    using (run.lock, with the owner's pid, start time and host; a lock whose process is gone
-    is taken over). The lock is removed when this process exits."""
+    using (run.lock). `key` names the directory in messages. Returns the lock, for `release`;
+    it is released at the latest when this process exits."""
     from nanolab.checkpoint import requested_resume
 
     if requested_resume(resume) in (False, None) and any((directory / name).exists() for name in RUN_FILES):
         try:
             status = json.loads((directory / "summary.json").read_text())["status"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             status = "unfinished"
-        raise ConfigError(
-            f"hydra.run.dir={directory} already holds a run ({status}); continue it with resume=true, "
-            "or start a new one in another hydra.run.dir"
-        )
-    lock = directory / LOCK
-    me = {"pid": os.getpid(), "started": _process_start_time(os.getpid()), "host": socket.gethostname()}
+        where = f"{key}={directory}" if key == "hydra.run.dir" else f"{directory}"
+        raise ConfigError(f"{where} already holds a run ({status}); continue it with resume=true, or start a new one in another {key}")
+    return take_lock(directory / LOCK, key, "run")
+
+
+def take_lock(lock: Path, key: str, what: str) -> tuple[Path, dict]:
+    """Create `lock` holding this process's pid, start time, host (and SLURM job): refused in
+    one ConfigError while a live process, another host's or this SLURM job's before a requeue
+    holds it; a lock whose process is gone is taken over."""
+    me = {"pid": os.getpid(), "started": _process_start_time(os.getpid()), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -479,32 +487,53 @@ def claim_run_dir(directory: Path, resume: object) -> None:
             owner = json.loads(lock.read_text())
         except (OSError, ValueError):
             owner = {}
-        if _alive(owner) is not False:
+        owner = owner if isinstance(owner, dict) else {}
+        requeued = me["slurm_job"] is not None and owner.get("slurm_job") == me["slurm_job"]  # this job, before SLURM requeued it
+        if _alive(owner) is not False and not requeued:
             raise ConfigError(
-                f"hydra.run.dir={directory} is in use by another run (pid {owner.get('pid')} on {owner.get('host')}); "
-                f"choose another hydra.run.dir, or delete {lock} if that run is gone"
+                f"{lock.parent} is in use by another {what} (pid {owner.get('pid')} on {owner.get('host')}); "
+                f"choose another {key}, or delete {lock} if that {what} is gone"
             ) from None
         log.warning("%s was left by pid %s, which has ended: taking it over", lock, owner.get("pid"))
         lock.unlink(missing_ok=True)
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     with os.fdopen(fd, "w") as f:
         json.dump(me, f)
-    atexit.register(_release, lock, me)
+    atexit.register(release, (lock, me))
+    return lock, me
 
 
-def _check_resume(config: DictConfig, path: Path) -> int:
+def latest_record(run_dir: Path) -> Path:
+    """The newest Hydra record of a run directory: .hydra/resume-<n> of the latest segment, else .hydra."""
+    segments = [p for p in (run_dir / ".hydra").glob("resume-*") if p.is_dir() and p.name[7:].isdigit()]
+    return max(segments, key=lambda p: int(p.name[7:])) if segments else run_dir / ".hydra"
+
+
+def record_refusal(run_dir: Path, error: ConfigError) -> None:
+    """Note in a sweep job's own Hydra record (written for this job a moment ago) that the job
+    was refused its directory, for the sweep's closing list and exit code; nothing else in the
+    directory, another run's, is touched."""
+    record = latest_record(run_dir)
+    record.mkdir(parents=True, exist_ok=True)  # absent only with hydra.output_subdir=null
+    write_json(record / REFUSED, {"error": str(error)})
+
+
+def _check_resume(config: DictConfig, path: Path) -> int | None:
     """Refuse, before Hydra writes this segment's record, a resume that would change what the
     run computes (checkpoint.resume_changes; Trainer records the allowed changes). Returns the
-    checkpoint's step."""
+    checkpoint's step when its run has nothing left to do (trainer.max_iters reached, no
+    evaluation due), else None."""
     from nanolab.checkpoint import load_checkpoint, resume_changes
 
     state = load_checkpoint(path)
     now = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in config.items() if k != "hydra"}
     resume_changes(path, state["config"], now, list(config.allow_changes))
-    return state["step"]
+    return state["step"] if state["step"] >= config.trainer.max_iters and not state["eval_due"] else None
 
 
-def _release(lock: Path, me: dict) -> None:
+def release(claim: tuple[Path, dict]) -> None:
+    """Remove a lock `take_lock` made, unless another process has taken it over since."""
+    lock, me = claim
     try:
         if json.loads(lock.read_text()) == me:
             lock.unlink()
@@ -519,12 +548,9 @@ def _check_writable(config: DictConfig, key: str) -> None:
     except Exception as e:  # an interpolation that fails: a bad environment variable, say
         print(f"{key} cannot be resolved: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
-    try:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as e:
-        print(f"{key}={directory} is not a writable directory ({e.strerror}); choose another {key}", file=sys.stderr)
+    reason = unwritable(directory)
+    if reason:
+        print(f"{key}={directory} is not a writable directory ({reason}); choose another {key}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
 
 
@@ -548,18 +574,25 @@ class RunCallbacks(Callback):
                 resumed = resume_checkpoint_path(config.resume, run_dir)
                 if resumed is not None and resumed.parent.resolve() != run_dir.resolve() and resumed.parent.is_dir():
                     claim_run_dir(resumed.parent, True)  # the run continues there
-                if resumed is not None and resumed.exists():
-                    step = _check_resume(config, resumed)
-                    if step >= config.trainer.max_iters:  # a relaunched run that has finished: touch nothing
-                        print(f"{resumed.parent} already finished at step {step} (trainer.max_iters={config.trainer.max_iters}); nothing to do")
-                        sys.exit(0)
+                step = _check_resume(config, resumed) if resumed is not None and resumed.exists() else None
+                if step is not None:  # a relaunched run that has finished: touch nothing
+                    print(f"{resumed.parent} already finished at step {step} (trainer.max_iters={config.trainer.max_iters}); nothing to do")
+                    sys.exit(0)
 
         except ConfigError as e:
             print(e, file=sys.stderr)
             sys.exit(EXIT_CONFIG_ERROR)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """The sweep directory must be writable and this sweep's alone (sweep.lock): two sweeps
+        launched into one directory would run the same jobs in the same folders. Each job then
+        claims its own directory (nanolab.train)."""
         _check_writable(config, "hydra.sweep.dir")
+        try:
+            take_lock(Path(config.hydra.sweep.dir) / SWEEP_LOCK, "hydra.sweep.dir", "sweep")
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            sys.exit(EXIT_CONFIG_ERROR)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -571,6 +604,8 @@ class RunCallbacks(Callback):
                 summary = json.loads((job / "summary.json").read_text())
             except (OSError, ValueError):
                 summary = {"status": "unknown (no summary.json)"}
+            if (latest_record(job) / REFUSED).is_file():  # its directory held another run: that run's summary is not this job's
+                summary = {"status": "refused", "error": json.loads((latest_record(job) / REFUSED).read_text())["error"]}
             best = summary.get("best/val/ce")
             line = f"  {job.name}: {summary['status']}" + (f", best val/ce {best:.4f}" if best is not None else "")
             if summary["status"] not in ENDED_AS_PLANNED:

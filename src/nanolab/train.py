@@ -19,8 +19,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from nanolab import EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted
-from nanolab.tracking import hydra_run_info, record_failure
+from nanolab import EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted, StorageError
+from nanolab.tracking import RunInfo, claim_run_dir, hydra_run_info, record_failure, record_refusal, release
 from nanolab.trainer import requeue_signal, train
 
 log = logging.getLogger("nanolab.train")
@@ -32,6 +32,25 @@ EXIT_DIVERGED = 3
 @hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     info = hydra_run_info(cfg)
+    if not info.multirun:  # the run callback claimed the run directory before Hydra wrote to it
+        return run_and_report(cfg, info)
+    # A sweep job claims its directory as a single run does: a relaunched sweep without
+    # resume=true, or a second sweep into the same directory, must not overwrite a run.
+    try:
+        claim = claim_run_dir(info.dir, cfg.resume, key="hydra.sweep.dir")
+    except ConfigError as e:
+        log.error("%s", e)
+        record_refusal(info.dir, e)
+        return math.nan
+    try:
+        return run_and_report(cfg, info)
+    finally:
+        release(claim)
+
+
+def run_and_report(cfg: DictConfig, info: RunInfo) -> float:
+    """Train, and turn how training ended into the exit code; a multirun job records its
+    failure in its directory instead and lets the other jobs run."""
     try:
         return train(cfg, info)
     except Interrupted as e:
@@ -43,10 +62,10 @@ def main(cfg: DictConfig) -> float:
     except KeyboardInterrupt as e:  # a third signal, or Ctrl-C before training started
         log.warning("%s", e or "interrupted")
         sys.exit(128 + signal.SIGINT)
-    except (ConfigError, Diverged) as e:
+    except (ConfigError, Diverged, StorageError) as e:
         log.error("%s", e)
         if not info.multirun:
-            sys.exit(EXIT_CONFIG_ERROR if isinstance(e, ConfigError) else EXIT_DIVERGED)
+            sys.exit(EXIT_CONFIG_ERROR if isinstance(e, ConfigError) else EXIT_DIVERGED if isinstance(e, Diverged) else 1)
         record_failure(info.dir, e)
     except Exception as e:
         if not info.multirun:

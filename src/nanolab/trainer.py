@@ -9,6 +9,10 @@ concerns, each deciding its own interval (as torchtitan's Trainer.train does):
         validator      every trainer.eval_interval steps, then early stopping and the checkpointer
         stop           when a SIGTERM/SIGINT arrived: checkpoint, then exit
 
+A signal that arrives during an evaluation or a sharpness measurement abandons it at its next
+batch, so the stop checkpoint is written within seconds; an abandoned evaluation is done first
+when the run resumes.
+
 The loop's own state (step, best val/ce, skipped steps, early stopping, W&B run id) is a
 `RunState` with a state_dict, saved in every checkpoint next to the run's.
 """
@@ -31,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nanolab import Diverged, Interrupted
+from nanolab import Abandoned, Diverged, Interrupted
 from nanolab.checkpoint import Checkpoint, Checkpointer, load_checkpoint, resume_changes, resume_checkpoint_path
 from nanolab.config import check_config
 from nanolab.distributed import World, process_group
@@ -68,17 +72,18 @@ class RunState:
     skipped_steps: int = 0
     run_id: str = field(default_factory=new_run_id)
     early_stop: dict = field(default_factory=lambda: {"best": math.inf, "evals_without_improvement": 0, "stopped": False})
+    eval_due: bool = False  # this step's evaluation was abandoned for a stop: the resumed run does it first
 
     def state_dict(self) -> dict:
         return {
             "step": self.step, "best_val_ce": self.best_val_ce, "skipped_steps": self.skipped_steps, "wandb_id": self.run_id,
-            "early_stop": dict(self.early_stop),
+            "early_stop": dict(self.early_stop), "eval_due": self.eval_due,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.best_val_ce = state["step"], state["best_val_ce"]
         self.skipped_steps, self.run_id = state["skipped_steps"], state["wandb_id"]
-        self.early_stop = dict(state["early_stop"])
+        self.early_stop, self.eval_due = dict(state["early_stop"]), state["eval_due"]
 
 
 class SlowdownWatch:
@@ -164,14 +169,15 @@ class Validator:
     def should_validate(self, step: int) -> bool:
         return step % self.run.cfg.trainer.eval_interval == 0 or step == self.run.cfg.trainer.max_iters
 
-    def validate(self, state: RunState) -> bool:
+    def validate(self, state: RunState, stop: list[int]) -> bool:
         """Evaluate at the current step (after the early-stopping bookkeeping); returns whether
-        val/ce improved on the best so far."""
+        val/ce improved on the best so far. Abandoned once a stop is requested (`stop`), in one
+        process: under DDP the ranks finish it together and agree on the stop afterwards."""
         run, cfg = self.run, self.run.cfg
         full_batch = (run.sampler.x, run.sampler.y) if isinstance(run.sampler, FullBatchSampler) else None
         metrics = evaluate(
             run.model, run.data, run.loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters,
-            run.runtime.autocast(), run.head_chunk, run.world, train_windows=full_batch,
+            run.runtime.autocast(), run.head_chunk, run.world, train_windows=full_batch, stop=() if run.world.distributed else stop,
         )
         self.tracker.log(metrics, state.step, state.step * run.tokens_per_step)
         log.info("step %d: train ce %.4f, val ce %.4f, val acc %.4f", state.step, metrics["train_eval/ce"], metrics["val/ce"], metrics["val/acc"])
@@ -272,7 +278,18 @@ class Trainer:
         if self.resume:
             self.state.load_state_dict(self.resume.state)
             log.info("resuming from %s at step %d", path, self.state.step)
+            self.resume_changes += self.data_change()
         self._describe()
+
+    def data_change(self) -> list[str]:
+        """A warning, and an entry for the summary's resume/changes, when the training text
+        differs from the one the checkpoint trained on (the same vocabulary, other content)."""
+        saved, now = self.resume.state["data_meta"].get("source_hash"), self.run.data.meta.get("source_hash")
+        if saved is None or saved == now:
+            return []
+        change = f"the training data changed: data hash {saved[:12]} in the checkpoint, {str(now)[:12]} in {self.cfg.data.dir} now"
+        log.warning("resuming on other text than the checkpoint trained on (%s); its metrics will mix both", change)
+        return [change]
 
     def _describe(self) -> None:
         run, cfg = self.run, self.cfg
@@ -295,7 +312,8 @@ class Trainer:
     def train(self) -> float:
         """Train to trainer.max_iters; returns the best value of `objective`."""
         run, state = self.run, self.state
-        if self.resume and (state.step >= self.cfg.trainer.max_iters or state.early_stop["stopped"]):  # a relaunched sweep's finished job
+        finished = state.step >= self.cfg.trainer.max_iters or state.early_stop["stopped"]
+        if self.resume and finished and not state.eval_due:  # a relaunched sweep's finished job
             log.info("%s: already finished at step %d (trainer.max_iters=%d); nothing to do", self.info.dir, state.step, self.cfg.trainer.max_iters)
             return self.resume.state["summary"].get(f"best/{self.cfg.objective}", math.nan)
         size = {"params": run.model.num_params(), "flops_per_token": flops_per_token(run.model)}  # W&B config and summary.json
@@ -304,7 +322,9 @@ class Trainer:
             resolved=self.resolved() | size if run.world.main else None,
         )
         progress = tqdm(total=self.cfg.trainer.max_iters, initial=state.step, unit="step", dynamic_ncols=True, disable=None if run.world.main else True)
-        with self.tracker, progress, logging_redirect_tqdm(), stop_requests() as self.stop_signals:
+        # Signals are caught until the tracker has closed: one that comes while summary.json is
+        # written or W&B finishes is noted and changes nothing, so a finished run stays finished.
+        with stop_requests() as self.stop_signals, self.tracker, progress, logging_redirect_tqdm():
             self.validator = Validator(run, self.tracker)
             self.checkpointer = Checkpointer(run, self.tracker, self.info.dir)
             if self.resume:
@@ -318,7 +338,10 @@ class Trainer:
                 if self.sharpness and self.sharpness.should_measure(0):
                     self.measure_sharpness()
                 set_optimizer_mode(run.optimizer, train=False)
-                self.validator.validate(state)  # the untrained baseline (ln V for every loss)
+                self.validate(save=False)  # the untrained baseline (ln V for every loss)
+            elif state.eval_due:  # the evaluation a stop abandoned
+                set_optimizer_mode(run.optimizer, train=False)
+                self.validate(save=True)
             self.metric_logger = MetricLogger(run, self.tracker, progress, state.step)
             while state.step < self.cfg.trainer.max_iters and not state.early_stop["stopped"]:
                 lr = set_lr(run, state.step)
@@ -349,23 +372,46 @@ class Trainer:
         if self.sharpness and self.sharpness.should_measure(step):
             self.measure_sharpness()
             self.metric_logger.restart_clock(step)
+            stopping = stopping or (not self.run.world.distributed and bool(self.stop_signals))  # one that came meanwhile
         if validating or stopping:  # a schedule-free optimizer's averaged weights are evaluated and saved
             set_optimizer_mode(self.run.optimizer, train=False)
         if validating:
-            improved = self.validator.validate(self.state)
-            self.checkpointer.save(self.state, best=improved)
+            self.validate(save=True)
             self.metric_logger.restart_clock(step)
-            if self.state.early_stop["stopped"]:
-                self.tracker.status = "early_stopped"
         if stopping:
-            self.checkpointer.save(self.state, best=False)
-            raise Interrupted(self.stop_signals[0] if self.stop_signals else signal.SIGTERM)
+            self.stop()
+
+    def validate(self, save: bool) -> None:
+        """Evaluate at this step and, with `save`, write the checkpoint (best.pt too when val/ce
+        improved). A stop requested meanwhile abandons the evaluation: the stop checkpoint
+        then marks it due, for the resumed run to do first."""
+        self.state.eval_due = False
+        try:
+            improved = self.validator.validate(self.state, self.stop_signals)
+        except Abandoned as e:
+            log.warning("step %d: %s; evaluating at this step when the run resumes", self.state.step, e)
+            self.state.eval_due = True
+            self.stop()
+        if save:
+            self.checkpointer.save(self.state, best=improved)
+        if self.state.early_stop["stopped"]:
+            self.tracker.status = "early_stopped"
+
+    def stop(self) -> None:
+        """The checkpoint of this step, then Interrupted: a stop was requested."""
+        self.checkpointer.save(self.state, best=False)
+        raise Interrupted(self.stop_signals[0] if self.stop_signals else signal.SIGTERM)
 
     def measure_sharpness(self) -> None:
         """Sharpness on the probe set at the weights the next step's gradient is taken at, with
-        the threshold at the next step's learning rate."""
+        the threshold at the next step's learning rate. A stop requested meanwhile abandons it
+        (that step's measurement is then missing)."""
         step = self.state.step
-        stats = self.sharpness.measure(self.run.optimizer, self.run.lr_at(step))
+        try:
+            stats = self.sharpness.measure(self.run.optimizer, self.run.lr_at(step), self.stop_signals)
+        except Abandoned as e:
+            log.warning("step %d: %s; this step's sharpness is not measured", step, e)
+            return
         self.tracker.log(stats, step, step * self.run.tokens_per_step)
 
     def count_skipped_step(self) -> None:

@@ -80,9 +80,10 @@ def definition(workspace: Any) -> dict[str, Any]:
     return json.loads(workspace._to_model().model_dump_json(by_alias=True, exclude_none=True))
 
 
-def publish(sweep: Sweep, out: Path, command: str) -> str:
+def publish(sweep: Sweep, out: Path, command: str, offline_runs: str) -> str:
     """Save the workspace on W&B when online with credentials; otherwise write its definition
-    to out/wandb_workspace.json. Returns the line to print: the URL, or how to publish later."""
+    to out/wandb_workspace.json. Returns the line to print: the URL, or how to publish later
+    (`offline_runs`: the runs' offline W&B folders, as `wandb sync` takes them)."""
     import wandb
 
     from nanolab.tracking import resolve_wandb_mode
@@ -106,5 +107,5 @@ def publish(sweep: Sweep, out: Path, command: str) -> str:
             return f"W&B workspace not saved ({reason}); its definition is in {path}: run `{command}` again once W&B is reachable"
     return (
         f"W&B is offline: the workspace's definition is in {path}. To create it, upload the runs "
-        f"(`wandb sync {out}/*/wandb/offline-run-*`) and run `{command}` again with W&B online"
+        f"(`wandb sync {offline_runs}`) and run `{command}` again with W&B online"
     )
