@@ -14,6 +14,10 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+# The tests are CPU-only on any machine: a GPU would make their numbers machine-dependent and
+# turn tiny runs into real GPU work (scripts/gpu_check.sh measures the GPU paths).
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE_COPIES = [
     REPO / "data" / "shakespeare_char" / "input.txt",

@@ -140,6 +140,7 @@ def _ranks_evaluate(rank: int, store: str, logits: torch.Tensor, targets: torch.
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes (mp.spawn)
 @pytest.mark.parametrize("cap_rows", [20000, 3000])
 def test_two_ranks_score_every_token_once_and_match_one_process_under_the_cap(tmp_path, cap_rows):
     # 20000 rows: everything kept, so DDP equals one process exactly. 3000: each rank's 4000
