@@ -13,12 +13,12 @@ import torch
 from torch.nn import functional as F
 
 from conftest import TINY, compose_train
-from nanolab.checkpoint import Checkpoint, capture_rng_state, load_checkpoint, restore_rng_state, upgrade
+from nanolab.checkpoint import Checkpoint, load_checkpoint, upgrade
 from nanolab.config import check_config
 from nanolab.distributed import World
 from nanolab.losses import LOSSES, chunked_head_loss, get_loss
 from nanolab.run import build_run
-from nanolab.runtime import Runtime, pick_dtype
+from nanolab.runtime import Runtime, capture_rng_state, pick_dtype, restore_rng_state
 from nanolab.tracking import RunInfo
 from nanolab.train import train
 

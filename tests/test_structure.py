@@ -58,6 +58,40 @@ def test_entry_points_import_library_modules_never_each_other():
         assert not others, f"nanolab.{module} imports the entry point(s) {sorted(others)}"
 
 
+def _nanolab_modules(node: ast.Import | ast.ImportFrom) -> set[str]:
+    """The nanolab modules an import statement names (not `from nanolab import ConfigError`)."""
+    if isinstance(node, ast.ImportFrom):
+        if node.module == "nanolab":
+            return {a.name for a in node.names if (SRC / f"{a.name}.py").exists()}
+        return {node.module.split(".")[1]} if node.module and node.module.startswith("nanolab.") else set()
+    return {a.name.split(".")[1] for a in node.names if a.name.startswith("nanolab.")}
+
+
+def test_nanolab_modules_import_each_other_at_the_top_only_and_without_a_cycle():
+    graph, hidden = {}, []
+    for path in sorted(SRC.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        graph[path.stem] = {m for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) for m in _nanolab_modules(n)}
+        for node in ast.walk(tree):
+            inside = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or (isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test))
+            if inside:
+                hidden += [f"{path.name}:{i.lineno}" for i in ast.walk(node) if isinstance(i, (ast.Import, ast.ImportFrom)) and _nanolab_modules(i)]
+    assert not hidden, f"nanolab imported inside a function or under TYPE_CHECKING at {hidden}"
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for other in sorted(graph.get(module, set()) - {module}):
+            assert state.get(other) != "open", f"import cycle: {' -> '.join([*path, other])}"
+            if other not in state:
+                visit(other, [*path, other])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
 def test_no_function_of_the_loop_is_longer_than_60_lines():
     for name in ("train.py", "trainer.py", "run.py"):
         for node in ast.walk(ast.parse((SRC / name).read_text())):

@@ -16,12 +16,10 @@ import logging
 import math
 import os
 import pickle
-import random
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,11 +28,6 @@ from nanolab.atomic import atomic_path
 from nanolab.data import stream_seed
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import OPTIMIZERS, state_classes
-
-if TYPE_CHECKING:
-    from nanolab.run import Run
-    from nanolab.tracking import Tracker
-    from nanolab.trainer import RunState
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -115,30 +108,6 @@ class Checkpoint(NamedTuple):
     state: dict[str, Any]
 
 
-class Checkpointer:
-    """Saves a training run: last.pt at every evaluation and stop, best.pt as well when val/ce
-    improved. Every rank calls `save` (the run's state is gathered); rank 0 writes."""
-
-    def __init__(self, run: Run, tracker: Tracker, directory: Path) -> None:
-        self.run, self.tracker, self.directory = run, tracker, directory
-
-    def save(self, run_state: RunState, best: bool) -> None:
-        if not self.run.cfg.trainer.save_checkpoints:
-            return
-        run_part = self.run.state_dict()
-        if run_part is None:  # not rank 0
-            return
-        checkpoint = {
-            **run_part,
-            **run_state.state_dict(),
-            "config": saved_config(self.run.cfg),
-            "summary": self.tracker.summary,
-        }
-        save_checkpoint(self.directory / "last.pt", checkpoint)
-        if best:
-            save_checkpoint(self.directory / "best.pt", checkpoint)
-
-
 def saved_config(cfg: DictConfig) -> dict[str, Any]:
     """The config a checkpoint keeps, resolved: a record of the run, which nothing reading the
     checkpoint takes as an instruction (see `run_config`)."""
@@ -149,28 +118,6 @@ def run_config(state: dict[str, Any]) -> DictConfig:
     """The config of a loaded checkpoint as data: interpolations in it (a checkpoint may come
     from anyone) read back as written text, never resolved from the environment."""
     return OmegaConf.create(config_as_data(state["config"]))
-
-
-def capture_rng_state(device: torch.device) -> dict:
-    """The RNG states of python, numpy, torch's CPU generator and, on a GPU, of the run's own
-    device only: the states of every visible GPU could not be restored where fewer are visible."""
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].copy()), "pos": np_state[2], "gauss": [np_state[3], np_state[4]]},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def restore_rng_state(state: dict, device: torch.device) -> None:
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    np_state = state["numpy"]
-    np.random.set_state(("MT19937", np_state["keys"].numpy(), np_state["pos"], *np_state["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

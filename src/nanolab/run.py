@@ -19,14 +19,14 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from nanolab import ConfigError
-from nanolab.checkpoint import Checkpoint, capture_rng_state, check_compatible, restore_rng_state
+from nanolab.checkpoint import Checkpoint, check_compatible
 from nanolab.data import BatchSampler, FullBatchSampler, TokenData, prepare
 from nanolab.distributed import World, gradient_sync, local_grad_accum
 from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens, head_loss
 from nanolab.model import GPT, GPTConfig
 from nanolab.pretrained import load_into, read_weights
 from nanolab.optim import CombinedOptimizer, build_optimizer, build_schedule, set_optimizer_mode
-from nanolab.runtime import Runtime, seed_everything
+from nanolab.runtime import Runtime, capture_rng_state, restore_rng_state, seed_everything
 
 log = logging.getLogger("nanolab.train")
 

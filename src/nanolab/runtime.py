@@ -1,5 +1,5 @@
-"""Where and how a process computes: device, dtype, autocast, compile, seeds, the CPU allocator
-setting and the device's peak FLOPs. Every entry point (train, evaluate, sample, bench) sets
+"""Where and how a process computes: device, dtype, autocast, compile, seeds and the RNG states
+a checkpoint captures, the CPU allocator setting and the device's peak FLOPs. Every entry point (train, evaluate, sample, bench) sets
 itself up through `Runtime.create`, so they all run with the same settings.
 """
 
@@ -215,3 +215,25 @@ def device_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
             if key in name:
                 return half if dtype in (torch.bfloat16, torch.float16) else single
     return None
+
+
+def capture_rng_state(device: torch.device) -> dict:
+    """The RNG states of python, numpy, torch's CPU generator and, on a GPU, of the run's own
+    device only: the states of every visible GPU could not be restored where fewer are visible."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].copy()), "pos": np_state[2], "gauss": [np_state[3], np_state[4]]},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def restore_rng_state(state: dict, device: torch.device) -> None:
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    np_state = state["numpy"]
+    np.random.set_state(("MT19937", np_state["keys"].numpy(), np_state["pos"], *np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -33,6 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from nanolab import ENDED_AS_PLANNED, EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted
 from nanolab.atomic import atomic_path, unwritable, write_json
+from nanolab.checkpoint import load_checkpoint, requested_resume, resume_changes, resume_checkpoint_path
+from nanolab.config import check_config
 
 log = logging.getLogger(__name__)
 
@@ -463,8 +465,6 @@ def claim_run_dir(directory: Path, resume: object, key: str = "hydra.run.dir") -
     a directory that already holds one, and a second live run into a directory that one is
     using (run.lock). `key` names the directory in messages. Returns the lock, for `release`;
     it is released at the latest when this process exits."""
-    from nanolab.checkpoint import requested_resume
-
     if requested_resume(resume) in (False, None) and any((directory / name).exists() for name in RUN_FILES):
         try:
             status = json.loads((directory / "summary.json").read_text())["status"]
@@ -523,8 +523,6 @@ def _check_resume(config: DictConfig, path: Path) -> int | None:
     run computes (checkpoint.resume_changes; Trainer records the allowed changes). Returns the
     checkpoint's step when its run has nothing left to do (trainer.max_iters reached, no
     evaluation due), else None."""
-    from nanolab.checkpoint import load_checkpoint, resume_changes
-
     state = load_checkpoint(path)
     now = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in config.items() if k != "hydra"}
     resume_changes(path, state["config"], now, list(config.allow_changes))
@@ -562,9 +560,6 @@ class RunCallbacks(Callback):
     never goes unnoticed either."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from nanolab.checkpoint import resume_checkpoint_path
-        from nanolab.config import check_config
-
         try:
             check_config(config)  # a bad value is one line, before Hydra writes anything
             _check_writable(config, "hydra.run.dir")

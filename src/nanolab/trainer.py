@@ -27,6 +27,7 @@ import random
 import signal
 import statistics
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nanolab import Abandoned, Diverged, Interrupted
-from nanolab.checkpoint import Checkpoint, Checkpointer, load_checkpoint, resume_changes, resume_checkpoint_path
+from nanolab.checkpoint import Checkpoint, load_checkpoint, resume_changes, resume_checkpoint_path, save_checkpoint, saved_config
 from nanolab.config import check_config
 from nanolab.distributed import World, process_group
 from nanolab.data import FullBatchSampler, stream_seed
@@ -206,6 +207,31 @@ class Validator:
         early["stopped"] = self.run.world.any(stop and self.run.world.main)  # the objective may exist on rank 0 alone
         if early["stopped"]:
             log.info("step %d: %s has not improved by %g for %d evaluations: stopping early", state.step, self.run.cfg.objective, cfg.min_delta, cfg.patience)
+
+
+class Checkpointer:
+    """Saves a training run: last.pt at every evaluation and stop, best.pt as well when val/ce
+    improved. It is handed what it saves (the run, the tracker's summary, the loop's state).
+    Every rank calls `save` (the run's state is gathered); rank 0 writes."""
+
+    def __init__(self, run: Run, tracker: Tracker, directory: Path) -> None:
+        self.run, self.tracker, self.directory = run, tracker, directory
+
+    def save(self, run_state: RunState, best: bool) -> None:
+        if not self.run.cfg.trainer.save_checkpoints:
+            return
+        run_part = self.run.state_dict()
+        if run_part is None:  # not rank 0
+            return
+        checkpoint = {
+            **run_part,
+            **run_state.state_dict(),
+            "config": saved_config(self.run.cfg),
+            "summary": self.tracker.summary,
+        }
+        save_checkpoint(self.directory / "last.pt", checkpoint)
+        if best:
+            save_checkpoint(self.directory / "best.pt", checkpoint)
 
 
 def requeue_signal() -> int:

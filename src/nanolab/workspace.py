@@ -17,6 +17,7 @@ from typing import Any
 
 from nanolab import ConfigError
 from nanolab.atomic import write_json
+from nanolab.tracking import resolve_wandb_mode
 
 # (metric, y-axis title) of the line panels, all against tokens seen.
 PANELS = [
@@ -85,8 +86,6 @@ def publish(sweep: Sweep, out: Path, command: str, offline_runs: str) -> str:
     to out/wandb_workspace.json. Returns the line to print: the URL, or how to publish later
     (`offline_runs`: the runs' offline W&B folders, as `wandb sync` takes them)."""
     import wandb
-
-    from nanolab.tracking import resolve_wandb_mode
 
     online = resolve_wandb_mode("auto") == "online"
     entity = sweep.entity
