@@ -227,10 +227,10 @@ def test_evaluated_takes_the_val_metrics_from_each_runs_whole_split_evaluation(t
 
 
 def test_the_interpolation_point_is_the_smallest_size_that_fits_its_training_set():
-    from nanolab.compare import Row, Run, interpolation_point
+    from nanolab.compare import Row, RunResult, interpolation_point
 
     def row(params: float, *train_accs: float) -> Row:
-        runs = [Run(Path("r"), "finished", "", seed, {}, [], {"params": params, "train_eval/acc": acc}) for seed, acc in enumerate(train_accs)]
+        runs = [RunResult(Path("r"), "finished", "", seed, {}, [], {"params": params, "train_eval/acc": acc}) for seed, acc in enumerate(train_accs)]
         return Row({}, runs)
 
     # means 0.40, 0.955, 0.968, 0.970: the best is 0.970, and 0.955 is more than 0.01 below it

@@ -25,7 +25,7 @@ from nanolab.compare import compare, offline_run_folders
 from nanolab.config import check_config
 from nanolab.data import DataError, TokenData, prepare
 from nanolab.evaluate import run as evaluate_run
-from nanolab.metrics import evaluate
+from nanolab.metrics import evaluate_batches
 from nanolab.model import GPT, GPTConfig
 from nanolab.pretrained import read_weights
 from nanolab.prune import prune_run
@@ -303,7 +303,7 @@ def test_a_stop_request_abandons_an_evaluation_and_a_lanczos_run():
     from nanolab.losses import get_loss
 
     with pytest.raises(Abandoned, match="signal 15 arrived during an evaluation"):
-        evaluate(model, data, get_loss(cfg), cfg, 2, 3, torch.autocast("cpu", enabled=False), stop=[15])
+        evaluate_batches(model, data, get_loss(cfg), cfg, 2, 3, torch.autocast("cpu", enabled=False), stop=[15])
     assert model.training  # put back in training mode
     with pytest.raises(Abandoned, match="sharpness"):
         lanczos(lambda v: v, 5, 1, 5, torch.Generator().manual_seed(0), stop=[15])

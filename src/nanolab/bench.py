@@ -48,7 +48,7 @@ from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import write_json
 from nanolab.distributed import World
 from nanolab.losses import chunked_head_loss, get_loss, head_chunk_tokens
-from nanolab.metrics import evaluate, flops_per_token
+from nanolab.metrics import evaluate_batches, flops_per_token
 from nanolab.run import Run, build_run, train_step
 from nanolab.runtime import Runtime, measure_cpu_matmul_flops, pick_device, sync
 from nanolab.tracking import RunInfo
@@ -119,7 +119,7 @@ def eval_seconds(run: Run) -> float:
     sync(run.runtime.device)
     t0 = time.perf_counter()
     t = run.cfg.trainer
-    evaluate(run.model, run.data, run.loss_fn, run.cfg.loss, t.batch_size, t.eval_iters, run.runtime.autocast(), run.head_chunk)
+    evaluate_batches(run.model, run.data, run.loss_fn, run.cfg.loss, t.batch_size, t.eval_iters, run.runtime.autocast(), run.head_chunk)
     sync(run.runtime.device)
     return time.perf_counter() - t0
 

@@ -78,7 +78,7 @@ IDENTITY_FREE_KEYS = ("resume", "allow_changes", "fresh_optimizer", "device", "c
 
 
 @dataclass
-class Run:
+class RunResult:
     """One training run as its directory records it."""
 
     dir: Path
@@ -165,7 +165,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def read_run(path: Path) -> Run:
+def read_run(path: Path) -> RunResult:
     """A run from its directory; a run without summary.json was killed or is still running."""
     records = read_records(path / "metrics.jsonl")
     try:
@@ -187,7 +187,7 @@ def read_run(path: Path) -> Run:
     config = config if isinstance(config, dict) else {}
     seed = config.get("seed", params.get("seed"))
     params = {k: v for k, v in params.items() if k != "seed" and not _is_identity_free(k)}
-    return Run(path, summary.get("status", "unknown"), summary.get("error", ""), seed, params, records, run_values(records, summary, path))
+    return RunResult(path, summary.get("status", "unknown"), summary.get("error", ""), seed, params, records, run_values(records, summary, path))
 
 
 def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Path | None = None) -> dict[str, float]:
@@ -211,7 +211,7 @@ def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Pa
     return values
 
 
-def use_evaluations(runs: list[Run]) -> int:
+def use_evaluations(runs: list[RunResult]) -> int:
     """Give each finished run the val metrics of its evaluation_val.json, which must score its
     final step; returns the tokens they were measured on (the same split for every run)."""
     tokens, missing = set(), []
@@ -236,7 +236,7 @@ def use_evaluations(runs: list[Run]) -> int:
     return tokens.pop() if tokens else 0
 
 
-def fill_missing_params(runs: list[Run]) -> list[str]:
+def fill_missing_params(runs: list[RunResult]) -> list[str]:
     """Give every run a value for every key some run overrides (its config's value or group
     choice when it did not override it); returns the keys whose values differ across runs."""
     keys = list(dict.fromkeys(k for run in runs for k in run.params))
@@ -268,10 +268,10 @@ class Row:
     """One configuration: its swept values and statistics over its finished runs."""
 
     params: dict[str, str]
-    runs: list[Run]
+    runs: list[RunResult]
 
     @property
-    def finished(self) -> list[Run]:
+    def finished(self) -> list[RunResult]:
         return [r for r in self.runs if r.status in ENDED_AS_PLANNED and r.values]
 
     def stats(self, key: str) -> tuple[float, float, int]:
@@ -285,7 +285,7 @@ class Row:
         return ",".join(f"{k}={self.params[k]}" for k in keys) or "all runs"
 
 
-def group_rows(runs: list[Run], keys: list[str], sort: str) -> list[Row]:
+def group_rows(runs: list[RunResult], keys: list[str], sort: str) -> list[Row]:
     rows: dict[tuple, Row] = {}
     for run in runs:
         ident = tuple(run.params[k] for k in keys)
@@ -343,7 +343,7 @@ def markdown_table(rows: list[Row], keys: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(rows: list[Row], keys: list[str], runs: list[Run], sort: str, sources: list[str], evaluated_tokens: int = 0) -> str:
+def report_markdown(rows: list[Row], keys: list[str], runs: list[RunResult], sort: str, sources: list[str], evaluated_tokens: int = 0) -> str:
     unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
     early = [r for r in runs if r.status == "early_stopped"]
     where = (
@@ -390,7 +390,7 @@ def rows_csv(rows: list[Row], keys: list[str]) -> str:
     return buffer.getvalue()
 
 
-def runs_csv(runs: list[Run], keys: list[str]) -> str:
+def runs_csv(runs: list[RunResult], keys: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["run_dir", "status", "seed", *keys, *(k for k, *_ in METRICS), "error"])
@@ -401,7 +401,7 @@ def runs_csv(runs: list[Run], keys: list[str]) -> str:
     return buffer.getvalue()
 
 
-def _series(run: Run, metric: str) -> dict[int, float]:
+def _series(run: RunResult, metric: str) -> dict[int, float]:
     return {r["step"]: r[metric] for r in run.records if metric in r}
 
 
@@ -412,7 +412,7 @@ UNITS = {
 }
 
 
-def _mean_curve(runs: list[Run], metric: str) -> tuple[Any, Any, Any] | None:
+def _mean_curve(runs: list[RunResult], metric: str) -> tuple[Any, Any, Any] | None:
     """(tokens, mean, std or None) over the runs' common evaluation points of `metric`."""
     import numpy as np
 
@@ -508,7 +508,7 @@ def plot_final_values(rows: list[Row], keys: list[str], path: Path, metrics: tup
     _save_figure(fig, path)
 
 
-def plot_sharpness(runs: list[Run], keys: list[str], path: Path) -> bool:
+def plot_sharpness(runs: list[RunResult], keys: list[str], path: Path) -> bool:
     """Each run's sharpness against step (for Adam/AdamW the preconditioned sharpness, which
     its threshold is about), with the optimizer's stability threshold (2/η for GD) dashed in
     the same colour. Returns False, drawing nothing, when no run measured sharpness."""
@@ -639,7 +639,7 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def wandb_sweep(runs: list[Run], keys: list[str]) -> Sweep:
+def wandb_sweep(runs: list[RunResult], keys: list[str]) -> Sweep:
     """Where the runs are on W&B (project, entity, group, as nanolab.train named them) and the
     config keys their configurations differ by."""
     places, choices = set(), set()

@@ -122,7 +122,7 @@ class EvaluateKeys:
 
 
 @dataclass
-class Trainer:
+class TrainerKeys:
     max_iters: int = MISSING
     batch_size: int = MISSING
     grad_accum: int = MISSING
@@ -331,7 +331,7 @@ class Logger:
 # group -> (the key whose value picks the schema, {value: schema}); a group with one schema
 # has no selecting key. Options are stored as schema/<group>/<option>.
 SCHEMAS: dict[str, tuple[str | None, dict[str, type]]] = {
-    "trainer": (None, {"default": Trainer}),
+    "trainer": (None, {"default": TrainerKeys}),
     "sharpness": (None, {"default": Sharpness}),
     "model": (None, {"gpt": Model}),
     "logger": (None, {"wandb": Logger}),

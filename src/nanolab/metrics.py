@@ -249,7 +249,7 @@ def update_totals(
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_batches(
     model: GPT,
     data: TokenData,
     loss_fn: LossFn,

@@ -34,7 +34,7 @@ from nanolab.checkpoint import checkpoint_file, load_checkpoint, run_config
 from nanolab.config import PruneKeys, check_entry_types
 from nanolab.data import trained_data
 from nanolab.distributed import World
-from nanolab.metrics import evaluate
+from nanolab.metrics import evaluate_batches
 from nanolab.model import GPT
 from nanolab.run import Run, build_run, train_step
 from nanolab.runtime import Runtime, pick_device
@@ -122,7 +122,7 @@ def prune_run(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def _val(run: Run, prefix: str) -> dict[str, float]:
-    metrics = evaluate(run.model, run.data, run.loss_fn, run.cfg.loss, run.cfg.trainer.batch_size, run.cfg.trainer.eval_iters,
+    metrics = evaluate_batches(run.model, run.data, run.loss_fn, run.cfg.loss, run.cfg.trainer.batch_size, run.cfg.trainer.eval_iters,
                        run.runtime.autocast(), run.head_chunk)
     return {f"{prefix}/{k}": metrics[k] for k in ("val/ce", "val/ce_calibrated", "val/acc")}
 

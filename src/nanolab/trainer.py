@@ -41,7 +41,7 @@ from nanolab.checkpoint import Checkpoint, load_checkpoint, resume_changes, resu
 from nanolab.config import check_config
 from nanolab.distributed import World, process_group
 from nanolab.data import FullBatchSampler, stream_seed
-from nanolab.metrics import evaluate, flops_per_token
+from nanolab.metrics import evaluate_batches, flops_per_token
 from nanolab.optim import set_optimizer_mode
 from nanolab.run import Run, StepResult, build_run, is_finite, set_lr, train_step
 from nanolab.runtime import Runtime, pick_device
@@ -176,7 +176,7 @@ class Validator:
         process: under DDP the ranks finish it together and agree on the stop afterwards."""
         run, cfg = self.run, self.run.cfg
         full_batch = (run.sampler.x, run.sampler.y) if isinstance(run.sampler, FullBatchSampler) else None
-        metrics = evaluate(
+        metrics = evaluate_batches(
             run.model, run.data, run.loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters,
             run.runtime.autocast(), run.head_chunk, run.world, train_windows=full_batch, stop=() if run.world.distributed else stop,
         )
