@@ -198,7 +198,12 @@ def test_evaluate_scores_every_val_token_of_a_checkpoint(tmp_path, data_root):
     del state["config"]["data"]["shard_gb"]
     torch.save(state, best)
     run_cli(f"checkpoint={best}", "split=val", cwd=tmp_path, module="nanolab.evaluate")
-    assert json.loads((tmp_path / "evaluation_val.json").read_text()) == result
+    again = json.loads((tmp_path / "evaluation_val.json").read_text())
+    # ECE's float32 bin sums moved in the 8th digit between two processes once (CI at 029ceeb):
+    # the same numbers, not the same bits.
+    numbers = {k for k, v in result.items() if isinstance(v, float)}
+    assert {k: again[k] for k in numbers} == pytest.approx({k: result[k] for k in numbers}, rel=1e-6)
+    assert {k: v for k, v in again.items() if k not in numbers} == {k: v for k, v in result.items() if k not in numbers}
 
 
 def test_z_loss_and_logit_softcap_train(tmp_path):
