@@ -34,7 +34,7 @@ log = logging.getLogger("nanolab.train")
 # Param-group entries that an optimizer itself updates as it steps (pytorch-optimizer's step
 # count, the schedule-free averages): they continue from the checkpoint. Every other entry is
 # a hyperparameter set from the config, and `lr` is set before each step.
-RUNNING_GROUP_KEYS = ("step", "k", "train_mode", "weight_sum", "lr_max", "scheduled_lr")
+RUNNING_GROUP_KEYS = ("step", "train_mode", "weight_sum", "lr_max")
 
 
 @dataclass
