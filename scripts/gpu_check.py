@@ -40,30 +40,86 @@ PYTHON = sys.executable
 def sizes(dry_run: bool) -> dict[str, list[str]]:
     """The overrides of each check: the real ones, or tiny CPU ones that exercise the same code."""
     if dry_run:
-        tiny = ["model=nano", "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.block_size=32", "trainer.batch_size=4",
-                "device=cpu", "dtype=float32", "compile=false", "threads=1", "logger=none"]
+        tiny = [
+            "model=nano",
+            "model.n_layer=1",
+            "model.n_embd=32",
+            "model.n_head=2",
+            "model.block_size=32",
+            "trainer.batch_size=4",
+            "device=cpu",
+            "dtype=float32",
+            "compile=false",
+            "threads=1",
+            "logger=none",
+        ]
         return {
-            "bench": [*tiny, "data=shakespeare", "trainer.log_interval=5", "trainer.eval_iters=2", "bench.steps=5", "bench.warmup=5", "bench.repeats=1"],
-            "head": ["bench.what=head", "device=cpu", "dtype=float32", "threads=1", "bench.head.tokens=512", "bench.head.n_embd=64", "bench.repeats=1"],
+            "bench": [
+                *tiny,
+                "data=shakespeare",
+                "trainer.log_interval=5",
+                "trainer.eval_iters=2",
+                "bench.steps=5",
+                "bench.warmup=5",
+                "bench.repeats=1",
+            ],
+            "head": [
+                "bench.what=head",
+                "device=cpu",
+                "dtype=float32",
+                "threads=1",
+                "bench.head.tokens=512",
+                "bench.head.n_embd=64",
+                "bench.repeats=1",
+            ],
             "torchrun": [*tiny, "trainer.eval_interval=5", "trainer.eval_iters=2"],
-            "quickstart": [*tiny, "trainer.max_iters=20", "trainer.eval_interval=10", "trainer.eval_iters=2"],
+            "quickstart": [
+                *tiny,
+                "trainer.max_iters=20",
+                "trainer.eval_interval=10",
+                "trainer.eval_iters=2",
+            ],
         }
-    gpt2 = ["model=gpt2", "data=shakespeare", "dtype=bfloat16", "compile=true", "trainer.batch_size=16", "logger=none"]
+    gpt2 = [
+        "model=gpt2",
+        "data=shakespeare",
+        "dtype=bfloat16",
+        "compile=true",
+        "trainer.batch_size=16",
+        "logger=none",
+    ]
     return {
-        "bench": [*gpt2, "trainer.log_interval=10", "bench.steps=30", "bench.warmup=20", "bench.repeats=1"],
+        "bench": [
+            *gpt2,
+            "trainer.log_interval=10",
+            "bench.steps=30",
+            "bench.warmup=20",
+            "bench.repeats=1",
+        ],
         "head": ["bench.what=head", "dtype=bfloat16", "bench.head.tokens=16384", "bench.repeats=3"],
-        "torchrun": [*gpt2[:4], "compile=false", "trainer.batch_size=8", "trainer.eval_interval=25", "trainer.eval_iters=5", "logger=none"],
+        "torchrun": [
+            *gpt2[:4],
+            "compile=false",
+            "trainer.batch_size=8",
+            "trainer.eval_interval=25",
+            "trainer.eval_iters=5",
+            "logger=none",
+        ],
         "quickstart": ["logger=none"],
     }
 
 
-def run(cmd: list[str], log: Path, timeout: float, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run(
+    cmd: list[str], log: Path, timeout: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run a command with its output in `log`; its exit code, seconds and output's end."""
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with open(log, "w") as out:
         try:
-            code = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, env=env).returncode
+            code = subprocess.run(
+                cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, env=env
+            ).returncode
         except subprocess.TimeoutExpired:
             code = "timeout"
     result = {"command": " ".join(cmd), "exit": code, "seconds": round(time.time() - t0, 1)}
@@ -76,17 +132,44 @@ def check_bench(out: Path, overrides: list[str], dry_run: bool) -> dict[str, Any
     results = {}
     for loss in ("ce", "mse", "label_smoothing"):
         directory = out / "bench" / loss
-        outcome = run([PYTHON, "-m", "nanolab.bench", f"loss={loss}", *overrides, f"hydra.run.dir={directory}"], directory / "log.txt", 240)
+        outcome = run(
+            [
+                PYTHON,
+                "-m",
+                "nanolab.bench",
+                f"loss={loss}",
+                *overrides,
+                f"hydra.run.dir={directory}",
+            ],
+            directory / "log.txt",
+            240,
+        )
         if outcome["exit"] == 0:
             bench = json.loads((directory / "bench.json").read_text())
-            outcome |= {k: bench[k] for k in ("device", "bare_ms", "loop_ms", "tokens_per_s", "mfu", "peak_memory_mb", "split_ms") if k in bench}
+            outcome |= {
+                k: bench[k]
+                for k in (
+                    "device",
+                    "bare_ms",
+                    "loop_ms",
+                    "tokens_per_s",
+                    "mfu",
+                    "peak_memory_mb",
+                    "split_ms",
+                )
+                if k in bench
+            }
         results[loss] = outcome
     return results
 
 
 def check_head(out: Path, overrides: list[str], dry_run: bool) -> dict[str, Any]:
     directory = out / "head"
-    outcome = run([PYTHON, "-m", "nanolab.bench", *overrides, f"hydra.run.dir={directory}"], directory / "log.txt", 180)
+    outcome = run(
+        [PYTHON, "-m", "nanolab.bench", *overrides, f"hydra.run.dir={directory}"],
+        directory / "log.txt",
+        180,
+    )
     if outcome["exit"] == 0:
         outcome |= json.loads((directory / "bench.json").read_text())
     return outcome
@@ -101,7 +184,9 @@ def check_kernels(out: Path, dry_run: bool) -> dict[str, Any]:
     from nanolab.optim import build_optimizer
 
     device = torch.device("cpu" if dry_run else "cuda")
-    config = GPTConfig(n_layer=2, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, bias=False)
+    config = GPTConfig(
+        n_layer=2, n_head=12, n_embd=768, block_size=1024, vocab_size=50257, bias=False
+    )
     model = GPT(config).to(device)
     optim_cfg = OmegaConf.load(REPO / "configs" / "optim" / "adamw.yaml")
     optimizer = build_optimizer(model, optim_cfg, device)
@@ -113,11 +198,23 @@ def check_kernels(out: Path, dry_run: bool) -> dict[str, Any]:
             loss = model(x).float().logsumexp(-1).mean()
         loss.backward()
         optimizer.step()
-    names = sorted({e.name for e in prof.events() if "attention" in e.name.lower() or "flash" in e.name.lower()})
-    kernel = next((k for k in ("flash", "efficient", "cudnn", "math") if any(k in n.lower() for n in names)), "unknown")
+    names = sorted(
+        {
+            e.name
+            for e in prof.events()
+            if "attention" in e.name.lower() or "flash" in e.name.lower()
+        }
+    )
+    kernel = next(
+        (k for k in ("flash", "efficient", "cudnn", "math") if any(k in n.lower() for n in names)),
+        "unknown",
+    )
     return {
-        "device": str(device), "sdpa_ops": names[:12], "attention_kernel": kernel,
-        "flash": any("flash" in n.lower() for n in names), "adamw_fused": bool(optimizer.param_groups[0].get("fused")),
+        "device": str(device),
+        "sdpa_ops": names[:12],
+        "attention_kernel": kernel,
+        "flash": any("flash" in n.lower() for n in names),
+        "adamw_fused": bool(optimizer.param_groups[0].get("fused")),
     }
 
 
@@ -131,13 +228,31 @@ def check_torchrun(out: Path, overrides: list[str], dry_run: bool) -> dict[str, 
     """Under torchrun (nccl on CUDA): SIGTERM once the first checkpoint exists, then resume
     for RESUMED_STEPS more steps."""
     directory = out / "torchrun" / "run"
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "nanolab.train", *overrides, f"hydra.run.dir={directory}"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        "-m",
+        "nanolab.train",
+        *overrides,
+        f"hydra.run.dir={directory}",
+    ]
     log = out / "torchrun" / "first.txt"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:
-        proc = subprocess.Popen([*cmd, f"trainer.max_iters={UNREACHED}"], cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [*cmd, f"trainer.max_iters={UNREACHED}"],
+            cwd=REPO,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + 240
-        while proc.poll() is None and not (directory / "last.pt").exists() and time.time() < deadline:
+        while (
+            proc.poll() is None and not (directory / "last.pt").exists() and time.time() < deadline
+        ):
             time.sleep(0.5)
         stopped_by = "sigterm" if proc.poll() is None else "ended on its own"
         if proc.poll() is None:
@@ -145,48 +260,120 @@ def check_torchrun(out: Path, overrides: list[str], dry_run: bool) -> dict[str, 
         first_exit = proc.wait(timeout=120)
     first, first_records = read_run(directory)
     stopped_at = max((r["step"] for r in first_records), default=0)
-    resumed = run([*cmd, f"trainer.max_iters={stopped_at + RESUMED_STEPS}", "resume=true"], out / "torchrun" / "resume.txt", 300)
+    resumed = run(
+        [*cmd, f"trainer.max_iters={stopped_at + RESUMED_STEPS}", "resume=true"],
+        out / "torchrun" / "resume.txt",
+        300,
+    )
     summary, records = read_run(directory)
     train_steps = [r["step"] for r in records if "train/loss" in r]
     return {
-        "first_segment": {"stopped_by": stopped_by, "exit": first_exit, "status": first.get("status"), "last_step": max((r["step"] for r in first_records), default=None)},
-        "resume": resumed, "status": summary.get("status"), "best_val_ce": summary.get("best/val/ce"),
+        "first_segment": {
+            "stopped_by": stopped_by,
+            "exit": first_exit,
+            "status": first.get("status"),
+            "last_step": max((r["step"] for r in first_records), default=None),
+        },
+        "resume": resumed,
+        "status": summary.get("status"),
+        "best_val_ce": summary.get("best/val/ce"),
         "train_steps_logged_twice": len(train_steps) - len(set(train_steps)),
     }
 
 
 def read_run(directory: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A run directory's summary.json and metrics.jsonl records (empty where missing)."""
-    summary = json.loads((directory / "summary.json").read_text()) if (directory / "summary.json").exists() else {}
+    summary = (
+        json.loads((directory / "summary.json").read_text())
+        if (directory / "summary.json").exists()
+        else {}
+    )
     metrics = directory / "metrics.jsonl"
-    return summary, [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    return summary, [
+        json.loads(line) for line in metrics.read_text().splitlines()
+    ] if metrics.exists() else []
 
 
 def check_quickstart(out: Path, overrides: list[str], dry_run: bool) -> dict[str, Any]:
     directory = out / "quickstart"
-    outcome = run([PYTHON, "-m", "nanolab.train", *overrides, f"hydra.run.dir={directory}"], out / "quickstart.txt", 300)
+    outcome = run(
+        [PYTHON, "-m", "nanolab.train", *overrides, f"hydra.run.dir={directory}"],
+        out / "quickstart.txt",
+        300,
+    )
     if (directory / "summary.json").exists():
         summary = json.loads((directory / "summary.json").read_text())
-        outcome |= {k: summary.get(k) for k in ("status", "wall_time_s", "best/val/ce", "final/val/ce", "final/val/ce_calibrated", "final/val/acc")}
+        outcome |= {
+            k: summary.get(k)
+            for k in (
+                "status",
+                "wall_time_s",
+                "best/val/ce",
+                "final/val/ce",
+                "final/val/ce_calibrated",
+                "final/val/acc",
+            )
+        }
     return outcome
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# GPU check ({'dry run on CPU' if report['dry_run'] else report['environment']['device']})", ""]
+    lines = [
+        f"# GPU check ({'dry run on CPU' if report['dry_run'] else report['environment']['device']})",
+        "",
+    ]
     lines += [f"- {k}: {v}" for k, v in report["environment"].items()]
-    lines += ["", "## bench (model=gpt2, bfloat16, compile)" if not report["dry_run"] else "## bench (tiny, CPU)", "",
-              "| loss | exit | ms/step (bare) | ms/step (loop) | tokens/s | MFU | peak MB |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## bench (model=gpt2, bfloat16, compile)"
+        if not report["dry_run"]
+        else "## bench (tiny, CPU)",
+        "",
+        "| loss | exit | ms/step (bare) | ms/step (loop) | tokens/s | MFU | peak MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for loss, b in report["bench"].items():
-        cells = [b.get("bare_ms"), b.get("loop_ms"), b.get("tokens_per_s"), b.get("mfu"), b.get("peak_memory_mb")]
-        lines.append(f"| {loss} | {b['exit']} | " + " | ".join("" if c is None else f"{c:.4g}" for c in cells) + " |")
+        cells = [
+            b.get("bare_ms"),
+            b.get("loop_ms"),
+            b.get("tokens_per_s"),
+            b.get("mfu"),
+            b.get("peak_memory_mb"),
+        ]
+        lines.append(
+            f"| {loss} | {b['exit']} | "
+            + " | ".join("" if c is None else f"{c:.4g}" for c in cells)
+            + " |"
+        )
     head = report["head"]
     lines += ["", "## chunked head against the whole head", ""]
-    lines += [f"- {k}: {head.get(k)}" for k in ("exit", "vocab_size", "tokens", "whole_peak_mb", "chunked_peak_mb", "memory_ratio", "whole_ms", "chunked_ms", "time_ratio")]
+    lines += [
+        f"- {k}: {head.get(k)}"
+        for k in (
+            "exit",
+            "vocab_size",
+            "tokens",
+            "whole_peak_mb",
+            "chunked_peak_mb",
+            "memory_ratio",
+            "whole_ms",
+            "chunked_ms",
+            "time_ratio",
+        )
+    ]
     lines += ["", "## kernels", ""] + [f"- {k}: {v}" for k, v in report["kernels"].items()]
-    lines += ["", "## torchrun: SIGTERM after the first checkpoint, then resume", ""] + [f"- {k}: {v}" for k, v in report["torchrun"].items() if k != "resume"]
+    lines += ["", "## torchrun: SIGTERM after the first checkpoint, then resume", ""] + [
+        f"- {k}: {v}" for k, v in report["torchrun"].items() if k != "resume"
+    ]
     lines += [f"- resume exit: {report['torchrun']['resume']['exit']}"]
-    lines += ["", "## quick start", ""] + [f"- {k}: {v}" for k, v in report["quickstart"].items() if k != "output_tail"]
-    lines += ["", f"Total: {report['seconds']:.0f} s. Failed checks: {', '.join(report['failed']) or 'none'}.", ""]
+    lines += ["", "## quick start", ""] + [
+        f"- {k}: {v}" for k, v in report["quickstart"].items() if k != "output_tail"
+    ]
+    lines += [
+        "",
+        f"Total: {report['seconds']:.0f} s. Failed checks: {', '.join(report['failed']) or 'none'}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -195,14 +382,20 @@ def failed(report: dict[str, Any]) -> list[str]:
     bad += ["head"] * (report["head"]["exit"] != 0)
     bad += ["kernels"] * ("error" in report["kernels"])
     torchrun = report["torchrun"]
-    bad += ["torchrun"] * (torchrun["first_segment"]["status"] != "interrupted" or torchrun.get("status") != "finished" or torchrun.get("train_steps_logged_twice", 1) != 0)
+    bad += ["torchrun"] * (
+        torchrun["first_segment"]["status"] != "interrupted"
+        or torchrun.get("status") != "finished"
+        or torchrun.get("train_steps_logged_twice", 1) != 0
+    )
     bad += ["quickstart"] * (report["quickstart"].get("status") != "finished")
     return bad
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out", type=Path, help="folder for gpu_check.json, gpu_check.md and each check's files")
+    parser.add_argument(
+        "out", type=Path, help="folder for gpu_check.json, gpu_check.md and each check's files"
+    )
     parser.add_argument("--dry-run", action="store_true", help="the same checks, tiny, on CPU")
     args = parser.parse_args()
     if not args.dry_run and not torch.cuda.is_available():
@@ -210,12 +403,21 @@ def main() -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     overrides, t0 = sizes(args.dry_run), time.time()
-    report: dict[str, Any] = {"dry_run": args.dry_run, "environment": {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() and not args.dry_run else "cpu",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-    }}
+    report: dict[str, Any] = {
+        "dry_run": args.dry_run,
+        "environment": {
+            "device": torch.cuda.get_device_name()
+            if torch.cuda.is_available() and not args.dry_run
+            else "cpu",
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "python": platform.python_version(),
+            "commit": subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+            ).stdout.strip(),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        },
+    }
     report["bench"] = check_bench(args.out, overrides["bench"], args.dry_run)
     report["head"] = check_head(args.out, overrides["head"], args.dry_run)
     try:

@@ -6,8 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import torch
@@ -44,7 +44,9 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     its datasets there (NANOLAB_DATA_DIR), never in the repository."""
     source = next((p for p in SHAKESPEARE_COPIES if p.is_file()), None)
     if source is None:
-        pytest.fail(f"the tiny Shakespeare text is needed at one of {[str(p) for p in SHAKESPEARE_COPIES]}")
+        pytest.fail(
+            f"the tiny Shakespeare text is needed at one of {[str(p) for p in SHAKESPEARE_COPIES]}"
+        )
     root = tmp_path_factory.mktemp("data")
     (root / "shakespeare_char").mkdir()
     shutil.copy(source, root / "shakespeare_char" / "input.txt")
@@ -59,11 +61,26 @@ def compose_train(*overrides: str, return_hydra_config: bool = False) -> DictCon
         return compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
-def run_cli(*args: str, cwd: Path, module: str = "nanolab.train", check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    cwd: Path,
+    module: str = "nanolab.train",
+    check: bool = True,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     """Run `python -m <module> <args>` in cwd, as a user would (in `env`, default this process's)."""
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 

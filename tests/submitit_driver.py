@@ -29,7 +29,9 @@ class Launcher:
 
 def requeue(countdown: int) -> None:
     step = torch.load(run_dir / "last.pt", weights_only=True)["step"]
-    (run_dir / "requeued.json").write_text(json.dumps({"countdown": countdown, "last_pt_step": step}))
+    (run_dir / "requeued.json").write_text(
+        json.dumps({"countdown": countdown, "last_pt_step": step})
+    )
 
 
 env = SlurmJobEnvironment()

@@ -4,14 +4,20 @@ only their presence and sanity are checked here (the speed targets live in docs/
 import json
 
 import pytest
-
 from conftest import TINY, run_cli
 
 
 @pytest.mark.slow
 def test_step_benchmark_measures_bare_loop_split_and_eval(tmp_path):
-    out = run_cli(*TINY, "bench.steps=4", "bench.warmup=2", "bench.repeats=2", f"hydra.run.dir={tmp_path}",
-                  cwd=tmp_path, module="nanolab.bench")
+    out = run_cli(
+        *TINY,
+        "bench.steps=4",
+        "bench.warmup=2",
+        "bench.repeats=2",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+        module="nanolab.bench",
+    )
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["what"] == "step" and result["samples"] == {"bare": 8, "loop": 8, "split": 8}
     assert set(result["split_ms"]) == {"data", "forward", "backward", "optimizer"}
@@ -23,9 +29,18 @@ def test_step_benchmark_measures_bare_loop_split_and_eval(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["ce", "mse"])
 def test_head_benchmark_compares_whole_and_chunked_heads(tmp_path, loss):
-    run_cli(f"loss={loss}", "bench.what=head", "bench.repeats=1", "bench.head.tokens=2048", "bench.head.n_embd=64",
-            "bench.head.vocab_size=16384", "bench.head.chunk_tokens=256", f"hydra.run.dir={tmp_path}",
-            cwd=tmp_path, module="nanolab.bench")
+    run_cli(
+        f"loss={loss}",
+        "bench.what=head",
+        "bench.repeats=1",
+        "bench.head.tokens=2048",
+        "bench.head.n_embd=64",
+        "bench.head.vocab_size=16384",
+        "bench.head.chunk_tokens=256",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+        module="nanolab.bench",
+    )
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["chunk_tokens"] == 256 and result["loss"] == loss
     # 2048 x 16384 float32 logits are 128 MiB, a chunk 16 MiB: the chunked head must need less.
@@ -35,8 +50,15 @@ def test_head_benchmark_compares_whole_and_chunked_heads(tmp_path, loss):
 
 @pytest.mark.slow
 def test_profile_splits_step_time_by_operator_family(tmp_path):
-    run_cli(*TINY, "bench.what=profile", "bench.steps=3", "bench.warmup=1", f"hydra.run.dir={tmp_path}",
-            cwd=tmp_path, module="nanolab.bench")
+    run_cli(
+        *TINY,
+        "bench.what=profile",
+        "bench.steps=3",
+        "bench.warmup=1",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+        module="nanolab.bench",
+    )
     result = json.loads((tmp_path / "bench.json").read_text())
     assert sum(result["share"].values()) == pytest.approx(1.0)
     assert {"matmul", "optimizer", "attention"} <= set(result["self_ms_per_step"])
@@ -44,7 +66,22 @@ def test_profile_splits_step_time_by_operator_family(tmp_path):
 
 
 def test_bad_bench_settings_are_named(tmp_path):
-    out = run_cli("bench.what=everything", f"hydra.run.dir={tmp_path}", cwd=tmp_path, module="nanolab.bench", check=False)
-    assert out.returncode == 2 and "bench.what='everything' is not one of step, compile, head" in out.stdout + out.stderr
-    out = run_cli("bench.steps=15", f"hydra.run.dir={tmp_path}", cwd=tmp_path, module="nanolab.bench", check=False)
+    out = run_cli(
+        "bench.what=everything",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+        module="nanolab.bench",
+        check=False,
+    )
+    assert (
+        out.returncode == 2
+        and "bench.what='everything' is not one of step, compile, head" in out.stdout + out.stderr
+    )
+    out = run_cli(
+        "bench.steps=15",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+        module="nanolab.bench",
+        check=False,
+    )
     assert out.returncode == 2 and "multiples of trainer.log_interval=10" in out.stdout + out.stderr

@@ -10,27 +10,42 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY, run_cli
+from wandb_offline import offline_runs
+
 from nanolab import ConfigError
 from nanolab.compare import compare
-from wandb_offline import offline_runs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_run(job: Path, overrides: list[str], seed: int, final: dict | None, status: str = "finished", error: str = "") -> None:
+def fake_run(
+    job: Path,
+    overrides: list[str],
+    seed: int,
+    final: dict | None,
+    status: str = "finished",
+    error: str = "",
+) -> None:
     """A run directory as nanolab.train leaves it: .hydra/, metrics.jsonl and summary.json."""
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"seed={seed}"]))
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "optim": {"lr": 0.002}}))
-    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"loss": "ce"}}}}))
+    (job / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"seed": seed, "optim": {"lr": 0.002}})
+    )
+    (job / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": {"loss": "ce"}}}})
+    )
     records = [{"step": 0, "tokens": 0, "time_s": 1.0, "val/ce": 4.0, "val/acc": 0.0}]
-    records += [{"step": 10, "tokens": 640, "time_s": 5.0, "train/loss": 2.5, "perf/tokens_per_s": 100.0}]
+    records += [
+        {"step": 10, "tokens": 640, "time_s": 5.0, "train/loss": 2.5, "perf/tokens_per_s": 100.0}
+    ]
     if final:
         records.append({"step": 20, "tokens": 1280, "time_s": 9.0, **final})
     (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (job / "summary.json").write_text(json.dumps({"status": status, "wall_time_s": 10.0} | ({"error": error} if error else {})))
+    (job / "summary.json").write_text(
+        json.dumps({"status": status, "wall_time_s": 10.0} | ({"error": error} if error else {}))
+    )
 
 
 def read_csv(path: Path) -> dict[str, dict[str, str]]:
@@ -45,7 +60,14 @@ def test_means_and_stds_over_seeds_by_hand(tmp_path):
     fake_run(sweep / "2_loss=mse,seed=1", ["loss=mse"], 1, {"val/ce": 3.0, "val/acc": 0.30})
     fake_run(sweep / "3_loss=mse,seed=2", ["loss=mse"], 2, {"val/ce": 3.3, "val/acc": 0.35})
     fake_run(sweep / "4_loss=mse,seed=3", ["loss=mse"], 3, {"val/ce": 3.9, "val/acc": 0.25})
-    fake_run(sweep / "5_loss=mse,seed=4", ["loss=mse"], 4, None, status="diverged", error="Diverged: non-finite loss")
+    fake_run(
+        sweep / "5_loss=mse,seed=4",
+        ["loss=mse"],
+        4,
+        None,
+        status="diverged",
+        error="Diverged: non-finite loss",
+    )
 
     compare([str(sweep)], sort="val/ce")
 
@@ -55,7 +77,8 @@ def test_means_and_stds_over_seeds_by_hand(tmp_path):
     assert float(rows["ce"]["val/ce_mean"]) == pytest.approx(2.1)
     assert float(rows["ce"]["val/ce_std"]) == pytest.approx(math.sqrt(0.02))
     assert float(rows["ce"]["val/acc_std"]) == pytest.approx(math.sqrt(0.005))
-    # mse: the diverged seed is left out: (3.0 + 3.3 + 3.9) / 3 = 3.4; std sqrt((0.16 + 0.01 + 0.25) / 2)
+    # mse: the diverged seed is left out: (3.0 + 3.3 + 3.9) / 3 = 3.4; std sqrt((0.16 + 0.01 + 0.25)
+    # / 2)
     assert rows["mse"]["n"] == "3" and rows["mse"]["seeds"] == "1 2 3"
     assert float(rows["mse"]["val/ce_mean"]) == pytest.approx(3.4)
     assert float(rows["mse"]["val/ce_std"]) == pytest.approx(math.sqrt(0.21))
@@ -72,12 +95,24 @@ def test_means_and_stds_over_seeds_by_hand(tmp_path):
 
 def test_swept_number_gets_a_metric_against_value_plot(tmp_path):
     sweep = tmp_path / "sweep"
-    for i, (lr, loss, ce) in enumerate([(1e-3, "ce", 2.0), (1e-2, "ce", 1.9), (1e-3, "mse", 3.0), (1e-2, "mse", 2.8)]):
-        fake_run(sweep / f"{i}_x", [f"loss={loss}", f"optim.lr={lr}", "trainer.max_iters=20"], 1, {"val/ce": ce})
+    for i, (lr, loss, ce) in enumerate(
+        [(1e-3, "ce", 2.0), (1e-2, "ce", 1.9), (1e-3, "mse", 3.0), (1e-2, "mse", 2.8)]
+    ):
+        fake_run(
+            sweep / f"{i}_x",
+            [f"loss={loss}", f"optim.lr={lr}", "trainer.max_iters=20"],
+            1,
+            {"val/ce": ce},
+        )
     compare([str(sweep)], sort="val/ce")
     with open(sweep / "report.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["loss"], r["optim.lr"]) for r in rows] == [("ce", "0.01"), ("ce", "0.001"), ("mse", "0.01"), ("mse", "0.001")]
+    assert [(r["loss"], r["optim.lr"]) for r in rows] == [
+        ("ce", "0.01"),
+        ("ce", "0.001"),
+        ("mse", "0.01"),
+        ("mse", "0.001"),
+    ]
     assert "trainer.max_iters" not in rows[0]  # the same in every run: not a column
     assert (sweep / "val_ce_vs_optim.lr.png").read_bytes().startswith(PNG_MAGIC)
     assert not (sweep / "val_ce_vs_loss.png").exists()
@@ -103,15 +138,26 @@ def test_unusable_arguments_are_named(tmp_path):
 @pytest.mark.slow
 def test_compare_a_real_two_losses_by_two_seeds_multirun(tmp_path):
     sweep = tmp_path / "sweep"
-    run_cli("-m", "loss=ce,mse", "seed=1,2", *TINY, "trainer.max_iters=6", "trainer.eval_interval=3",
-            "logger.mode=disabled", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    run_cli(
+        "-m",
+        "loss=ce,mse",
+        "seed=1,2",
+        *TINY,
+        "trainer.max_iters=6",
+        "trainer.eval_interval=3",
+        "logger.mode=disabled",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     out = run_cli(str(sweep), cwd=tmp_path, module="nanolab.compare")
 
     finals: dict[str, list[float]] = {"ce": [], "mse": []}
     for job in sweep.iterdir():
         if job.is_dir():
             summary = json.loads((job / "summary.json").read_text())
-            finals[yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["loss"]["name"]].append(summary["final/val/ce_calibrated"])
+            finals[
+                yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["loss"]["name"]
+            ].append(summary["final/val/ce_calibrated"])
     rows = read_csv(sweep / "report.csv")
     for loss, (a, b) in finals.items():
         mean = (a + b) / 2
@@ -126,71 +172,130 @@ def test_compare_a_real_two_losses_by_two_seeds_multirun(tmp_path):
 def test_damaged_metrics_are_named_and_a_finished_runs_summary_wins(tmp_path, caplog):
     job = tmp_path / "sweep" / "0_loss=ce,seed=1"
     fake_run(job, ["loss=ce"], 1, {"val/ce": 2.0, "val/acc": 0.5})
-    fake_run(tmp_path / "sweep" / "1_loss=mse,seed=1", ["loss=mse"], 1, {"val/ce": 3.0, "val/acc": 0.3})
+    fake_run(
+        tmp_path / "sweep" / "1_loss=mse,seed=1", ["loss=mse"], 1, {"val/ce": 3.0, "val/acc": 0.3}
+    )
     lines = (job / "metrics.jsonl").read_text().splitlines()
     lines.insert(2, lines[1])  # step 10 logged twice
     # The final evaluation's line torn by a kill; the summary has the final values.
     (job / "metrics.jsonl").write_text("\n".join([*lines[:-1], lines[-1][:25]]) + "\n")
     summary = json.loads((job / "summary.json").read_text())
-    (job / "summary.json").write_text(json.dumps(summary | {"final/val/ce": 2.0, "final/val/acc": 0.5}))
+    (job / "summary.json").write_text(
+        json.dumps(summary | {"final/val/ce": 2.0, "final/val/acc": 0.5})
+    )
 
     compare([str(tmp_path / "sweep")])
 
     row = read_csv(tmp_path / "sweep" / "report.csv")["ce"]
-    assert float(row["val/ce_mean"]) == 2.0 and float(row["val/acc_mean"]) == 0.5  # not step 0's 4.0
+    # not step 0's 4.0
+    assert float(row["val/ce_mean"]) == 2.0 and float(row["val/acc_mean"]) == 0.5
     assert f"{job / 'metrics.jsonl'} line 4 is torn" in caplog.text
     assert f"{job / 'metrics.jsonl'} line 3 logs step 10 again (first at line 2)" in caplog.text
-    assert f"{job}: metrics.jsonl's last evaluation (step 0) is not summary.json's final one" in caplog.text
+    assert (
+        f"{job}: metrics.jsonl's last evaluation (step 0) is not summary.json's final one"
+        in caplog.text
+    )
 
 
 @pytest.mark.slow
 def test_wandb_workspace_definition_of_a_real_two_by_two_sweep(tmp_path, monkeypatch):
     sweep = tmp_path / "sweep"
-    run_cli("-m", *TINY, "loss=ce,mse", "optim.lr=1e-3,1e-2", "trainer.max_iters=4", "trainer.eval_interval=2",
-            "logger.mode=offline", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    run_cli(
+        "-m",
+        *TINY,
+        "loss=ce,mse",
+        "optim.lr=1e-3,1e-2",
+        "trainer.max_iters=4",
+        "trainer.eval_interval=2",
+        "logger.mode=offline",
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = run_cli(str(sweep), "--wandb-workspace", cwd=tmp_path, module="nanolab.compare")
-    assert out.stdout.strip().splitlines()[-1].startswith(f"W&B is offline: the workspace's definition is in {sweep / 'wandb_workspace.json'}")
+    assert (
+        out.stdout.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"W&B is offline: the workspace's definition is in {sweep / 'wandb_workspace.json'}"
+        )
+    )
 
     view = json.loads((sweep / "wandb_workspace.json").read_text())
     runset = view["spec"]["section"]["runSets"][0]
     runs = offline_runs(sweep)
     assert len(runs) == 4 and {r["group"] for r in runs} == {"sweep"}
-    assert runset["filters"]["filters"] == [{"key": {"section": "run", "name": "group"}, "op": "=", "value": "sweep", "disabled": False}]
+    assert runset["filters"]["filters"] == [
+        {"key": {"section": "run", "name": "group"}, "op": "=", "value": "sweep", "disabled": False}
+    ]
     # Grouped by what the sweep varies, so the seeds of a configuration are averaged; those
     # keys exist in every run's W&B config.
     assert sorted(g["name"] for g in runset["grouping"]) == ["loss.value.name", "optim.value.lr"]
     assert all({"loss", "optim"} <= set(r["config"]) and "lr" in r["config"]["optim"] for r in runs)
     panels = view["spec"]["section"]["panelBankConfig"]["sections"][0]["panels"]
-    assert [p["config"]["metrics"] for p in panels] == [["val/ce_calibrated"], ["val/ce"], ["val/acc"], ["train/loss"]]
-    assert {(p["config"]["xAxis"], p["config"]["groupAgg"], p["config"]["groupArea"]) for p in panels} == {("tokens", "mean", "stddev")}
+    assert [p["config"]["metrics"] for p in panels] == [
+        ["val/ce_calibrated"],
+        ["val/ce"],
+        ["val/acc"],
+        ["train/loss"],
+    ]
+    assert {
+        (p["config"]["xAxis"], p["config"]["groupAgg"], p["config"]["groupArea"]) for p in panels
+    } == {("tokens", "mean", "stddev")}
     assert "summary:val/ce_calibrated.last" in runset["runFeed"]["columnOrder"]
 
 
 def test_a_model_size_sweep_gets_sizes_in_the_table_and_a_plot_against_parameters(tmp_path):
     sweep = tmp_path / "sweep"
-    for i, (width, params, seed, ce) in enumerate([(32, 30_000, 1, 2.6), (32, 30_000, 2, 2.4), (64, 100_000, 1, 2.1), (64, 100_000, 2, 2.1)]):
+    for i, (width, params, seed, ce) in enumerate(
+        [(32, 30_000, 1, 2.6), (32, 30_000, 2, 2.4), (64, 100_000, 1, 2.1), (64, 100_000, 2, 2.1)]
+    ):
         job = sweep / f"{i}_w{width}_s{seed}"
-        fake_run(job, [f"model.n_embd={width}"], seed, {"val/ce": ce, "val/acc": 0.4, "train_eval/ce": ce - 0.2, "train_eval/acc": 0.45})
+        fake_run(
+            job,
+            [f"model.n_embd={width}"],
+            seed,
+            {"val/ce": ce, "val/acc": 0.4, "train_eval/ce": ce - 0.2, "train_eval/acc": 0.45},
+        )
         summary = json.loads((job / "summary.json").read_text())
-        (job / "summary.json").write_text(json.dumps(summary | {"params": params, "flops_per_token": 6 * params + 1000}))
+        (job / "summary.json").write_text(
+            json.dumps(summary | {"params": params, "flops_per_token": 6 * params + 1000})
+        )
     compare([str(sweep)], sort="val/ce")
     with open(sweep / "report.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["model.n_embd"], r["params"], r["flops_per_token"]) for r in rows] == [("64", "100000.0", "601000.0"), ("32", "30000.0", "181000.0")]
+    assert [(r["model.n_embd"], r["params"], r["flops_per_token"]) for r in rows] == [
+        ("64", "100000.0", "601000.0"),
+        ("32", "30000.0", "181000.0"),
+    ]
     assert float(rows[1]["val/ce_std"]) == pytest.approx(math.sqrt(0.02))
-    assert "| model.n_embd | n | seeds | params | FLOPs/token |" in (sweep / "report.md").read_text()
+    assert (
+        "| model.n_embd | n | seeds | params | FLOPs/token |" in (sweep / "report.md").read_text()
+    )
     assert "| 64 | 2 | 1,2 | 100k | 601k |" in (sweep / "report.md").read_text()
     assert (sweep / "metrics_vs_params.png").read_bytes().startswith(PNG_MAGIC)
 
 
-def test_a_presets_interpolated_value_groups_with_the_same_value_given_on_the_command_line(tmp_path):
+def test_a_presets_interpolated_value_groups_with_the_same_value_given_on_the_command_line(
+    tmp_path,
+):
     """Hydra saves config.yaml unresolved: optim.lr: ${tuned_lr.${loss.name}} must read as its value."""
     fake_run(tmp_path / "sweep" / "0_a", ["loss=ce", "optim.lr=0.003"], 1, {"val/ce": 2.0})
     fake_run(tmp_path / "final" / "0_b", ["loss=ce"], 2, {"val/ce": 2.2})
     config = tmp_path / "final" / "0_b" / ".hydra" / "config.yaml"
-    config.write_text(yaml.safe_dump({"seed": 2, "loss": {"name": "ce"}, "tuned_lr": {"ce": 0.003}, "optim": {"lr": "${tuned_lr.${loss.name}}"}}))
-    compare([str(tmp_path / "sweep"), str(tmp_path / "final")], out=tmp_path / "report", sort="val/ce")
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "seed": 2,
+                "loss": {"name": "ce"},
+                "tuned_lr": {"ce": 0.003},
+                "optim": {"lr": "${tuned_lr.${loss.name}}"},
+            }
+        )
+    )
+    compare(
+        [str(tmp_path / "sweep"), str(tmp_path / "final")], out=tmp_path / "report", sort="val/ce"
+    )
     with open(tmp_path / "report" / "report.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["n"] == "2" and row["seeds"] == "1 2"  # one configuration: lr 0.003 both ways
@@ -198,15 +303,38 @@ def test_a_presets_interpolated_value_groups_with_the_same_value_given_on_the_co
 
 def test_evaluated_takes_the_val_metrics_from_each_runs_whole_split_evaluation(tmp_path):
     sweep = tmp_path / "sweep"
-    fake_run(sweep / "0_loss=ce,seed=1", ["loss=ce"], 1, {"val/ce": 2.0, "val/ce_calibrated": 1.9, "val/acc": 0.50})
-    fake_run(sweep / "1_loss=ce,seed=2", ["loss=ce"], 2, {"val/ce": 2.2, "val/ce_calibrated": 2.1, "val/acc": 0.40})
+    fake_run(
+        sweep / "0_loss=ce,seed=1",
+        ["loss=ce"],
+        1,
+        {"val/ce": 2.0, "val/ce_calibrated": 1.9, "val/acc": 0.50},
+    )
+    fake_run(
+        sweep / "1_loss=ce,seed=2",
+        ["loss=ce"],
+        2,
+        {"val/ce": 2.2, "val/ce_calibrated": 2.1, "val/acc": 0.40},
+    )
 
     def evaluation(job: str, step: int, ce: float, tokens: int = 36032) -> None:
-        fields = {"step": step, "ce": ce, "ce_calibrated": ce - 0.1, "temperature": 1.1, "acc": 0.3, "ece": 0.02, "tokens": tokens}
-        (sweep / job / "evaluation_val.json").write_text(json.dumps({"checkpoint": f"{job}/last.pt", **fields}))
+        fields = {
+            "step": step,
+            "ce": ce,
+            "ce_calibrated": ce - 0.1,
+            "temperature": 1.1,
+            "acc": 0.3,
+            "ece": 0.02,
+            "tokens": tokens,
+        }
+        (sweep / job / "evaluation_val.json").write_text(
+            json.dumps({"checkpoint": f"{job}/last.pt", **fields})
+        )
 
     evaluation("0_loss=ce,seed=1", 20, 3.0)
-    with pytest.raises(ConfigError, match=r"1 finished run\(s\) have no evaluation_val.json.*1_loss=ce,seed=2/last.pt"):
+    with pytest.raises(
+        ConfigError,
+        match=r"1 finished run\(s\) have no evaluation_val.json.*1_loss=ce,seed=2/last.pt",
+    ):
         compare([str(sweep)], evaluated=True)
     evaluation("1_loss=ce,seed=2", 10, 3.4)  # an evaluation of an earlier checkpoint does not count
     with pytest.raises(ConfigError, match="1_loss=ce,seed=2/last.pt"):
@@ -220,9 +348,14 @@ def test_evaluated_takes_the_val_metrics_from_each_runs_whole_split_evaluation(t
 
     with open(sweep / "report.csv") as f:
         (row,) = csv.DictReader(f)
-    assert float(row["val/ce_mean"]) == pytest.approx(3.2) and float(row["val/ce_calibrated_mean"]) == pytest.approx(3.1)
-    assert float(row["val/acc_mean"]) == pytest.approx(0.3) and float(row["val/temperature_mean"]) == pytest.approx(1.1)
-    assert float(row["best/val/ce_mean"]) == pytest.approx(2.1)  # the lowest in training, not the evaluation's
+    assert float(row["val/ce_mean"]) == pytest.approx(3.2) and float(
+        row["val/ce_calibrated_mean"]
+    ) == pytest.approx(3.1)
+    assert float(row["val/acc_mean"]) == pytest.approx(0.3) and float(
+        row["val/temperature_mean"]
+    ) == pytest.approx(1.1)
+    # the lowest in training, not the evaluation's
+    assert float(row["best/val/ce_mean"]) == pytest.approx(2.1)
     assert "whole val split (36,032 tokens)" in (sweep / "report.md").read_text()
 
 
@@ -230,9 +363,17 @@ def test_the_interpolation_point_is_the_smallest_size_that_fits_its_training_set
     from nanolab.compare import Row, RunResult, interpolation_point
 
     def row(params: float, *train_accs: float) -> Row:
-        runs = [RunResult(Path("r"), "finished", "", seed, {}, [], {"params": params, "train_eval/acc": acc}) for seed, acc in enumerate(train_accs)]
+        runs = [
+            RunResult(
+                Path("r"), "finished", "", seed, {}, [], {"params": params, "train_eval/acc": acc}
+            )
+            for seed, acc in enumerate(train_accs)
+        ]
         return Row({}, runs)
 
     # means 0.40, 0.955, 0.968, 0.970: the best is 0.970, and 0.955 is more than 0.01 below it
-    assert interpolation_point([row(1e3, 0.40), row(1e4, 0.95, 0.96), row(2e4, 0.968), row(4e4, 0.97)]) == 2e4
+    assert (
+        interpolation_point([row(1e3, 0.40), row(1e4, 0.95, 0.96), row(2e4, 0.968), row(4e4, 0.97)])
+        == 2e4
+    )
     assert interpolation_point([row(1e3, 0.30), row(1e4, 0.85)]) is None  # never fits: no point

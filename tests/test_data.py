@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 import tiktoken
 import torch
-
 from conftest import compose_train
-from nanolab.data import BatchSampler, DataError, TokenData, gpt2_encoding, prepare, tokenizer_from_meta
+
+from nanolab.data import (
+    BatchSampler,
+    DataError,
+    TokenData,
+    gpt2_encoding,
+    prepare,
+    tokenizer_from_meta,
+)
 
 
 def data_cfg(name: str, data_root: Path, **overrides):
@@ -19,7 +26,11 @@ def data_cfg(name: str, data_root: Path, **overrides):
 
 def test_shakespeare_char_matches_nanogpt(data_root):
     meta = prepare(data_cfg("shakespeare_char", data_root))
-    assert (meta["vocab_size"], meta["train_tokens"], meta["val_tokens"]) == (65, 1_003_854, 111_540)
+    assert (meta["vocab_size"], meta["train_tokens"], meta["val_tokens"]) == (
+        65,
+        1_003_854,
+        111_540,
+    )
     directory = data_root / "shakespeare_char"
     assert (directory / "train.bin").stat().st_size == 2 * 1_003_854
     text = (directory / "input.txt").read_text()
@@ -29,7 +40,11 @@ def test_shakespeare_char_matches_nanogpt(data_root):
 
 def test_shakespeare_gpt2_matches_nanogpt(data_root):
     meta = prepare(data_cfg("shakespeare", data_root))
-    assert (meta["vocab_size"], meta["train_tokens"], meta["val_tokens"]) == (50257, 301_966, 36_059)
+    assert (meta["vocab_size"], meta["train_tokens"], meta["val_tokens"]) == (
+        50257,
+        301_966,
+        36_059,
+    )
     tok = tokenizer_from_meta(meta)
     text = (data_root / "shakespeare_char" / "input.txt").read_text()
     assert tok.decode(tok.encode(text[:5000])) == text[:5000]
@@ -44,12 +59,18 @@ def test_gpt2_encoding_is_offline_tiktoken():
 
 def test_missing_shakespeare_names_both_fixes(tmp_path):
     cfg = compose_train(
-        f"data.raw_path={tmp_path}/nowhere/input.txt", "data.url=http://127.0.0.1:9/input.txt", f"data.dir={tmp_path}/d"
+        f"data.raw_path={tmp_path}/nowhere/input.txt",
+        "data.url=http://127.0.0.1:9/input.txt",
+        f"data.dir={tmp_path}/d",
     ).data
     with pytest.raises(DataError) as err:
         prepare(cfg)
     message = str(err.value)
-    assert f"{tmp_path}/nowhere/input.txt" in message and "data.raw_path=" in message and "127.0.0.1:9" in message
+    assert (
+        f"{tmp_path}/nowhere/input.txt" in message
+        and "data.raw_path=" in message
+        and "127.0.0.1:9" in message
+    )
     assert not (tmp_path / "d").exists() and not (tmp_path / "nowhere").exists()
 
 
@@ -61,16 +82,26 @@ def test_text_file_and_folder_round_trip(tmp_path):
     (tmp_path / "corpus" / ".cache" / "index.txt").write_text("XYZ" * 100)
     (tmp_path / "corpus" / ".notes.txt").write_text("QQQ")
     for tokenizer in ("char", "gpt2"):
-        cfg = compose_train("data=text", f"data.path={tmp_path}/corpus", f"data.tokenizer={tokenizer}", f"data.dir={tmp_path}/{tokenizer}").data
+        cfg = compose_train(
+            "data=text",
+            f"data.path={tmp_path}/corpus",
+            f"data.tokenizer={tokenizer}",
+            f"data.dir={tmp_path}/{tokenizer}",
+        ).data
         meta = prepare(cfg)
         data = TokenData.load(cfg)
         tok = tokenizer_from_meta(meta)
-        text = (tmp_path / "corpus" / "a.txt").read_text() + "\n" + (tmp_path / "corpus" / "b.md").read_text()
+        text = (
+            (tmp_path / "corpus" / "a.txt").read_text()
+            + "\n"
+            + (tmp_path / "corpus" / "b.md").read_text()
+        )
         assert tok.decode(np.concatenate([data.train, data.val]).tolist()) == text
 
 
 @pytest.mark.parametrize(
-    "content,match", [(b"", "holds no text"), (b"  \n", "holds no text"), (b"caf\xe9 latin-1", "not UTF-8")]
+    "content,match",
+    [(b"", "holds no text"), (b"  \n", "holds no text"), (b"caf\xe9 latin-1", "not UTF-8")],
 )
 def test_bad_text_files_are_named(tmp_path, content, match):
     path = tmp_path / "bad.txt"
@@ -92,7 +123,9 @@ def test_changed_source_is_prepared_again_and_torn_bins_are_not_trusted(tmp_path
     with open(tmp_path / "d" / "train.bin", "r+b") as f:  # as if a write had been cut short
         f.truncate(10)
     prepare(cfg)
-    assert (tmp_path / "d" / "train.bin").stat().st_size == 2 * json.loads((tmp_path / "d" / "meta.json").read_text())["train_tokens"]
+    assert (tmp_path / "d" / "train.bin").stat().st_size == 2 * json.loads(
+        (tmp_path / "d" / "meta.json").read_text()
+    )["train_tokens"]
 
 
 def test_hf_loader_on_local_files(tmp_path):
@@ -112,7 +145,9 @@ def test_hf_loader_on_local_files(tmp_path):
     expected = sum(len(enc.encode_ordinary(r["text"])) + 1 for r in stories[:30])
     assert meta["train_tokens"] == expected
     data = TokenData.load(cfg)
-    assert enc.decode(data.val.tolist()).startswith("Once upon a time there was story number 30.<|endoftext|>")
+    assert enc.decode(data.val.tolist()).startswith(
+        "Once upon a time there was story number 30.<|endoftext|>"
+    )
     # openwebtext has no validation split: a held-out fraction is carved out of train
     cfg.val_split, cfg.val_fraction, cfg.dir = None, 0.1, f"{tmp_path}/owt"
     meta = prepare(cfg)
@@ -151,11 +186,15 @@ def test_chunked_encoding_equals_encoding_in_one_piece(data_root):
     from nanolab.data import CharTokenizer, GPT2Tokenizer, _encode
 
     shakespeare = (data_root / "shakespeare_char" / "input.txt").read_text()
-    text = shakespeare + "\n\n  indented\n\n\nend" + shakespeare[::-1] + "\n \n"  # > 2 MB, odd whitespace
+    # > 2 MB, odd whitespace
+    text = shakespeare + "\n\n  indented\n\n\nend" + shakespeare[::-1] + "\n \n"
     gpt2 = GPT2Tokenizer()
     chunked = _encode(gpt2, text, np.dtype(np.uint16), desc="test")
     assert chunked.tolist() == gpt2.encode(text)
-    assert _encode(gpt2, text, np.dtype(np.uint16), desc="test", batch=2).tolist() == chunked.tolist()  # 3 chunks: two batches
+    # 3 chunks: two batches
+    assert (
+        _encode(gpt2, text, np.dtype(np.uint16), desc="test", batch=2).tolist() == chunked.tolist()
+    )
     chars = CharTokenizer(sorted(set(text)))
     assert _encode(chars, text, np.dtype(np.uint16), desc="test").tolist() == chars.encode(text)
 
@@ -166,10 +205,16 @@ SHARD_GB = 4000 / 2**30  # 4000 bytes: 2000 uint16 tokens per shard
 def test_sharded_split_reads_like_one_file(data_root, tmp_path):
     raw = data_root / "shakespeare_char" / "input.txt"
     whole = TokenData.load(data_cfg("text", data_root, path=raw, dir=tmp_path / "whole"))
-    sharded = TokenData.load(data_cfg("text", data_root, path=raw, dir=tmp_path / "sharded", shard_gb=SHARD_GB))
+    sharded = TokenData.load(
+        data_cfg("text", data_root, path=raw, dir=tmp_path / "sharded", shard_gb=SHARD_GB)
+    )
     meta = sharded.meta
-    assert len(meta["train_shards"]) == -(-meta["train_tokens"] // 2000) and set(meta["train_shards"][:-1]) == {2000}
-    assert (tmp_path / "sharded" / "train_000.bin").exists() and not (tmp_path / "sharded" / "train.bin").exists()
+    assert len(meta["train_shards"]) == -(-meta["train_tokens"] // 2000) and set(
+        meta["train_shards"][:-1]
+    ) == {2000}
+    assert (tmp_path / "sharded" / "train_000.bin").exists() and not (
+        tmp_path / "sharded" / "train.bin"
+    ).exists()
     assert len(sharded.train) == len(whole.train)
     assert np.array_equal(sharded.train[np.arange(len(whole.train))], whole.train)
     a = BatchSampler(whole.train, 16, 64, seed=3, device=torch.device("cpu"))
@@ -178,10 +223,18 @@ def test_sharded_split_reads_like_one_file(data_root, tmp_path):
         assert torch.equal(a.next_batch()[0], b.next_batch()[0])
 
 
-def test_interrupted_preparation_resumes_after_its_finished_shards(data_root, tmp_path, monkeypatch):
+def test_interrupted_preparation_resumes_after_its_finished_shards(
+    data_root, tmp_path, monkeypatch
+):
     import nanolab.data
 
-    cfg = data_cfg("text", data_root, path=data_root / "shakespeare_char" / "input.txt", dir=tmp_path / "d", shard_gb=SHARD_GB)
+    cfg = data_cfg(
+        "text",
+        data_root,
+        path=data_root / "shakespeare_char" / "input.txt",
+        dir=tmp_path / "d",
+        shard_gb=SHARD_GB,
+    )
     real_atomic_path, written = nanolab.data.atomic_path, []
 
     def killed_at_the_fourth_file(path):
@@ -194,11 +247,22 @@ def test_interrupted_preparation_resumes_after_its_finished_shards(data_root, tm
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg)
     monkeypatch.undo()
-    assert written == ["train_000.bin", "train_001.bin", "train_002.bin"] and not (tmp_path / "d" / "meta.json").exists()
+    assert (
+        written == ["train_000.bin", "train_001.bin", "train_002.bin"]
+        and not (tmp_path / "d" / "meta.json").exists()
+    )
     finished = {name: (tmp_path / "d" / name).stat().st_mtime_ns for name in written}
     meta = prepare(cfg)
-    assert {name: (tmp_path / "d" / name).stat().st_mtime_ns for name in written} == finished  # kept, not rewritten
-    fresh = TokenData.load(data_cfg("text", data_root, path=data_root / "shakespeare_char" / "input.txt", dir=tmp_path / "fresh"))
+    # kept, not rewritten
+    assert {name: (tmp_path / "d" / name).stat().st_mtime_ns for name in written} == finished
+    fresh = TokenData.load(
+        data_cfg(
+            "text",
+            data_root,
+            path=data_root / "shakespeare_char" / "input.txt",
+            dir=tmp_path / "fresh",
+        )
+    )
     assert meta["train_tokens"] == fresh.meta["train_tokens"]
     assert np.array_equal(TokenData.load(cfg).train[np.arange(len(fresh.train))], fresh.train)
     assert not (tmp_path / "d" / "preparing.json").exists()
@@ -216,4 +280,5 @@ def test_document_lengths_of_a_large_tokenized_dataset_are_read_as_one_array():
     t0 = time.perf_counter()
     read = document_lengths(tokenized)
     assert np.array_equal(read, lengths)
-    assert time.perf_counter() - t0 < 1.0  # the lazy row-by-row Column read took 1.7 s (datasets#7709)
+    # the lazy row-by-row Column read took 1.7 s (datasets#7709)
+    assert time.perf_counter() - t0 < 1.0

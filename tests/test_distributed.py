@@ -8,23 +8,41 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY, run_cli
-from nanolab import ConfigError
-from nanolab.distributed import World, local_grad_accum
 from wandb_offline import offline_runs
 
+from nanolab import ConfigError
+from nanolab.distributed import World, local_grad_accum
+
 # Dropout off: masks are drawn per rank, so they could never match one process's.
-COMMON = [*TINY, "model.dropout=0", "trainer.grad_accum=2", "trainer.eval_interval=4", "logger.mode=offline"]
+COMMON = [
+    *TINY,
+    "model.dropout=0",
+    "trainer.grad_accum=2",
+    "trainer.eval_interval=4",
+    "logger.mode=offline",
+]
 
 
 def torchrun(*args: str, cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node=<nproc> -m nanolab.train <args>` in cwd."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "nanolab.train"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "nanolab.train",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [*command, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -42,7 +60,9 @@ def assert_same_trajectory(a: list[dict], b: list[dict]) -> None:
             if key in ra:
                 assert rb[key] == pytest.approx(ra[key], abs=1e-5), (ra["step"], key)
         if "train/grad_norm" in ra:
-            assert rb["train/grad_norm"] == pytest.approx(ra["train/grad_norm"], rel=1e-4), ra["step"]
+            assert rb["train/grad_norm"] == pytest.approx(ra["train/grad_norm"], rel=1e-4), ra[
+                "step"
+            ]
         if "val/acc" in ra:  # a logit 1e-6 away could flip one argmax: one token of 512
             assert rb["val/acc"] == pytest.approx(ra["val/acc"], abs=2 / 512)
 
@@ -64,19 +84,32 @@ def test_two_processes_train_like_one_accumulating_two_micro_batches(one_process
     run_dir = run_dirs[0]
     assert_same_trajectory(records(one_process), records(run_dir))
     assert sorted(p.name for p in run_dir.iterdir() if p.suffix != ".log") == [
-        ".hydra", "best.pt", "last.pt", "metrics.jsonl", "summary.json", "wandb",
+        ".hydra",
+        "best.pt",
+        "last.pt",
+        "metrics.jsonl",
+        "summary.json",
+        "wandb",
     ]
     runs = offline_runs(run_dir)
     assert len(runs) == 1 and runs[0]["summary"]["status"] == "finished"
-    assert "8 x 32 x 1 micro-batches x 2 processes" in out.stdout + out.stderr + (run_dir / "train.log").read_text()
-    assert json.loads((run_dir / "summary.json").read_text())["best/val/ce"] == records(run_dir)[-1]["val/ce"]
+    assert (
+        "8 x 32 x 1 micro-batches x 2 processes"
+        in out.stdout + out.stderr + (run_dir / "train.log").read_text()
+    )
+    assert (
+        json.loads((run_dir / "summary.json").read_text())["best/val/ce"]
+        == records(run_dir)[-1]["val/ce"]
+    )
 
 
 @pytest.mark.slow
 def test_ddp_run_resumes_where_it_stopped(one_process, tmp_path):
     run_dir = tmp_path / "run"
     torchrun(*COMMON, "trainer.max_iters=4", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    torchrun(*COMMON, "trainer.max_iters=8", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
+    torchrun(
+        *COMMON, "trainer.max_iters=8", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path
+    )
     assert_same_trajectory(records(one_process), records(run_dir))
 
 
@@ -85,7 +118,13 @@ def test_one_rank_prepares_the_data_while_the_others_wait(tmp_path, data_root):
     """Two ranks preparing one directory at once delete each other's files; one prepares."""
     fresh = tmp_path / "fresh" / "shakespeare_char"
     run_dir = tmp_path / "run"
-    torchrun(*COMMON, "trainer.max_iters=2", f"data.dir={fresh}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    torchrun(
+        *COMMON,
+        "trainer.max_iters=2",
+        f"data.dir={fresh}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     assert sorted(p.name for p in fresh.iterdir()) == ["meta.json", "train.bin", "val.bin"]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
 
@@ -95,7 +134,6 @@ def test_global_batch_is_split_over_processes_or_grows():
     assert local_grad_accum(8, False, World(rank=1, size=4)) == 8
     with pytest.raises(ConfigError, match=r"trainer.grad_accum=2 cannot be split over 4 processes"):
         local_grad_accum(2, True, World(size=4))
-
 
 
 @pytest.mark.slow
@@ -108,21 +146,49 @@ def test_sigterm_to_torchrun_saves_a_checkpoint_that_resumes(tmp_path):
     import torch
 
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "nanolab.train",
-               *COMMON, "trainer.max_iters=100000", "trainer.eval_interval=100000", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=os.environ | {"OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "nanolab.train",
+        *COMMON,
+        "trainer.max_iters=100000",
+        "trainer.eval_interval=100000",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists() and len(records(run_dir)) > 5):
+    while time.time() < deadline and not (
+        (run_dir / "metrics.jsonl").exists() and len(records(run_dir)) > 5
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) != 0
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
     step = torch.load(run_dir / "last.pt", weights_only=True)["step"]
     assert step == records(run_dir)[-1]["step"] > 0
-    torchrun(*COMMON, f"trainer.max_iters={step + 2}", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
+    torchrun(
+        *COMMON,
+        f"trainer.max_iters={step + 2}",
+        f"hydra.run.dir={run_dir}",
+        "resume=true",
+        cwd=tmp_path,
+    )
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
-    assert [r["step"] for r in records(run_dir) if "train/loss" in r][-3:] == [step, step + 1, step + 2]
+    assert [r["step"] for r in records(run_dir) if "train/loss" in r][-3:] == [
+        step,
+        step + 1,
+        step + 2,
+    ]
 
 
 def test_launch_time_is_one_time_for_all_processes_of_a_launch(monkeypatch):
@@ -131,7 +197,9 @@ def test_launch_time_is_one_time_for_all_processes_of_a_launch(monkeypatch):
     from nanolab.tracking import launch_time
 
     monkeypatch.setenv("NANOLAB_LAUNCH_TIME", "1700000000")  # several nodes: exported before srun
-    assert launch_time("%Y-%m-%d %H:%M") == time.strftime("%Y-%m-%d %H:%M", time.localtime(1700000000))
+    assert launch_time("%Y-%m-%d %H:%M") == time.strftime(
+        "%Y-%m-%d %H:%M", time.localtime(1700000000)
+    )
     monkeypatch.setenv("NANOLAB_LAUNCH_TIME", "yesterday")
     with pytest.raises(ValueError, match="NANOLAB_LAUNCH_TIME='yesterday' must be Unix seconds"):
         launch_time("%H")

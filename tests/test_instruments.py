@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY, compose_train, run_cli
+
 from nanolab import ConfigError
 from nanolab.compare import compare
 from nanolab.config import check_config
@@ -18,7 +18,6 @@ from nanolab.data import BatchSampler, FullBatchSampler, TokenData
 from nanolab.model import GPT, GPTConfig
 from nanolab.tracking import RunInfo
 from nanolab.train import train
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest)
 
@@ -37,12 +36,24 @@ def test_full_batch_sampler_covers_every_window_once_per_step():
     sampler = FullBatchSampler(tokens, batch_size=2, block_size=32, device=torch.device("cpu"))
     assert sampler.micro_batches == 2
     xs, ys = zip(*(sampler.next_batch() for _ in range(2)))
-    assert torch.equal(torch.cat(xs).flatten(), torch.arange(128)) and torch.equal(torch.cat(ys).flatten(), torch.arange(1, 129))
+    assert torch.equal(torch.cat(xs).flatten(), torch.arange(128)) and torch.equal(
+        torch.cat(ys).flatten(), torch.arange(1, 129)
+    )
     assert torch.equal(sampler.next_batch()[0], xs[0])  # the next step starts over
 
 
-FULL_BATCH = ["data.train_tokens=257", "trainer.full_batch=true", "optim=sgd", "optim.momentum=0", "optim.lr=0.1",
-              "schedule=constant", "schedule.warmup_iters=0", "trainer.grad_clip=0", "trainer.max_iters=6", "trainer.eval_interval=3"]
+FULL_BATCH = [
+    "data.train_tokens=257",
+    "trainer.full_batch=true",
+    "optim=sgd",
+    "optim.momentum=0",
+    "optim.lr=0.1",
+    "schedule=constant",
+    "schedule.warmup_iters=0",
+    "trainer.grad_clip=0",
+    "trainer.max_iters=6",
+    "trainer.eval_interval=3",
+]
 
 
 def test_full_batch_gradient_descent_does_not_depend_on_the_micro_batches(tmp_path):
@@ -57,7 +68,10 @@ def test_full_batch_gradient_descent_does_not_depend_on_the_micro_batches(tmp_pa
 
 
 def test_train_tokens_keeps_a_fixed_subset_and_full_batch_needs_divisible_windows(tmp_path):
-    with pytest.raises(ConfigError, match=r"trainer.batch_size=3 does not divide; use a batch_size among \[1, 2, 4, 8\]"):
+    with pytest.raises(
+        ConfigError,
+        match=r"trainer.batch_size=3 does not divide; use a batch_size among \[1, 2, 4, 8\]",
+    ):
         check_config(compose_train(*TINY, *FULL_BATCH, "trainer.batch_size=3"))
     with pytest.raises(ConfigError, match="data.train_tokens=10 must be null"):
         check_config(compose_train(*TINY, "data.train_tokens=10"))
@@ -76,30 +90,50 @@ def test_label_noise_replaces_a_fixed_share_of_the_training_targets_only():
 
     data = noisy(0)
     changed = np.flatnonzero(data.train_targets != train)
-    assert len(changed) == 100 and changed.min() >= 1  # round(0.1 x 1000 targets); token 0 is no target
-    assert data.train_targets.max() < vocab and np.array_equal(data.train, np.arange(1001)) and np.array_equal(data.val, train)
+    # round(0.1 x 1000 targets); token 0 is no target
+    assert len(changed) == 100 and changed.min() >= 1
+    assert (
+        data.train_targets.max() < vocab
+        and np.array_equal(data.train, np.arange(1001))
+        and np.array_equal(data.val, train)
+    )
     assert np.array_equal(noisy(0).train_targets, data.train_targets)  # the seed alone decides
     assert not np.array_equal(noisy(1).train_targets, data.train_targets)
     # the samplers read inputs from the tokens and targets from the noisy targets
-    x, y = BatchSampler(data.train, 4, 16, 0, torch.device("cpu"), targets=data.train_targets).next_batch()
+    x, y = BatchSampler(
+        data.train, 4, 16, 0, torch.device("cpu"), targets=data.train_targets
+    ).next_batch()
     for row_x, row_y in zip(x.numpy(), y.numpy()):
         start = row_x[0]
-        assert np.array_equal(row_x, np.arange(start, start + 16)) and np.array_equal(row_y, data.train_targets[start + 1 : start + 17])
+        assert np.array_equal(row_x, np.arange(start, start + 16)) and np.array_equal(
+            row_y, data.train_targets[start + 1 : start + 17]
+        )
     full = FullBatchSampler(data.train, 10, 10, torch.device("cpu"), data.train_targets)
     assert torch.equal(full.x.flatten(), torch.arange(1000))
-    assert torch.equal(full.y.flatten(), torch.from_numpy(data.train_targets[1:1001].astype(np.int64)))
+    assert torch.equal(
+        full.y.flatten(), torch.from_numpy(data.train_targets[1:1001].astype(np.int64))
+    )
     with pytest.raises(ConfigError, match=r"data.label_noise=1.0 must be a fraction in \[0, 1\)"):
         check_config(compose_train(*TINY, "data.label_noise=1.0"))
 
 
 def test_a_full_batch_runs_train_eval_is_over_exactly_its_noisy_training_set(tmp_path):
-    run(tmp_path / "a", *FULL_BATCH, "trainer.batch_size=4", "data.label_noise=0.5", "trainer.max_iters=1", "trainer.eval_interval=1")
+    run(
+        tmp_path / "a",
+        *FULL_BATCH,
+        "trainer.batch_size=4",
+        "data.label_noise=0.5",
+        "trainer.max_iters=1",
+        "trainer.eval_interval=1",
+    )
     cfg = compose_train(*TINY, *FULL_BATCH, "trainer.batch_size=4", "data.label_noise=0.5")
     data = TokenData.load(cfg.data)
     data.limit_train(257)
     data.add_label_noise(0.5, 0)
     state = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
-    model = GPT(GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size))
+    model = GPT(
+        GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size)
+    )
     model.load_state_dict(state["model"])
     model.eval()
     x = torch.from_numpy(data.train[:256].astype(np.int64)).view(8, 32)
@@ -111,7 +145,14 @@ def test_a_full_batch_runs_train_eval_is_over_exactly_its_noisy_training_set(tmp
 
 
 def test_sharpness_is_logged_during_training_with_the_gd_threshold(tmp_path):
-    run(tmp_path / "a", *FULL_BATCH, "trainer.batch_size=8", "sharpness.every=2", "sharpness.k=2", "sharpness.lanczos_iters=8")
+    run(
+        tmp_path / "a",
+        *FULL_BATCH,
+        "trainer.batch_size=8",
+        "sharpness.every=2",
+        "sharpness.k=2",
+        "sharpness.lanczos_iters=8",
+    )
     measured = [r for r in records(tmp_path / "a") if "sharpness/top1" in r]
     assert [r["step"] for r in measured] == [0, 2, 4, 6]
     for r in measured:
@@ -119,16 +160,35 @@ def test_sharpness_is_logged_during_training_with_the_gd_threshold(tmp_path):
         assert r["sharpness/threshold"] == pytest.approx(2 / 0.1)
         assert "sharpness/precond_top1" not in r
     # The probe (here the whole subset) and the Lanczos start are seeded: a rerun measures the same.
-    run(tmp_path / "b", *FULL_BATCH, "trainer.batch_size=8", "sharpness.every=2", "sharpness.k=2", "sharpness.lanczos_iters=8")
-    assert [r for r in records(tmp_path / "b") if "sharpness/top1" in r][0]["sharpness/top1"] == measured[0]["sharpness/top1"]
-    assert (tmp_path / "a" / ".hydra").exists() is False  # in-process runs: compare reads the records
+    run(
+        tmp_path / "b",
+        *FULL_BATCH,
+        "trainer.batch_size=8",
+        "sharpness.every=2",
+        "sharpness.k=2",
+        "sharpness.lanczos_iters=8",
+    )
+    assert [r for r in records(tmp_path / "b") if "sharpness/top1" in r][0][
+        "sharpness/top1"
+    ] == measured[0]["sharpness/top1"]
+    # in-process runs: compare reads the records
+    assert (tmp_path / "a" / ".hydra").exists() is False
     compare([str(tmp_path / "a")], out=tmp_path / "report")
     assert (tmp_path / "report" / "sharpness.png").stat().st_size > 0
 
 
 def test_adam_logs_its_preconditioned_sharpness_against_38_over_lr(tmp_path):
-    run(tmp_path, "trainer.max_iters=4", "trainer.eval_interval=4", "schedule=constant", "schedule.warmup_iters=0", "optim.lr=0.01",
-        "sharpness.every=2", "sharpness.probe_tokens=128", "sharpness.lanczos_iters=6")
+    run(
+        tmp_path,
+        "trainer.max_iters=4",
+        "trainer.eval_interval=4",
+        "schedule=constant",
+        "schedule.warmup_iters=0",
+        "optim.lr=0.01",
+        "sharpness.every=2",
+        "sharpness.probe_tokens=128",
+        "sharpness.lanczos_iters=6",
+    )
     measured = [r for r in records(tmp_path) if "sharpness/top1" in r]
     assert "sharpness/precond_top1" not in measured[0]  # step 0: Adam has no second moments yet
     assert measured[1]["sharpness/precond_top1"] > measured[1]["sharpness/top1"]
@@ -137,38 +197,91 @@ def test_adam_logs_its_preconditioned_sharpness_against_38_over_lr(tmp_path):
 
 def test_early_stopping_ends_the_run_keeps_best_and_is_final(tmp_path):
     # No evaluation can improve val/ce by 10: the run stops at the second one after the baseline.
-    run(tmp_path, "trainer.max_iters=40", "trainer.eval_interval=5", "trainer.early_stop.patience=2", "trainer.early_stop.min_delta=10")
+    run(
+        tmp_path,
+        "trainer.max_iters=40",
+        "trainer.eval_interval=5",
+        "trainer.early_stop.patience=2",
+        "trainer.early_stop.min_delta=10",
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "early_stopped"
     assert [r["step"] for r in records(tmp_path) if "val/ce" in r] == [0, 5, 10]
-    assert (tmp_path / "best.pt").exists() and torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 10
-    run(tmp_path, "trainer.max_iters=40", "trainer.eval_interval=5", "trainer.early_stop.patience=2", "trainer.early_stop.min_delta=10", "resume=true")
-    assert [r["step"] for r in records(tmp_path) if "val/ce" in r] == [0, 5, 10]  # already finished: nothing more
+    assert (tmp_path / "best.pt").exists() and torch.load(tmp_path / "last.pt", weights_only=True)[
+        "step"
+    ] == 10
+    run(
+        tmp_path,
+        "trainer.max_iters=40",
+        "trainer.eval_interval=5",
+        "trainer.early_stop.patience=2",
+        "trainer.early_stop.min_delta=10",
+        "resume=true",
+    )
+    # already finished: nothing more
+    assert [r["step"] for r in records(tmp_path) if "val/ce" in r] == [0, 5, 10]
     report = compare([str(tmp_path)], out=tmp_path / "report").read_text()
     assert "Stopped early" in report and "early_stopped" in report and "1 finished" in report
 
 
 @pytest.mark.slow
 def test_an_early_stopped_job_does_not_fail_its_sweep(tmp_path):
-    proc = run_cli("-m", *TINY, "logger=none", "trainer.max_iters=20", "trainer.eval_interval=5", "trainer.early_stop.patience=1",
-                   "trainer.early_stop.min_delta=10", "seed=1,2", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    proc = run_cli(
+        "-m",
+        *TINY,
+        "logger=none",
+        "trainer.max_iters=20",
+        "trainer.eval_interval=5",
+        "trainer.early_stop.patience=1",
+        "trainer.early_stop.min_delta=10",
+        "seed=1,2",
+        f"hydra.sweep.dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0 and (proc.stdout + proc.stderr).count(": early_stopped") == 2
 
 
-@pytest.mark.parametrize("experiment,choice", [
-    ("edge_of_stability", []), ("optimizer_comparison", []), ("speedrun_char", []), ("loss_lr_sweep", ["loss=squentropy"]),
-    ("mse_rescaling", ["loss.k=15", "loss.M=30"]), ("loss_comparison_tuned", ["loss=mse_rescaled"]),
-    ("loss_comparison_bpe", ["loss=mse_rescaled_bpe", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"]),
-    ("model_size", ["model.n_embd=64", "model.n_layer=2"]), ("double_descent", ["model.n_embd=8", "data.label_noise=0.2"]),
-    ("finetune_shakespeare", ["pretrained=null", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"]),
-])
+@pytest.mark.parametrize(
+    "experiment,choice",
+    [
+        ("edge_of_stability", []),
+        ("optimizer_comparison", []),
+        ("speedrun_char", []),
+        ("loss_lr_sweep", ["loss=squentropy"]),
+        ("mse_rescaling", ["loss.k=15", "loss.M=30"]),
+        ("loss_comparison_tuned", ["loss=mse_rescaled"]),
+        (
+            "loss_comparison_bpe",
+            ["loss=mse_rescaled_bpe", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"],
+        ),
+        ("model_size", ["model.n_embd=64", "model.n_layer=2"]),
+        ("double_descent", ["model.n_embd=8", "data.label_noise=0.2"]),
+        (
+            "finetune_shakespeare",
+            ["pretrained=null", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"],
+        ),
+    ],
+)
 def test_the_presets_run_a_few_steps(tmp_path, experiment, choice):
-    cfg = compose_train(f"experiment={experiment}", *choice, "logger.mode=disabled", "trainer.max_iters=4", "trainer.eval_interval=2",
-                        "trainer.eval_iters=1", "sharpness.lanczos_iters=3")
+    cfg = compose_train(
+        f"experiment={experiment}",
+        *choice,
+        "logger.mode=disabled",
+        "trainer.max_iters=4",
+        "trainer.eval_interval=2",
+        "trainer.eval_iters=1",
+        "sharpness.lanczos_iters=3",
+    )
     train(cfg, RunInfo(dir=tmp_path, group=None, name=None))
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["params"] > 0 and summary["flops_per_token"] > 6 * summary["params"]
-    assert any("sharpness/top1" in r for r in records(tmp_path)) == (experiment == "edge_of_stability")
+    assert (
+        summary["status"] == "finished"
+        and summary["params"] > 0
+        and summary["flops_per_token"] > 6 * summary["params"]
+    )
+    assert any("sharpness/top1" in r for r in records(tmp_path)) == (
+        experiment == "edge_of_stability"
+    )
     if experiment == "model_size":
         assert cfg.model.n_head == 2  # head size 32 kept
 
@@ -186,9 +299,20 @@ def test_each_loss_of_a_tuned_comparison_runs_at_its_own_lr(experiment):
 def test_the_finetune_preset_needs_its_pretrained_weights_named(tmp_path):
     with pytest.raises(ConfigError, match=r"pretrained: no value given .* e.g. pretrained=\.\.\."):
         check_config(compose_train("experiment=finetune_shakespeare"))
-    # from the command line (where the config also holds Hydra's node, with its own ???): one line, exit 2
-    proc = run_cli("experiment=finetune_shakespeare", "hydra.mode=RUN", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "pretrained: no value given" in proc.stderr + proc.stdout and "hydra.job" not in proc.stderr + proc.stdout
+    # from the command line (where the config also holds Hydra's node, with its own ???): one line,
+    # exit 2
+    proc = run_cli(
+        "experiment=finetune_shakespeare",
+        "hydra.mode=RUN",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+        check=False,
+    )
+    assert (
+        proc.returncode == 2
+        and "pretrained: no value given" in proc.stderr + proc.stdout
+        and "hydra.job" not in proc.stderr + proc.stdout
+    )
     assert not (tmp_path / "run").exists()
     cfg = compose_train("experiment=finetune_shakespeare", "pretrained=runs/pretrained")
     check_config(cfg)

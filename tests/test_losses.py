@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_train
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from conftest import compose_train
 from nanolab import ConfigError
 from nanolab.losses import LOSSES, get_loss
 from nanolab.metrics import TokenTotals
@@ -42,8 +42,8 @@ def test_mse_matches_one_hot_formula_and_gradients(k, M):
     ours = LOSSES["mse"](logits, targets, loss_cfg("mse", k=k, M=M))
     ref = naive_mse(logits, targets, k, M)
     torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=1e-6)
-    g_ours, = torch.autograd.grad(ours, logits)
-    g_ref, = torch.autograd.grad(ref, logits)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    (g_ref,) = torch.autograd.grad(ref, logits)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
 
 
@@ -62,8 +62,8 @@ def test_label_smoothing_matches_pytorch_and_formula(eps):
     logp = F.log_softmax(logits, dim=1)
     ref = -((1 - eps) * logp.gather(1, targets[:, None]).squeeze(1) + eps * logp.mean(1)).mean()
     torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=1e-6)
-    g_ours, = torch.autograd.grad(ours, logits)
-    g_ref, = torch.autograd.grad(ref, logits)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    (g_ref,) = torch.autograd.grad(ref, logits)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
 
 
@@ -83,7 +83,7 @@ def test_ignored_targets_contribute_nothing(name):
     keep = masked != cfg.ignore_index
     with_ignored = LOSSES[name](logits, masked, cfg)
     torch.testing.assert_close(with_ignored, LOSSES[name](logits[keep], targets[keep], cfg))
-    grad, = torch.autograd.grad(with_ignored, logits)
+    (grad,) = torch.autograd.grad(with_ignored, logits)
     assert grad[~keep].abs().max() == 0
 
 
@@ -140,21 +140,27 @@ def _check_against(name: str, reference, **params) -> None:
     ours = LOSSES[name](logits, targets, loss_cfg(name, **params))
     ref = reference(logits, targets)
     torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=1e-6)
-    g_ours, = torch.autograd.grad(ours, logits)
-    g_ref, = torch.autograd.grad(ref, logits)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    (g_ref,) = torch.autograd.grad(ref, logits)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
 
 
 def test_squentropy_matches_its_definition():
     def reference(logits, targets):
         wrong = 1 - F.one_hot(targets, logits.size(1)).to(logits.dtype)
-        return F.cross_entropy(logits, targets) + ((wrong * logits**2).sum(1) / (logits.size(1) - 1)).mean()
+        return (
+            F.cross_entropy(logits, targets)
+            + ((wrong * logits**2).sum(1) / (logits.size(1) - 1)).mean()
+        )
 
     _check_against("squentropy", reference)
 
 
 def test_brier_matches_its_definition():
-    _check_against("brier", lambda z, y: ((z.softmax(1) - F.one_hot(y, z.size(1)).to(z.dtype)) ** 2).sum(1).mean())
+    _check_against(
+        "brier",
+        lambda z, y: ((z.softmax(1) - F.one_hot(y, z.size(1)).to(z.dtype)) ** 2).sum(1).mean(),
+    )
 
 
 @pytest.mark.parametrize("gamma", [0.0, 2.0, 3.5])
@@ -166,7 +172,10 @@ def test_focal_matches_its_definition(gamma):
     _check_against("focal", reference, gamma=gamma)
     logits, targets = batch()
     if gamma == 0.0:
-        torch.testing.assert_close(LOSSES["focal"](logits, targets, loss_cfg("focal", gamma=0.0)), LOSSES["ce"](logits, targets, loss_cfg("ce")))
+        torch.testing.assert_close(
+            LOSSES["focal"](logits, targets, loss_cfg("focal", gamma=0.0)),
+            LOSSES["ce"](logits, targets, loss_cfg("ce")),
+        )
 
 
 @pytest.mark.parametrize("name", ["ce", "mse"])
@@ -176,8 +185,8 @@ def test_z_loss_adds_the_squared_log_normaliser_to_any_loss(name):
     ref = LOSSES[name](logits, targets, cfg) + 1e-2 * (torch.logsumexp(logits, dim=1) ** 2).mean()
     ours = get_loss(cfg)(logits, targets, cfg)
     torch.testing.assert_close(ours, ref.float(), rtol=1e-6, atol=1e-6)
-    g_ours, = torch.autograd.grad(ours, logits)
-    g_ref, = torch.autograd.grad(ref, logits)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    (g_ref,) = torch.autograd.grad(ref, logits)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-7)
     assert get_loss(loss_cfg(name)) is LOSSES[name]  # off by default: the loss itself
     with pytest.raises(ConfigError, match="loss.z_loss"):
@@ -216,7 +225,11 @@ def test_chunked_head_equals_the_whole_head_in_value_and_gradients(name, softcap
         results.append((loss.detach(), h.grad, weight.grad.clone()))
         with torch.no_grad():
             if chunk is not None:
-                assert torch.allclose(chunked_head_loss(hidden, targets, head, [weight], loss_fn, cfg, chunk), loss.detach(), rtol=1e-6)
+                assert torch.allclose(
+                    chunked_head_loss(hidden, targets, head, [weight], loss_fn, cfg, chunk),
+                    loss.detach(),
+                    rtol=1e-6,
+                )
     # Losses compute in float32, so chunking changes the order of float32 sums: 1e-5 relative.
     (whole_loss, whole_dh, whole_dw), (chunked_loss, chunked_dh, chunked_dw) = results
     assert torch.allclose(chunked_loss, whole_loss, rtol=1e-6)

@@ -13,7 +13,9 @@ from nanolab.metrics import TokenTotals, calibrated_ce, fit_temperature
 CE = OmegaConf.create({"name": "ce", "ignore_index": -1})
 
 
-def synthetic(n: int = 20000, classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic(
+    n: int = 20000, classes: int = 10, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and targets drawn from softmax(logits): perfectly calibrated by construction."""
     g = torch.Generator().manual_seed(seed)
     logits = 2.0 * torch.randn(n, classes, generator=g)
@@ -21,10 +23,14 @@ def synthetic(n: int = 20000, classes: int = 10, seed: int = 0) -> tuple[torch.T
     return logits, targets
 
 
-def metrics_of(logits: torch.Tensor, targets: torch.Tensor, calibrate: bool = False, batch: int = 4096) -> dict:
+def metrics_of(
+    logits: torch.Tensor, targets: torch.Tensor, calibrate: bool = False, batch: int = 4096
+) -> dict:
     totals = TokenTotals(calibrate=calibrate)
     for chunk in range(0, len(targets), batch):  # in batches, as evaluation feeds them
-        totals.update(logits[chunk : chunk + batch], targets[chunk : chunk + batch], LOSSES["ce"], CE)
+        totals.update(
+            logits[chunk : chunk + batch], targets[chunk : chunk + batch], LOSSES["ce"], CE
+        )
     return totals.compute()
 
 
@@ -68,8 +74,12 @@ def test_brier_top5_and_accuracy_match_naive_formulas():
     logits, targets = synthetic(n=3000)
     m = metrics_of(logits, targets)
     one_hot = F.one_hot(targets, 10).float()
-    assert m["brier"] == pytest.approx(((logits.softmax(-1) - one_hot) ** 2).sum(-1).mean().item(), rel=1e-5)
-    top5 = torch.tensor([int(t) in row.argsort(descending=True)[:5].tolist() for row, t in zip(logits, targets)])
+    assert m["brier"] == pytest.approx(
+        ((logits.softmax(-1) - one_hot) ** 2).sum(-1).mean().item(), rel=1e-5
+    )
+    top5 = torch.tensor(
+        [int(t) in row.argsort(descending=True)[:5].tolist() for row, t in zip(logits, targets)]
+    )
     assert m["acc_top5"] == pytest.approx(top5.float().mean().item())
     assert m["acc"] == pytest.approx((logits.argmax(-1) == targets).float().mean().item())
     assert m["bpt"] == pytest.approx(m["ce"] / math.log(2))
@@ -78,7 +88,10 @@ def test_brier_top5_and_accuracy_match_naive_formulas():
 def test_cross_fitting_scores_no_token_with_a_temperature_fitted_on_it():
     logits, targets = synthetic(n=2000)
     half = 1000
-    t_first, t_second = fit_temperature(logits[:half], targets[:half]), fit_temperature(logits[half:], targets[half:])
+    t_first, t_second = (
+        fit_temperature(logits[:half], targets[:half]),
+        fit_temperature(logits[half:], targets[half:]),
+    )
     expected = (
         F.cross_entropy(logits[half:] / t_first, targets[half:], reduction="sum")
         + F.cross_entropy(logits[:half] / t_second, targets[:half], reduction="sum")
@@ -91,7 +104,9 @@ def test_ignored_targets_count_in_no_metric():
     masked = targets.clone()
     masked[::4] = -1
     keep = masked != -1
-    assert metrics_of(logits, masked, calibrate=True) == pytest.approx(metrics_of(logits[keep], targets[keep], calibrate=True))
+    assert metrics_of(logits, masked, calibrate=True) == pytest.approx(
+        metrics_of(logits[keep], targets[keep], calibrate=True)
+    )
 
 
 def test_tokens_past_the_calibration_cap_are_scored_at_the_kept_tokens_temperature(monkeypatch):
@@ -106,16 +121,22 @@ def test_tokens_past_the_calibration_cap_are_scored_at_the_kept_tokens_temperatu
     m = metrics_of(logits, targets, calibrate=True)
     kept = targets[:3000] != -1
     t = fit_temperature(logits[:3000][kept], targets[:3000][kept])
-    past = F.cross_entropy(logits[3000:] / t, targets[3000:], ignore_index=-1, reduction="sum").item()
+    past = F.cross_entropy(
+        logits[3000:] / t, targets[3000:], ignore_index=-1, reduction="sum"
+    ).item()
     n_kept, n_all = int(kept.sum()), int((targets != -1).sum())
     expected = (calibrated_ce(logits[:3000][kept], targets[:3000][kept]) * n_kept + past) / n_all
     assert m["ce_calibrated"] == pytest.approx(expected, rel=1e-6)  # float32 sums batch by batch
-    assert m["temperature"] == pytest.approx(t, rel=1e-12) and m["temperature"] == pytest.approx(3.0, rel=0.05)
+    assert m["temperature"] == pytest.approx(t, rel=1e-12) and m["temperature"] == pytest.approx(
+        3.0, rel=0.05
+    )
     true_ce = metrics_of(logits / 3, targets)["ce"]
     assert m["ce_calibrated"] == pytest.approx(true_ce, abs=0.005) and m["ce"] > true_ce + 0.3
 
 
-def _ranks_evaluate(rank: int, store: str, logits: torch.Tensor, targets: torch.Tensor, cap: int, out: str) -> None:
+def _ranks_evaluate(
+    rank: int, store: str, logits: torch.Tensor, targets: torch.Tensor, cap: int, out: str
+) -> None:
     """One of two gloo ranks: evaluates its consecutive half of the batches, combines, and rank
     0 saves the metrics and its token accounting."""
     import torch.distributed as dist
@@ -151,12 +172,19 @@ def test_two_ranks_score_every_token_once_and_match_one_process_under_the_cap(tm
     logits, targets = synthetic(n=8000)
     logits = 3 * logits
     out = tmp_path / "rank0.pt"
-    mp.spawn(_ranks_evaluate, args=(str(tmp_path / "store"), logits, targets, cap_rows * 10, str(out)), nprocs=2)
+    mp.spawn(
+        _ranks_evaluate,
+        args=(str(tmp_path / "store"), logits, targets, cap_rows * 10, str(out)),
+        nprocs=2,
+    )
     result = torch.load(out)
     assert result["scored"] == 8000
     import nanolab.metrics
 
-    nanolab.metrics.CALIBRATION_ELEMENTS, saved = cap_rows * 10, nanolab.metrics.CALIBRATION_ELEMENTS
+    nanolab.metrics.CALIBRATION_ELEMENTS, saved = (
+        cap_rows * 10,
+        nanolab.metrics.CALIBRATION_ELEMENTS,
+    )
     try:
         one = metrics_of(logits, targets, calibrate=True, batch=1000)
     finally:

@@ -39,7 +39,9 @@ def test_gpt2_initialisation_scales_residual_projections():
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=8, n_head=4, n_embd=256))
     expected = 0.02 / math.sqrt(2 * 8)
-    assert model.transformer.h[0].attn.c_proj.weight.std().item() == pytest.approx(expected, rel=0.05)
+    assert model.transformer.h[0].attn.c_proj.weight.std().item() == pytest.approx(
+        expected, rel=0.05
+    )
     assert model.transformer.h[0].mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
 
 
@@ -59,16 +61,31 @@ def test_generate_beyond_the_context_crops_the_window(model):
 
 @pytest.mark.parametrize(
     "kwargs,key",
-    [({"n_embd": 30, "n_head": 4}, "divisible"), ({"n_layer": 0}, "model.n_layer"), ({"dropout": 1.0}, "model.dropout")],
+    [
+        ({"n_embd": 30, "n_head": 4}, "divisible"),
+        ({"n_layer": 0}, "model.n_layer"),
+        ({"dropout": 1.0}, "model.dropout"),
+    ],
 )
 def test_bad_model_configs_are_refused(kwargs, key):
     with pytest.raises(ConfigError, match=key):
-        GPTConfig(**{"block_size": 16, "vocab_size": 50, "n_layer": 2, "n_head": 2, "n_embd": 32, **kwargs})
+        GPTConfig(
+            **{
+                "block_size": 16,
+                "vocab_size": 50,
+                "n_layer": 2,
+                "n_head": 2,
+                "n_embd": 32,
+                **kwargs,
+            }
+        )
 
 
 def test_logit_softcap_bounds_logits_smoothly(model):
     torch.manual_seed(0)
-    capped = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32, logit_softcap=0.01)).eval()
+    capped = GPT(
+        GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32, logit_softcap=0.01)
+    ).eval()
     capped.load_state_dict(model.state_dict())
     x = torch.randint(50, (2, 16))
     torch.testing.assert_close(capped(x), 0.01 * torch.tanh(model(x) / 0.01))
@@ -80,9 +97,18 @@ def test_logit_softcap_bounds_logits_smoothly(model):
 
 # --- architecture options (modded-nanogpt / nanochat); the defaults are GPT-2's ---------------
 
-from nanolab.model import RMSNorm, Rotary, ReLUSquared  # noqa: E402
+from nanolab.model import ReLUSquared, RMSNorm, Rotary  # noqa: E402
 
-ALL_OPTIONS = dict(position="rope", qk_norm=True, mlp="relu2", norm="rmsnorm", bias=False, tie_embeddings=False, zero_init_proj=True, logit_softcap=15.0)
+ALL_OPTIONS = dict(
+    position="rope",
+    qk_norm=True,
+    mlp="relu2",
+    norm="rmsnorm",
+    bias=False,
+    tie_embeddings=False,
+    zero_init_proj=True,
+    logit_softcap=15.0,
+)
 
 
 def test_rope_is_the_identity_at_position_0_preserves_norms_and_sees_only_offsets():
@@ -99,26 +125,39 @@ def test_rope_is_the_identity_at_position_0_preserves_norms_and_sees_only_offset
     # A known value: the first pair of position 1 turns by exactly 1 radian (frequency base^0).
     x = torch.zeros(1, 1, 2, 8)
     x[..., 1, 0] = 1.0
-    torch.testing.assert_close(rotary(x)[0, 0, 1, [0, 4]], torch.tensor([math.cos(1.0), math.sin(1.0)]))
+    torch.testing.assert_close(
+        rotary(x)[0, 0, 1, [0, 4]], torch.tensor([math.cos(1.0), math.sin(1.0)])
+    )
 
 
 def test_rmsnorm_relu2_and_qk_norm_have_their_definitions():
     x = torch.randn(3, 5, 8)
     norm = RMSNorm(8)
     norm.weight.data = torch.arange(1.0, 9.0)
-    torch.testing.assert_close(norm(x), x / x.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt() * torch.arange(1.0, 9.0))
-    torch.testing.assert_close(ReLUSquared()(torch.tensor([-2.0, 0.5, 3.0])), torch.tensor([0.0, 0.25, 9.0]))
+    torch.testing.assert_close(
+        norm(x), x / x.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt() * torch.arange(1.0, 9.0)
+    )
+    torch.testing.assert_close(
+        ReLUSquared()(torch.tensor([-2.0, 0.5, 3.0])), torch.tensor([0.0, 0.25, 9.0])
+    )
 
 
 def test_every_option_builds_a_causal_model_of_the_right_size():
     torch.manual_seed(0)
     config = GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32, **ALL_OPTIONS)
     model = GPT(config).eval()
-    assert "wpe" not in model.transformer and model.lm_head.weight is not model.transformer.wte.weight
+    assert (
+        "wpe" not in model.transformer and model.lm_head.weight is not model.transformer.wte.weight
+    )
     assert not any(p.dim() == 1 and "bias" in n for n, p in model.named_parameters())
-    default = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32, bias=False))
+    default = GPT(
+        GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=32, bias=False)
+    )
     # untied head: + V*C; no position embedding: - T*C; RMSNorm has no bias either way
-    assert model.num_params(non_embedding=False) == default.num_params(non_embedding=False) + 64 * 32 - 16 * 32
+    assert (
+        model.num_params(non_embedding=False)
+        == default.num_params(non_embedding=False) + 64 * 32 - 16 * 32
+    )
     x = torch.randint(50, (2, 16))
     assert torch.count_nonzero(model(x)) == 0  # zero-initialised head: every logit starts at 0
     model.lm_head.weight.data.normal_()
@@ -129,7 +168,9 @@ def test_every_option_builds_a_causal_model_of_the_right_size():
 
 def test_zero_initialised_projections_make_every_block_the_identity():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=3, n_head=2, n_embd=32, zero_init_proj=True)).eval()
+    model = GPT(
+        GPTConfig(block_size=16, vocab_size=50, n_layer=3, n_head=2, n_embd=32, zero_init_proj=True)
+    ).eval()
     x = torch.randint(50, (2, 16))
     embedded = model.transformer.wte(x) + model.transformer.wpe(torch.arange(16))
     torch.testing.assert_close(model.hidden_states(x), model.transformer.ln_f(embedded))
@@ -140,16 +181,27 @@ def test_zero_initialised_projections_make_every_block_the_identity():
         assert torch.equal(p, q) or name.endswith("c_proj.weight"), name
 
 
-@pytest.mark.parametrize("kwargs, key", [({"position": "alibi"}, "model.position"), ({"mlp": "swiglu"}, "model.mlp"),
-                                         ({"norm": "batchnorm"}, "model.norm"), ({"position": "rope", "n_embd": 30, "n_head": 10}, "even head size")])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"position": "alibi"}, "model.position"),
+        ({"mlp": "swiglu"}, "model.mlp"),
+        ({"norm": "batchnorm"}, "model.norm"),
+        ({"position": "rope", "n_embd": 30, "n_head": 10}, "even head size"),
+    ],
+)
 def test_bad_options_are_refused(kwargs, key):
     with pytest.raises(ConfigError, match=key):
-        GPTConfig(**{"block_size": 16, "vocab_size": 50, "n_layer": 2, "n_head": 2, "n_embd": 32} | kwargs)
+        GPTConfig(
+            **{"block_size": 16, "vocab_size": 50, "n_layer": 2, "n_head": 2, "n_embd": 32} | kwargs
+        )
 
 
 def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=32, qk_norm=True)).eval()
+    model = GPT(
+        GPTConfig(block_size=16, vocab_size=50, n_layer=1, n_head=2, n_embd=32, qk_norm=True)
+    ).eval()
     x = torch.randint(50, (2, 16))
     before = model(x)
     attn = model.transformer.h[0].attn

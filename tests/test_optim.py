@@ -9,13 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, TINY, compose_train
 from omegaconf import OmegaConf
 
-from conftest import REPO, TINY, compose_train
 from nanolab import ConfigError
 from nanolab.config import check_config
 from nanolab.model import GPT, GPTConfig
-from nanolab.optim import NEEDS_EXTRA, build_optimizer, build_schedule, muon_matrices, wsd_multiplier
+from nanolab.optim import (
+    NEEDS_EXTRA,
+    build_optimizer,
+    build_schedule,
+    muon_matrices,
+    wsd_multiplier,
+)
 from nanolab.tracking import RunInfo
 from nanolab.train import train
 
@@ -26,12 +32,35 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thr
 
 
 def test_the_optimizers_are_exactly_those_the_users_asked_for():
-    assert OPTIMIZERS == sorted(["sgd", "adam", "adamw", "adafactor", "muon", "lion", "shampoo", "soap", "schedulefree_adamw"])
+    assert OPTIMIZERS == sorted(
+        [
+            "sgd",
+            "adam",
+            "adamw",
+            "adafactor",
+            "muon",
+            "lion",
+            "shampoo",
+            "soap",
+            "schedulefree_adamw",
+        ]
+    )
 
 
 def tiny_model(seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, dropout=0.0, bias=True, logit_softcap=None, vocab_size=20))
+    return GPT(
+        GPTConfig(
+            n_layer=2,
+            n_head=2,
+            n_embd=32,
+            block_size=16,
+            dropout=0.0,
+            bias=True,
+            logit_softcap=None,
+            vocab_size=20,
+        )
+    )
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -72,14 +101,23 @@ def test_muon_gets_the_block_matrices_and_adamw_everything_else():
     assert {id(p) for p in muon_params} == {id(p) for p in muon_matrices(model)}
     adamw_params = [p for g in adamw.param_groups for p in g["params"]]
     names = {id(p): n for n, p in model.named_parameters()}
-    assert {names[id(p)] for p in adamw_params} >= {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight"}
-    assert sorted(map(id, muon_params + adamw_params)) == sorted(id(p) for p in model.parameters())  # each once
+    assert {names[id(p)] for p in adamw_params} >= {
+        "transformer.wte.weight",
+        "transformer.wpe.weight",
+        "transformer.ln_f.weight",
+    }
+    # each once
+    assert sorted(map(id, muon_params + adamw_params)) == sorted(id(p) for p in model.parameters())
     assert all(g["lr_scale"] == pytest.approx(0.08) for g in adamw.param_groups)
 
 
 def test_an_optimizer_of_the_extra_without_the_package_is_one_line_naming_the_extra(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytorch_optimizer" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pytorch_optimizer" else real(name, *a),
+    )
     for name in NEEDS_EXTRA:
         with pytest.raises(ConfigError, match=r"nanolab\[optimizers\]"):
             check_config(compose_train(f"optim={name}"))
@@ -94,7 +132,15 @@ def records(run_dir: Path) -> list[dict]:
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_every_optimizer_resumes_exactly(tmp_path, name):
     def run(directory: Path, *overrides: str) -> None:
-        cfg = compose_train(*TINY, "logger.mode=disabled", f"optim={name}", "trainer.eval_interval=4", "schedule.warmup_iters=2", "schedule.decay_iters=8", *overrides)
+        cfg = compose_train(
+            *TINY,
+            "logger.mode=disabled",
+            f"optim={name}",
+            "trainer.eval_interval=4",
+            "schedule.warmup_iters=2",
+            "schedule.decay_iters=8",
+            *overrides,
+        )
         train(cfg, RunInfo(dir=directory, group=None, name=None))
 
     run(tmp_path / "straight", "trainer.max_iters=8")

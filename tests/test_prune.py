@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
+from conftest import TINY, run_cli
 from torch import nn
 
-from conftest import TINY, run_cli
 from nanolab.prune import prune_globally
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -22,12 +22,21 @@ def test_global_magnitude_pruning_zeroes_the_smallest_weights_over_all_layers():
         a.weight.copy_(torch.tensor([[1.0, -2.0], [3.0, -4.0]]))
         b.weight.copy_(torch.tensor([[0.5, 5.0], [-6.0, 0.1]]))
     masks = prune_globally({"a": a, "b": b}, 0.5)  # the 4 smallest |w| of 8: 0.1, 0.5, 1, 2
-    assert a.weight.tolist() == [[0.0, 0.0], [3.0, -4.0]] and b.weight.tolist() == [[0.0, 5.0], [-6.0, 0.0]]
-    assert masks["a"].tolist() == [[0, 0], [1, 1]] and isinstance(a.weight, nn.Parameter) and not hasattr(a, "weight_orig")
+    assert a.weight.tolist() == [[0.0, 0.0], [3.0, -4.0]] and b.weight.tolist() == [
+        [0.0, 5.0],
+        [-6.0, 0.0],
+    ]
+    assert (
+        masks["a"].tolist() == [[0, 0], [1, 1]]
+        and isinstance(a.weight, nn.Parameter)
+        and not hasattr(a, "weight_orig")
+    )
 
     hundred = nn.Linear(10, 10, bias=False)
     with torch.no_grad():
-        hundred.weight.copy_(torch.arange(1.0, 101.0).view(10, 10) * torch.tensor([1.0, -1.0]).repeat(5))
+        hundred.weight.copy_(
+            torch.arange(1.0, 101.0).view(10, 10) * torch.tensor([1.0, -1.0]).repeat(5)
+        )
     prune_globally({"w": hundred}, 0.333)
     zeroed = (hundred.weight == 0).flatten().nonzero().flatten().tolist()
     assert zeroed == list(range(33))  # round(0.333 * 100) = 33: magnitudes 1..33
@@ -35,18 +44,35 @@ def test_global_magnitude_pruning_zeroes_the_smallest_weights_over_all_layers():
 
 @pytest.mark.slow
 def test_prune_a_run_reports_sparsity_and_fine_tunes_under_the_mask(tmp_path):
-    run_cli(*TINY, "trainer.max_iters=30", "trainer.eval_interval=30", "logger.mode=disabled", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
-    out = run_cli(f"checkpoint={tmp_path}/run", "amounts=[0,0.5,0.9]", "finetune_steps=5", "finetune_lr=1e-3",
-                  cwd=tmp_path, module="nanolab.prune")
+    run_cli(
+        *TINY,
+        "trainer.max_iters=30",
+        "trainer.eval_interval=30",
+        "logger.mode=disabled",
+        f"hydra.run.dir={tmp_path}/run",
+        cwd=tmp_path,
+    )
+    out = run_cli(
+        f"checkpoint={tmp_path}/run",
+        "amounts=[0,0.5,0.9]",
+        "finetune_steps=5",
+        "finetune_lr=1e-3",
+        cwd=tmp_path,
+        module="nanolab.prune",
+    )
     report = json.loads((tmp_path / "run" / "prune" / "prune.json").read_text())["results"]
     assert [round(r["sparsity"], 3) for r in report] == [0.0, 0.5, 0.9]
     assert report[0]["nonzero_params"] > report[1]["nonzero_params"] > report[2]["nonzero_params"]
-    assert all(abs(s - 0.9) < 0.2 for s in report[2]["per_layer"].values())  # global: per layer it varies around the target
+    # global: per layer it varies around the target
+    assert all(abs(s - 0.9) < 0.2 for s in report[2]["per_layer"].values())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert report[0]["pruned/val/ce"] == pytest.approx(summary["final/val/ce"], abs=1e-6)  # amount 0 is the model as trained
+    # amount 0 is the model as trained
+    assert report[0]["pruned/val/ce"] == pytest.approx(summary["final/val/ce"], abs=1e-6)
     assert report[2]["pruned/val/ce"] > report[0]["pruned/val/ce"]
-    assert [r["finetuned/sparsity"] for r in report] == [r["sparsity"] for r in report]  # the mask held while training
-    assert report[2]["finetuned/val/ce"] < report[2]["pruned/val/ce"]  # fine-tuning recovers some of the loss
+    # the mask held while training
+    assert [r["finetuned/sparsity"] for r in report] == [r["sparsity"] for r in report]
+    # fine-tuning recovers some of the loss
+    assert report[2]["finetuned/val/ce"] < report[2]["pruned/val/ce"]
     with open(tmp_path / "run" / "prune" / "prune.csv") as f:
         assert [row["amount"] for row in csv.DictReader(f)] == ["0", "0.5", "0.9"]
     assert (tmp_path / "run" / "prune" / "prune.png").read_bytes().startswith(PNG_MAGIC)

@@ -11,8 +11,13 @@ import torch
 from omegaconf import OmegaConf
 
 from nanolab.model import GPT, GPTConfig
-from nanolab.sharpness import SharpnessProbe, adam_preconditioner, hessian_operator, lanczos, stability_threshold
-
+from nanolab.sharpness import (
+    SharpnessProbe,
+    adam_preconditioner,
+    hessian_operator,
+    lanczos,
+    stability_threshold,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest)
 
@@ -20,7 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thr
 def quadratic(spectrum: list[float], seed: int = 0) -> torch.Tensor:
     """A symmetric matrix with the given eigenvalues in a random orthonormal basis."""
     g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(len(spectrum), len(spectrum), generator=g, dtype=torch.float64))
+    q, _ = torch.linalg.qr(
+        torch.randn(len(spectrum), len(spectrum), generator=g, dtype=torch.float64)
+    )
     return q @ torch.diag(torch.tensor(spectrum, dtype=torch.float64)) @ q.T
 
 
@@ -35,7 +42,10 @@ def test_sharpness_of_a_quadratic_is_its_top_eigenvalues():
 
 def test_sharpness_of_least_squares_is_the_top_eigenvalue_of_the_gram_matrix():
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(100, 20, generator=g, dtype=torch.float64), torch.randn(100, generator=g, dtype=torch.float64)
+    x, y = (
+        torch.randn(100, 20, generator=g, dtype=torch.float64),
+        torch.randn(100, generator=g, dtype=torch.float64),
+    )
     w = torch.nn.Parameter(torch.zeros(20, dtype=torch.float64))
     loss = 0.5 * ((x @ w - y) ** 2).mean()
     top = lanczos(hessian_operator(loss, [w]), 20, 1, 20, torch.Generator().manual_seed(1))[0]
@@ -44,7 +54,9 @@ def test_sharpness_of_least_squares_is_the_top_eigenvalue_of_the_gram_matrix():
 
 def test_preconditioned_sharpness_is_the_top_eigenvalue_of_p_inverse_a():
     a = quadratic([9.0, 4.0, *torch.linspace(0.1, 2.0, 18).tolist()], seed=3)
-    theta = torch.nn.Parameter(torch.randn(20, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    theta = torch.nn.Parameter(
+        torch.randn(20, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    )
     adam = torch.optim.Adam([theta], lr=0.01, betas=(0.9, 0.999), eps=1e-8)
     for _ in range(5):
         adam.zero_grad()
@@ -52,17 +64,29 @@ def test_preconditioned_sharpness_is_the_top_eigenvalue_of_p_inverse_a():
         adam.step()
     scale = adam_preconditioner(adam, [theta])
     hvp = hessian_operator(0.5 * theta @ a @ theta, [theta])
-    measured = lanczos(lambda v: scale * hvp(scale * v), 20, 1, 20, torch.Generator().manual_seed(1))[0]
+    measured = lanczos(
+        lambda v: scale * hvp(scale * v), 20, 1, 20, torch.Generator().manual_seed(1)
+    )[0]
     state = adam.state[theta]
     p = (1 - 0.9**5) * ((state["exp_avg_sq"] / (1 - 0.999**5)).sqrt() + 1e-8)
-    dense = torch.linalg.eigvals(torch.diag(1 / p) @ a).real.max().item()  # P^-1 A itself: not symmetric
+    # P^-1 A itself: not symmetric
+    dense = torch.linalg.eigvals(torch.diag(1 / p) @ a).real.max().item()
     assert measured == pytest.approx(dense, rel=1e-6)
     assert adam_preconditioner(torch.optim.SGD([theta], lr=0.1), [theta]) is None
 
 
 def tiny_gpt() -> GPT:
     torch.manual_seed(0)
-    config = GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, dropout=0.1, bias=True, logit_softcap=None, vocab_size=11)
+    config = GPTConfig(
+        n_layer=2,
+        n_head=2,
+        n_embd=16,
+        block_size=8,
+        dropout=0.1,
+        bias=True,
+        logit_softcap=None,
+        vocab_size=11,
+    )
     return GPT(config).double()
 
 
@@ -70,7 +94,13 @@ def test_hvp_on_a_tiny_gpt_matches_forward_over_reverse_autodiff():
     model = tiny_gpt()
     g = torch.Generator().manual_seed(0)
     x, y = torch.randint(11, (3, 8), generator=g), torch.randint(11, (3, 8), generator=g)
-    cfg = OmegaConf.create({"sharpness": {"every": 1, "k": 1, "probe_tokens": 24, "lanczos_iters": 5}, "loss": {}, "optim": {"name": "muon"}})
+    cfg = OmegaConf.create(
+        {
+            "sharpness": {"every": 1, "k": 1, "probe_tokens": 24, "lanczos_iters": 5},
+            "loss": {},
+            "optim": {"name": "muon"},
+        }
+    )
 
     def loss_fn(logits, targets, _cfg):
         return torch.nn.functional.cross_entropy(logits, targets)
@@ -95,7 +125,8 @@ def test_hvp_on_a_tiny_gpt_matches_forward_over_reverse_autodiff():
     model.train()
     probe = SharpnessProbe(cfg, model, loss_fn, x, y, seed=0)
     stats = probe.measure(optimizer=None, lr=0.1)
-    assert stats["sharpness/top1"] > 0 and "sharpness/threshold" not in stats  # muon: no known threshold
+    # muon: no known threshold
+    assert stats["sharpness/top1"] > 0 and "sharpness/threshold" not in stats
     assert model.training
     model(x).sum().backward()
 
@@ -107,16 +138,26 @@ def test_stability_thresholds():
     assert stability_threshold(sgd(0.0), 0.4) == pytest.approx(5.0)
     assert stability_threshold(sgd(0.9), 0.1) == pytest.approx(38.0)
     assert stability_threshold(sgd(0.9, nesterov=True), 0.1) == pytest.approx(3.8 / 0.28)
-    assert stability_threshold(OmegaConf.create({"name": "adamw", "betas": [0.9, 0.99]}), 0.01) == pytest.approx(3800.0)
+    assert stability_threshold(
+        OmegaConf.create({"name": "adamw", "betas": [0.9, 0.99]}), 0.01
+    ) == pytest.approx(3800.0)
 
 
-def mlp_sharpness(optimizer: str, lr: float, first: int, steps: int = 1000, every: int = 10) -> list[float]:
+def mlp_sharpness(
+    optimizer: str, lr: float, first: int, steps: int = 1000, every: int = 10
+) -> list[float]:
     """Full-batch training of a tanh MLP 10-64-64-4 with MSE on 200 random points; the (for
     Adam: preconditioned) sharpness every `every` steps from step `first` on."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(200, 10, generator=g), torch.randn(200, 4, generator=g)
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(10, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 4))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(10, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 64),
+        torch.nn.Tanh(),
+        torch.nn.Linear(64, 4),
+    )
     params = list(net.parameters())
     dim = sum(p.numel() for p in params)
     opt = torch.optim.SGD(params, lr=lr) if optimizer == "gd" else torch.optim.Adam(params, lr=lr)
@@ -125,7 +166,11 @@ def mlp_sharpness(optimizer: str, lr: float, first: int, steps: int = 1000, ever
     for step in range(steps + 1):
         if step >= first and step % every == 0:
             hvp = hessian_operator(((net(x) - y) ** 2).mean(), params)
-            scale = adam_preconditioner(opt, params) if optimizer == "adam" else torch.ones(dim, dtype=torch.float64)
+            scale = (
+                adam_preconditioner(opt, params)
+                if optimizer == "adam"
+                else torch.ones(dim, dtype=torch.float64)
+            )
             values.append(lanczos(lambda v: scale * hvp(scale * v), dim, 1, 20, lanczos_start)[0])
         opt.zero_grad()
         ((net(x) - y) ** 2).mean().backward()
@@ -141,4 +186,6 @@ def test_gradient_descent_hovers_at_the_edge_of_stability():
 
 @pytest.mark.slow
 def test_adam_preconditioned_sharpness_hovers_at_38_over_lr():
-    assert statistics.median(mlp_sharpness("adam", 0.01, first=700)) == pytest.approx(38 / 0.01, rel=0.1)
+    assert statistics.median(mlp_sharpness("adam", 0.01, first=700)) == pytest.approx(
+        38 / 0.01, rel=0.1
+    )

@@ -8,31 +8,41 @@ import ast
 import json
 import os
 import shutil
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
-
 from conftest import REPO, TINY, compose_train, run_cli
+
 from nanolab import ConfigError
-from nanolab.config import check_config
 from nanolab.bench import WorkerFailed, run_worker
 from nanolab.checkpoint import upgrade
+from nanolab.config import check_config
 
 SRC = REPO / "src" / "nanolab"
 OLD_CHECKPOINT = Path(__file__).with_name("data") / "checkpoint_507db7a.pt"
 # The overrides the old checkpoint was trained with (tests/data/README.md).
 OLD_RUN = [
-    "model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "trainer.batch_size=4",
-    "trainer.eval_iters=2", "trainer.log_interval=1", "schedule.warmup_iters=2", "optim.lr=1e-2", "logger.mode=disabled",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.n_embd=16",
+    "model.block_size=16",
+    "trainer.batch_size=4",
+    "trainer.eval_iters=2",
+    "trainer.log_interval=1",
+    "schedule.warmup_iters=2",
+    "optim.lr=1e-2",
+    "logger.mode=disabled",
 ]
 
 
 def entry_points() -> set[str]:
     """Modules behind the console scripts, plus nanolab.bench (run as python -m)."""
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    return {target.split(":")[0].removeprefix("nanolab.") for target in scripts.values()} | {"bench"}
+    return {target.split(":")[0].removeprefix("nanolab.") for target in scripts.values()} | {
+        "bench"
+    }
 
 
 def imported_nanolab_modules(path: Path) -> set[str]:
@@ -63,7 +73,11 @@ def _nanolab_modules(node: ast.Import | ast.ImportFrom) -> set[str]:
     if isinstance(node, ast.ImportFrom):
         if node.module == "nanolab":
             return {a.name for a in node.names if (SRC / f"{a.name}.py").exists()}
-        return {node.module.split(".")[1]} if node.module and node.module.startswith("nanolab.") else set()
+        return (
+            {node.module.split(".")[1]}
+            if node.module and node.module.startswith("nanolab.")
+            else set()
+        )
     return {a.name.split(".")[1] for a in node.names if a.name.startswith("nanolab.")}
 
 
@@ -71,11 +85,22 @@ def test_nanolab_modules_import_each_other_at_the_top_only_and_without_a_cycle()
     graph, hidden = {}, []
     for path in sorted(SRC.glob("*.py")):
         tree = ast.parse(path.read_text())
-        graph[path.stem] = {m for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) for m in _nanolab_modules(n)}
+        graph[path.stem] = {
+            m
+            for n in tree.body
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+            for m in _nanolab_modules(n)
+        }
         for node in ast.walk(tree):
-            inside = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or (isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test))
+            inside = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or (
+                isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            )
             if inside:
-                hidden += [f"{path.name}:{i.lineno}" for i in ast.walk(node) if isinstance(i, (ast.Import, ast.ImportFrom)) and _nanolab_modules(i)]
+                hidden += [
+                    f"{path.name}:{i.lineno}"
+                    for i in ast.walk(node)
+                    if isinstance(i, (ast.Import, ast.ImportFrom)) and _nanolab_modules(i)
+                ]
     assert not hidden, f"nanolab imported inside a function or under TYPE_CHECKING at {hidden}"
     state: dict[str, str] = {}
 
@@ -129,7 +154,9 @@ def test_a_wrong_type_on_the_command_line_is_one_line_exit_2_and_nothing_written
 
 def test_values_the_schema_converts_reach_the_run():
     # A word for a boolean and a quoted number are what the user meant; an integer is a number.
-    cfg = compose_train(*TINY, "optim.lr=1", "trainer.save_checkpoints=no", "trainer.max_iters='12'")
+    cfg = compose_train(
+        *TINY, "optim.lr=1", "trainer.save_checkpoints=no", "trainer.max_iters='12'"
+    )
     check_config(cfg)
     assert (cfg.optim.lr, cfg.trainer.save_checkpoints, cfg.trainer.max_iters) == (1, False, 12)
     assert type(cfg.trainer.max_iters) is int
@@ -139,29 +166,56 @@ def test_upgrade_fills_every_key_added_since_the_first_checkpoints():
     state = torch.load(OLD_CHECKPOINT, weights_only=True)
     for key in ("rng_ranks", "skipped_steps"):
         del state[key]
-    del state["config"]["loss"]["z_loss"], state["config"]["data"]["shard_gb"], state["config"]["head_chunk_tokens"]
+    del (
+        state["config"]["loss"]["z_loss"],
+        state["config"]["data"]["shard_gb"],
+        state["config"]["head_chunk_tokens"],
+    )
     del state["config"]["optim"]["fused"], state["model_config"]["logit_softcap"]
     state["config"]["trainer"]["grad_accum"] = 3
     state["sampler"] = {"generator": state["sampler"]["streams"][0]}
     upgrade(state)
     config = state["config"]
-    assert (config["loss"]["z_loss"], config["data"]["shard_gb"], config["head_chunk_tokens"], config["optim"]["fused"]) == (0.0, 4, "auto", "auto")
-    assert state["skipped_steps"] == 0 and state["rng_ranks"] == [state["rng"]] and state["model_config"]["logit_softcap"] is None
-    assert sorted(state["sampler"]["streams"]) == [0, 1, 2]  # streams 1 and 2 start afresh, 0 continues
+    assert (
+        config["loss"]["z_loss"],
+        config["data"]["shard_gb"],
+        config["head_chunk_tokens"],
+        config["optim"]["fused"],
+    ) == (0.0, 4, "auto", "auto")
+    assert (
+        state["skipped_steps"] == 0
+        and state["rng_ranks"] == [state["rng"]]
+        and state["model_config"]["logit_softcap"] is None
+    )
+    # streams 1 and 2 start afresh, 0 continues
+    assert sorted(state["sampler"]["streams"]) == [0, 1, 2]
 
 
 def test_a_checkpoint_of_commit_507db7a_resumes_exactly_samples_and_evaluates(tmp_path, data_root):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     shutil.copy(OLD_CHECKPOINT, run_dir / "last.pt")
-    run_cli(*OLD_RUN, "trainer.max_iters=9", "trainer.eval_interval=3", "resume=true", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    run_cli(
+        *OLD_RUN,
+        "trainer.max_iters=9",
+        "trainer.eval_interval=3",
+        "resume=true",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     got = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     want = json.loads(OLD_CHECKPOINT.with_name("checkpoint_507db7a_resumed.json").read_text())
     assert [r["step"] for r in got] == [r["step"] for r in want]
     for g, w in zip(got, want):
         assert {k: g[k] for k in w} == pytest.approx(w, abs=1e-6), w["step"]
 
-    out = run_cli(f"checkpoint={OLD_CHECKPOINT}", "num_samples=1", "max_new_tokens=20", cwd=tmp_path, module="nanolab.sample")
+    out = run_cli(
+        f"checkpoint={OLD_CHECKPOINT}",
+        "num_samples=1",
+        "max_new_tokens=20",
+        cwd=tmp_path,
+        module="nanolab.sample",
+    )
     assert len(out.stdout.split("-" * 40)[0]) >= 20
     # The checkpoint's data paths are relative (data/shakespeare_char), as it was written.
     (tmp_path / "data").symlink_to(data_root)
@@ -191,9 +245,20 @@ def test_a_worker_that_dies_or_fails_ends_the_benchmark_with_its_error():
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_head_benchmark_in_half_precision_runs_on_cpu(tmp_path, dtype):
     # torch's CPU kernels cover both half-precision types (torch >= 2.4, the project's floor).
-    proc = run_cli(f"dtype={dtype}", "bench.what=head", "bench.repeats=1", "bench.head.tokens=512", "bench.head.n_embd=32",
-                   "bench.head.vocab_size=8192", "bench.head.chunk_tokens=128", "device=cpu", f"hydra.run.dir={tmp_path}",
-                   cwd=tmp_path, module="nanolab.bench", check=False)
+    proc = run_cli(
+        f"dtype={dtype}",
+        "bench.what=head",
+        "bench.repeats=1",
+        "bench.head.tokens=512",
+        "bench.head.n_embd=32",
+        "bench.head.vocab_size=8192",
+        "bench.head.chunk_tokens=128",
+        "device=cpu",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+        module="nanolab.bench",
+        check=False,
+    )
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Traceback" not in text, text
     assert json.loads((tmp_path / "bench.json").read_text())["dtype"] == dtype

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import TINY, compose_train, run_cli
 from wandb_offline import offline_runs
 
@@ -14,15 +13,26 @@ SHORT = [*TINY, "trainer.max_iters=4", "trainer.eval_interval=2", "logger.mode=o
 
 
 def summaries(sweep: Path) -> dict[str, dict]:
-    return {d.name: json.loads((d / "summary.json").read_text()) for d in sweep.iterdir() if (d / ".hydra").is_dir()}
+    return {
+        d.name: json.loads((d / "summary.json").read_text())
+        for d in sweep.iterdir()
+        if (d / ".hydra").is_dir()
+    }
 
 
 @pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_as_distinct_wandb_runs(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     # 3 jobs on 2 workers: one worker process runs two jobs, whose W&B runs must stay apart.
-    run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "loss=ce,mse,label_smoothing", *SHORT,
-            f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    run_cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "loss=ce,mse,label_smoothing",
+        *SHORT,
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+    )
     runs = offline_runs(tmp_path / "sweep")
     assert len(runs) == 3 and len({r["id"] for r in runs}) == 3
     assert sorted(r["config"]["loss"]["name"] for r in runs) == ["ce", "label_smoothing", "mse"]
@@ -34,7 +44,14 @@ def test_joblib_runs_jobs_in_parallel_as_distinct_wandb_runs(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_runs_a_job(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    run_cli("-m", "hydra/launcher=submitit_local", "loss=mse", *SHORT, f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    run_cli(
+        "-m",
+        "hydra/launcher=submitit_local",
+        "loss=mse",
+        *SHORT,
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+    )
     (job,) = summaries(tmp_path / "sweep").values()
     assert job["status"] == "finished" and job["best/val/ce"] > 0
     assert (tmp_path / "sweep" / ".submitit").is_dir()  # it did go through submitit
@@ -43,7 +60,8 @@ def test_submitit_local_runs_a_job(tmp_path):
 @pytest.mark.slow
 def test_optuna_search_minimises_the_objective(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    searched = [o for o in SHORT if not o.startswith("optim.lr=")]  # a fixed value would win over the search
+    # a fixed value would win over the search
+    searched = [o for o in SHORT if not o.startswith("optim.lr=")]
     run_cli("hparams_search=optuna", "hydra.sweeper.n_trials=3", *searched, cwd=tmp_path)
     (sweep,) = tmp_path.glob("multirun/*")  # the default sweep dir: one for all trials
     jobs = summaries(sweep)
@@ -60,11 +78,14 @@ def test_optuna_search_minimises_the_objective(tmp_path):
 
 def test_slurm_preset_composes():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    cfg = compose_train("hydra/launcher=slurm", "hydra.launcher.partition=gpu", return_hydra_config=True)
+    cfg = compose_train(
+        "hydra/launcher=slurm", "hydra.launcher.partition=gpu", return_hydra_config=True
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
-    assert launcher.max_num_timeout == 3  # requeued at the time limit (test_reliability: the signal path)
+    # requeued at the time limit (test_reliability: the signal path)
+    assert launcher.max_num_timeout == 3
 
 
 def test_parallel_jobs_spread_over_gpus(monkeypatch):
@@ -72,5 +93,9 @@ def test_parallel_jobs_spread_over_gpus(monkeypatch):
 
     monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(runtime.torch.cuda, "device_count", lambda: 4)
-    assert [str(runtime.pick_device("auto", n)) for n in (0, 1, 5)] == ["cuda:0", "cuda:1", "cuda:1"]
+    assert [str(runtime.pick_device("auto", n)) for n in (0, 1, 5)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:1",
+    ]
     assert str(runtime.pick_device("auto")) == "cuda"  # a single run

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-
 from conftest import REPO, TINY, compose_train, run_cli
+from hydra import compose, initialize_config_module
+from wandb_offline import offline_runs
+
 from nanolab import ConfigError
 from nanolab.config import check_config
 from nanolab.losses import LOSSES
-from nanolab.tracking import RunInfo
 from nanolab.runtime import use_compile
+from nanolab.tracking import RunInfo
 from nanolab.train import train
-from wandb_offline import offline_runs
 
 GROUPS = ["model", "data", "loss", "optim", "schedule", "logger", "experiment", "hparams_search"]
 
@@ -37,7 +37,8 @@ def run_in_process(run_dir: Path, *overrides: str) -> float:
 def test_every_config_composes(group):
     for path in sorted((REPO / "configs" / group).glob("*.yaml")):
         cfg = compose_train(f"{group}={path.stem}")
-        if (group, path.stem) == ("experiment", "finetune_shakespeare"):  # names the weights it starts from: the user's
+        # names the weights it starts from: the user's
+        if (group, path.stem) == ("experiment", "finetune_shakespeare"):
             with pytest.raises(ConfigError, match="pretrained: no value given"):
                 check_config(cfg)
             continue
@@ -46,7 +47,9 @@ def test_every_config_composes(group):
 
 def test_default_compiles_on_cuda_only():
     default = compose_train().compile
-    assert use_compile(default, torch.device("cuda")) and not use_compile(default, torch.device("cpu"))
+    assert use_compile(default, torch.device("cuda")) and not use_compile(
+        default, torch.device("cpu")
+    )
     assert use_compile(True, torch.device("cpu")) and not use_compile(False, torch.device("cuda"))
 
 
@@ -98,7 +101,9 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
     run_in_process(tmp_path / "straight", "trainer.max_iters=40", *common)
     run_in_process(tmp_path / "resumed", "trainer.max_iters=20", *common)
     assert (tmp_path / "resumed" / "last.pt").exists()
-    run_in_process(tmp_path / "elsewhere", "trainer.max_iters=40", f"resume={tmp_path / 'resumed'}", *common)
+    run_in_process(
+        tmp_path / "elsewhere", "trainer.max_iters=40", f"resume={tmp_path / 'resumed'}", *common
+    )
 
     straight, resumed = records(tmp_path / "straight"), records(tmp_path / "resumed")
     assert [r["step"] for r in resumed] == [r["step"] for r in straight]  # no duplicated steps
@@ -107,7 +112,9 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
             if key in a:
                 assert b[key] == pytest.approx(a[key], abs=1e-6), (a["step"], key)
     assert not (tmp_path / "elsewhere" / "metrics.jsonl").exists()
-    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("straight", "resumed")]
+    summaries = [
+        json.loads((tmp_path / d / "summary.json").read_text()) for d in ("straight", "resumed")
+    ]
     assert summaries[1]["best/val/ce"] == pytest.approx(summaries[0]["best/val/ce"], abs=1e-6)
     assert summaries[1]["best/step"] == summaries[0]["best/step"]
 
@@ -119,11 +126,19 @@ def test_chunked_head_trains_like_the_whole_head(tmp_path, loss):
     rounding differences grow as any two float32 trainings drift apart)."""
     common = [f"loss={loss}", "trainer.max_iters=6", "trainer.eval_interval=3"]
     run_in_process(tmp_path / "whole", "head_chunk_tokens=0", *common)
-    run_in_process(tmp_path / "chunked", "head_chunk_tokens=48", *common)  # 256 tokens: 5 full chunks + 16
+    # 256 tokens: 5 full chunks + 16
+    run_in_process(tmp_path / "chunked", "head_chunk_tokens=48", *common)
     whole, chunked = records(tmp_path / "whole"), records(tmp_path / "chunked")
     assert [r["step"] for r in whole] == [r["step"] for r in chunked]
     for a, b in zip(whole, chunked):
-        for key in ("train/loss", "train/grad_norm", "val/ce", "val/loss", "val/acc", "val/ce_calibrated"):
+        for key in (
+            "train/loss",
+            "train/grad_norm",
+            "val/ce",
+            "val/loss",
+            "val/acc",
+            "val/ce_calibrated",
+        ):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-5), (a["step"], key)
 
@@ -135,18 +150,35 @@ def test_resume_true_without_checkpoint_starts_fresh(tmp_path):
 
 def test_sample_from_trained_checkpoint(tmp_path):
     run_in_process(tmp_path, "trainer.max_iters=5")
-    out = run_cli(f"checkpoint={tmp_path}", "prompt=ROMEO:", "num_samples=2", "max_new_tokens=30", cwd=tmp_path, module="nanolab.sample")
+    out = run_cli(
+        f"checkpoint={tmp_path}",
+        "prompt=ROMEO:",
+        "num_samples=2",
+        "max_new_tokens=30",
+        cwd=tmp_path,
+        module="nanolab.sample",
+    )
     samples = out.stdout.split("-" * 40)
     assert len([s for s in samples if s.strip()]) == 2
-    assert all(s.strip().startswith("ROMEO:") and len(s.strip()) == 36 for s in samples if s.strip())
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["best.pt", "last.pt", "metrics.jsonl", "summary.json"])
+    assert all(
+        s.strip().startswith("ROMEO:") and len(s.strip()) == 36 for s in samples if s.strip()
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["best.pt", "last.pt", "metrics.jsonl", "summary.json"]
+    )
 
 
 @pytest.mark.slow
 def test_multirun_gives_one_wandb_run_per_loss(tmp_path):
     run_cli(
-        "-m", "loss=ce,mse,label_smoothing", *TINY, "trainer.max_iters=4", "trainer.eval_interval=2",
-        "logger.mode=offline", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path,
+        "-m",
+        "loss=ce,mse,label_smoothing",
+        *TINY,
+        "trainer.max_iters=4",
+        "trainer.eval_interval=2",
+        "logger.mode=offline",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
     )
     runs = offline_runs(tmp_path / "sweep")
     assert len(runs) == 3 and len({r["id"] for r in runs}) == 3
@@ -157,21 +189,41 @@ def test_multirun_gives_one_wandb_run_per_loss(tmp_path):
         assert run["name"] == f"loss={loss},seed=1337" and loss in run["tags"]
         assert [h["step"] for h in run["history"] if "val/ce" in h] == [0, 2, 4]
         assert run["summary"]["status"] == "finished"
-    job_dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())  # <num>_<override_dirname>
-    assert [d.split(",")[0] for d in job_dirs] == ["0_loss=ce", "1_loss=mse", "2_loss=label_smoothing"]
+    # <num>_<override_dirname>
+    job_dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert [d.split(",")[0] for d in job_dirs] == [
+        "0_loss=ce",
+        "1_loss=mse",
+        "2_loss=label_smoothing",
+    ]
 
 
 @pytest.mark.slow
 def test_loss_comparison_experiment_sweeps_four_losses_over_three_seeds(tmp_path):
-    params = compose_train("experiment=loss_comparison", return_hydra_config=True).hydra.sweeper.params
+    params = compose_train(
+        "experiment=loss_comparison", return_hydra_config=True
+    ).hydra.sweeper.params
     assert (params.loss, params.seed) == ("ce,mse,label_smoothing,squentropy", "1337,1338,1339")
-    # two of its twelve jobs, run as the preset runs them: one W&B group, runs named by their overrides
-    run_cli("experiment=loss_comparison", "loss=ce,mse", "seed=1338", *TINY, "trainer.max_iters=2", "trainer.eval_interval=2",
-            "logger.mode=offline", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    # two of its twelve jobs, run as the preset runs them: one W&B group, runs named by their
+    # overrides
+    run_cli(
+        "experiment=loss_comparison",
+        "loss=ce,mse",
+        "seed=1338",
+        *TINY,
+        "trainer.max_iters=2",
+        "trainer.eval_interval=2",
+        "logger.mode=offline",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        cwd=tmp_path,
+    )
     runs = offline_runs(tmp_path / "sweep")
     assert sorted(r["name"] for r in runs) == ["loss=ce,seed=1338", "loss=mse,seed=1338"]
     assert {r["group"] for r in runs} == {"loss_comparison-sweep"}
-    assert {(r["config"]["loss"]["name"], r["config"]["seed"]) for r in runs} == {("ce", 1338), ("mse", 1338)}
+    assert {(r["config"]["loss"]["name"], r["config"]["seed"]) for r in runs} == {
+        ("ce", 1338),
+        ("mse", 1338),
+    }
 
 
 def test_job_directory_names_stay_valid_file_names():
@@ -202,48 +254,98 @@ def test_evaluate_scores_every_val_token_of_a_checkpoint(tmp_path, data_root):
     # ECE's float32 bin sums moved in the 8th digit between two processes once (CI at 029ceeb):
     # the same numbers, not the same bits.
     numbers = {k for k, v in result.items() if isinstance(v, float)}
-    assert {k: again[k] for k in numbers} == pytest.approx({k: result[k] for k in numbers}, rel=1e-6)
-    assert {k: v for k, v in again.items() if k not in numbers} == {k: v for k, v in result.items() if k not in numbers}
+    assert {k: again[k] for k in numbers} == pytest.approx(
+        {k: result[k] for k in numbers}, rel=1e-6
+    )
+    assert {k: v for k, v in again.items() if k not in numbers} == {
+        k: v for k, v in result.items() if k not in numbers
+    }
 
 
 def test_z_loss_and_logit_softcap_train(tmp_path):
-    run_in_process(tmp_path, "loss.z_loss=1e-4", "model.logit_softcap=15", "trainer.max_iters=30", "trainer.eval_interval=30")
+    run_in_process(
+        tmp_path,
+        "loss.z_loss=1e-4",
+        "model.logit_softcap=15",
+        "trainer.max_iters=30",
+        "trainer.eval_interval=30",
+    )
     evals = [r for r in records(tmp_path) if "val/ce" in r]
     assert evals[1]["val/ce"] < evals[0]["val/ce"] - 0.3
     assert evals[1]["val/loss"] > evals[1]["val/ce"]  # the objective includes the z-loss term
 
 
 def test_a_model_with_every_option_trains_resumes_exactly_and_loads(tmp_path):
-    options = ["model.position=rope", "model.qk_norm=true", "model.mlp=relu2", "model.norm=rmsnorm", "model.tie_embeddings=false",
-               "model.zero_init_proj=true", "model.logit_softcap=15", "trainer.eval_interval=4", "schedule.decay_iters=8"]
+    options = [
+        "model.position=rope",
+        "model.qk_norm=true",
+        "model.mlp=relu2",
+        "model.norm=rmsnorm",
+        "model.tie_embeddings=false",
+        "model.zero_init_proj=true",
+        "model.logit_softcap=15",
+        "trainer.eval_interval=4",
+        "schedule.decay_iters=8",
+    ]
     run_in_process(tmp_path / "straight", "trainer.max_iters=8", *options)
     run_in_process(tmp_path / "resumed", "trainer.max_iters=4", *options)
     run_in_process(tmp_path / "resumed", "trainer.max_iters=8", "resume=true", *options)
     straight, resumed = records(tmp_path / "straight"), records(tmp_path / "resumed")
     for a, b in zip(straight, resumed, strict=True):
-        assert {k: v for k, v in a.items() if not k.startswith(("time", "perf"))} == {k: v for k, v in b.items() if not k.startswith(("time", "perf"))}
+        assert {k: v for k, v in a.items() if not k.startswith(("time", "perf"))} == {
+            k: v for k, v in b.items() if not k.startswith(("time", "perf"))
+        }
     assert straight[-1]["val/ce"] < straight[0]["val/ce"]
     from nanolab.checkpoint import load_model
 
     model, state = load_model(tmp_path / "resumed" / "last.pt", torch.device("cpu"))
-    assert model.config.position == "rope" and "wpe" not in model.transformer and not model.config.tie_embeddings
+    assert (
+        model.config.position == "rope"
+        and "wpe" not in model.transformer
+        and not model.config.tie_embeddings
+    )
     assert model.generate(torch.zeros(1, 1, dtype=torch.long), 5).shape == (1, 6)
 
 
 @pytest.mark.slow
 def test_wandb_run_has_the_resolved_config_best_summaries_hydra_files_and_checkpoint(tmp_path):
-    run_cli(*TINY, "trainer.max_iters=4", "trainer.eval_interval=2", "logger.mode=offline", "logger.log_checkpoints=true",
-            f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    run_cli(
+        *TINY,
+        "trainer.max_iters=4",
+        "trainer.eval_interval=2",
+        "logger.mode=offline",
+        "logger.log_checkpoints=true",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+    )
     (run,) = offline_runs(tmp_path / "wandb")
     config = run["config"]
-    assert (config["device"], config["dtype"], config["compile"], config["world_size"]) == ("cpu", "float32", False, 1)
+    assert (config["device"], config["dtype"], config["compile"], config["world_size"]) == (
+        "cpu",
+        "float32",
+        False,
+        1,
+    )
     assert config["params"] > 0 and config["tokens_per_step"] == 8 * 32 and "logger" not in config
     assert set(config["git"]) == {"commit", "dirty"}
     summary, local = run["summary"], json.loads((tmp_path / "summary.json").read_text())
-    evals = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "val/ce" in r]
-    assert summary["val/ce"] == {"min": min(r["val/ce"] for r in evals), "last": evals[-1]["val/ce"]}
-    assert summary["val/acc"] == {"max": max(r["val/acc"] for r in evals), "last": evals[-1]["val/acc"]}
-    assert not [k for k in summary if k.startswith("final/")] and local["final/val/ce"] == evals[-1]["val/ce"]
+    evals = [
+        r
+        for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+        if "val/ce" in r
+    ]
+    assert summary["val/ce"] == {
+        "min": min(r["val/ce"] for r in evals),
+        "last": evals[-1]["val/ce"],
+    }
+    assert summary["val/acc"] == {
+        "max": max(r["val/acc"] for r in evals),
+        "last": evals[-1]["val/acc"],
+    }
+    assert (
+        not [k for k in summary if k.startswith("final/")]
+        and local["final/val/ce"] == evals[-1]["val/ce"]
+    )
     assert {".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml"} <= set(run["files"])
     (artifact,) = run["artifacts"]
     assert artifact["type"] == "model" and artifact["files"] == ["best.pt"]
@@ -255,7 +357,10 @@ def test_wandb_credentials_are_found_where_wandb_keeps_them(tmp_path, where):
     """logger.mode=auto asks wandb itself whether it has credentials (a hand-written netrc
     check missed its settings file and its default host)."""
     key = "k" * 40
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path / "config")}
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("WANDB_")} | {
+        "HOME": str(tmp_path),
+        "WANDB_CONFIG_DIR": str(tmp_path / "config"),
+    }
     if where == "environment":
         env["WANDB_API_KEY"] = key
     elif where == "netrc":
@@ -265,5 +370,12 @@ def test_wandb_credentials_are_found_where_wandb_keeps_them(tmp_path, where):
         (tmp_path / "config").mkdir()
         (tmp_path / "config" / "settings").write_text(f"[default]\napi_key = {key}\n")
     code = "from nanolab.tracking import resolve_wandb_mode; print(resolve_wandb_mode('auto'))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert out.strip() == ("offline" if where == "none" else "online")

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TINY, compose_train
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import TINY, compose_train
 from nanolab import Abandoned, ConfigError, StorageError, config_as_data
 from nanolab.checkpoint import load_checkpoint
 from nanolab.compare import compare, offline_run_folders
@@ -47,7 +47,11 @@ def train_in_process(run_dir: Path, *overrides: str) -> None:
 
 def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
     """Every file under `directory` with its modification time and bytes."""
-    return {str(p): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +85,37 @@ def no_network(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
 
 
-def test_a_checkpoints_url_and_raw_path_are_never_fetched_or_written(tmp_path, trained, no_network, data_root):
+def test_a_checkpoints_url_and_raw_path_are_never_fetched_or_written(
+    tmp_path, trained, no_network, data_root
+):
     """The held-out probe's payload: a data: URL and a raw_path into site-packages."""
     payload = base64.b64encode(b"import os; os.system('touch PWNED')").decode()
     site = tmp_path / "site-packages"
     victim = tmp_path / "victim"
-    checkpoint = crafted(trained, tmp_path / "evil" / "last.pt", {
-        "data.url": f"data:text/plain;base64,{payload}", "data.raw_path": str(site / "x.pth"), "data.dir": str(victim),
-        "data.name": "shakespeare_char",
-    }, data_dir=str(victim))
+    checkpoint = crafted(
+        trained,
+        tmp_path / "evil" / "last.pt",
+        {
+            "data.url": f"data:text/plain;base64,{payload}",
+            "data.raw_path": str(site / "x.pth"),
+            "data.dir": str(victim),
+            "data.name": "shakespeare_char",
+        },
+        data_dir=str(victim),
+    )
     before = snapshot(data_root)
-    metrics = evaluate_run(compose_entry("evaluate", f"checkpoint={checkpoint}", "batch_tokens=4096"))
-    prune_run(compose_entry("prune", f"checkpoint={checkpoint}", "amounts=[0]", f"out={tmp_path / 'report'}", "device=cpu"))
+    metrics = evaluate_run(
+        compose_entry("evaluate", f"checkpoint={checkpoint}", "batch_tokens=4096")
+    )
+    prune_run(
+        compose_entry(
+            "prune",
+            f"checkpoint={checkpoint}",
+            "amounts=[0]",
+            f"out={tmp_path / 'report'}",
+            "device=cpu",
+        )
+    )
     assert metrics["tokens"] > 0 and (tmp_path / "report" / "prune.md").is_file()
     assert not site.exists() and not victim.exists()  # nothing fetched into them, nothing prepared
     assert snapshot(data_root) == before  # the prepared data was read, not prepared again
@@ -103,8 +126,12 @@ def test_a_checkpoints_data_dir_with_other_files_is_left_alone(tmp_path, trained
     victim.mkdir()
     (victim / "train.bin").write_bytes(b"someone else's tokens")
     (victim / "notes.txt").write_text("keep me")
-    checkpoint = crafted(trained, tmp_path / "evil" / "last.pt", {"data.dir": str(victim), "data.source": "text", "data.path": str(victim)},
-                         data_dir=str(victim))
+    checkpoint = crafted(
+        trained,
+        tmp_path / "evil" / "last.pt",
+        {"data.dir": str(victim), "data.source": "text", "data.path": str(victim)},
+        data_dir=str(victim),
+    )
     before = snapshot(victim)
     evaluate_run(compose_entry("evaluate", f"checkpoint={checkpoint}"))
     prune_run(compose_entry("prune", f"checkpoint={checkpoint}", "amounts=[0]", "device=cpu"))
@@ -113,8 +140,13 @@ def test_a_checkpoints_data_dir_with_other_files_is_left_alone(tmp_path, trained
 
 def test_a_data_name_that_is_a_path_is_not_followed(tmp_path, trained, monkeypatch):
     outside = tmp_path / "outside"
-    checkpoint = crafted(trained, tmp_path / "evil" / "last.pt", {}, data_dir=None,
-                         data_meta=load_checkpoint(trained / "last.pt")["data_meta"] | {"name": f"../../{outside}"})
+    checkpoint = crafted(
+        trained,
+        tmp_path / "evil" / "last.pt",
+        {},
+        data_dir=None,
+        data_meta=load_checkpoint(trained / "last.pt")["data_meta"] | {"name": f"../../{outside}"},
+    )
     with pytest.raises(ConfigError, match="no prepared data for checkpoint="):
         evaluate_run(compose_entry("evaluate", f"checkpoint={checkpoint}"))
     assert not outside.exists()
@@ -126,16 +158,29 @@ def test_data_of_another_vocabulary_is_refused_and_left_as_it_is(tmp_path, train
     corpus = tmp_path / "other.txt"
     corpus.write_text("abc abc cab\n" * 400)
     other = tmp_path / "other"
-    prepare(compose_train("data=text", f"data.path={corpus}", f"data.dir={other}", "data.name=other").data)
+    prepare(
+        compose_train(
+            "data=text", f"data.path={corpus}", f"data.dir={other}", "data.name=other"
+        ).data
+    )
     before = snapshot(other)
-    with pytest.raises(DataError, match=rf"data.dir={other} does not fit checkpoint=.*: another character set \(5 characters, the model's 65\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"data.dir={other} does not fit checkpoint=.*: another character set \(5 characters, the model's 65\)",
+    ):
         evaluate_run(compose_entry("evaluate", f"checkpoint={trained}", f"data.dir={other}"))
     with pytest.raises(DataError, match="does not fit"):
-        prune_run(compose_entry("prune", f"checkpoint={trained}", "amounts=[0]", f"data.dir={other}", "device=cpu"))
+        prune_run(
+            compose_entry(
+                "prune", f"checkpoint={trained}", "amounts=[0]", f"data.dir={other}", "device=cpu"
+            )
+        )
     assert snapshot(other) == before
 
 
-def test_a_runs_own_data_is_found_from_any_directory_without_the_data_root(tmp_path, trained, monkeypatch):
+def test_a_runs_own_data_is_found_from_any_directory_without_the_data_root(
+    tmp_path, trained, monkeypatch
+):
     monkeypatch.delenv("NANOLAB_DATA_DIR")
     monkeypatch.chdir(tmp_path)
     metrics = evaluate_run(compose_entry("evaluate", f"checkpoint={trained}"))
@@ -145,15 +190,25 @@ def test_a_runs_own_data_is_found_from_any_directory_without_the_data_root(tmp_p
 
 def test_checkpoint_config_interpolations_are_text(tmp_path, trained, monkeypatch):
     monkeypatch.setenv("NANOLAB_TEST_SECRET", "leaked")
-    checkpoint = crafted(trained, tmp_path / "evil" / "last.pt", {"loss.name": "${oc.env:NANOLAB_TEST_SECRET}"})
+    checkpoint = crafted(
+        trained, tmp_path / "evil" / "last.pt", {"loss.name": "${oc.env:NANOLAB_TEST_SECRET}"}
+    )
     with pytest.raises(ConfigError, match=r"loss.name='\$\{oc.env:NANOLAB_TEST_SECRET\}'"):
         evaluate_run(compose_entry("evaluate", f"checkpoint={checkpoint}"))
 
 
 def test_config_as_data_keeps_every_value_as_written():
-    tree = {"a": "${oc.env:HOME}", "b": "\\${oc.env:HOME}", "c": "\\\\${oc.env:HOME}", "ref": "${x.y}", "x": {"y": 3}}
+    tree = {
+        "a": "${oc.env:HOME}",
+        "b": "\\${oc.env:HOME}",
+        "c": "\\\\${oc.env:HOME}",
+        "ref": "${x.y}",
+        "x": {"y": 3},
+    }
     assert OmegaConf.to_container(OmegaConf.create(config_as_data(tree)), resolve=True) == tree
-    resolved = OmegaConf.to_container(OmegaConf.create(config_as_data(tree, references=True)), resolve=True)
+    resolved = OmegaConf.to_container(
+        OmegaConf.create(config_as_data(tree, references=True)), resolve=True
+    )
     assert resolved == tree | {"ref": 3}
 
 
@@ -164,11 +219,17 @@ def test_compare_does_not_resolve_the_environment_from_a_downloaded_sweep(tmp_pa
         (job / ".hydra").mkdir(parents=True)
         overrides = ["seed=1"] if number == 0 else ["seed=1", "loss=mse"]
         (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": 1, "loss": {"name": "ce"}, "optim": {"lr": lr}, "tuned": {"lr": 0.5}}))
+        (job / ".hydra" / "config.yaml").write_text(
+            yaml.safe_dump(
+                {"seed": 1, "loss": {"name": "ce"}, "optim": {"lr": lr}, "tuned": {"lr": 0.5}}
+            )
+        )
         records = [{"step": 0, "tokens": 0, "time_s": 1.0, "val/ce": 4.0, "val/acc": 0.1}]
         (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         (job / "summary.json").write_text(json.dumps({"status": "finished"}))
-    (tmp_path / "sweep" / "1_x" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=1", "optim.lr=0.5"]))
+    (tmp_path / "sweep" / "1_x" / ".hydra" / "overrides.yaml").write_text(
+        yaml.safe_dump(["seed=1", "optim.lr=0.5"])
+    )
     compare([str(tmp_path / "sweep")])
     report = (tmp_path / "sweep" / "report.md").read_text()
     assert "leaked" not in report and "${oc.env:NANOLAB_TEST_SECRET}" in report
@@ -178,10 +239,21 @@ def test_compare_skips_what_is_not_a_run_with_a_warning(tmp_path, caplog):
     sweep = tmp_path / "sweep"
     good = sweep / "0_good"
     good.mkdir(parents=True)
-    lines = [{"step": 0, "tokens": 0, "time_s": 1.0, "val/ce": 4.0, "val/acc": 0.1}, {"step": 5, "tokens": 10, "time_s": 2.0, "val/ce": 3.0, "val/acc": 0.2}]
-    bad_lines = ["[1, 2]", '{"step": "five", "tokens": 0, "time_s": 1, "val/ce": 1}', '{"step": 6, "tokens": 0, "time_s": 1, "val/ce": "low"}',
-                 "\x00\x00\x00", '{"step": 7, "tokens": 20, "val/ce": 2.0, "val/acc": 0.3}']  # the last without time_s
-    (good / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + "\n".join(bad_lines) + "\n")
+    lines = [
+        {"step": 0, "tokens": 0, "time_s": 1.0, "val/ce": 4.0, "val/acc": 0.1},
+        {"step": 5, "tokens": 10, "time_s": 2.0, "val/ce": 3.0, "val/acc": 0.2},
+    ]
+    bad_lines = [
+        "[1, 2]",
+        '{"step": "five", "tokens": 0, "time_s": 1, "val/ce": 1}',
+        '{"step": 6, "tokens": 0, "time_s": 1, "val/ce": "low"}',
+        # the last without time_s
+        "\x00\x00\x00",
+        '{"step": 7, "tokens": 20, "val/ce": 2.0, "val/acc": 0.3}',
+    ]
+    (good / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in lines) + "\n".join(bad_lines) + "\n"
+    )
     (good / "summary.json").write_text(json.dumps({"status": "finished"}))  # no wall_time_s
     odd = sweep / "1_odd"
     odd.mkdir()
@@ -192,12 +264,20 @@ def test_compare_skips_what_is_not_a_run_with_a_warning(tmp_path, caplog):
         assert f"{good / 'metrics.jsonl'} line {number} is torn or not a record" in caplog.text
     assert f"{odd / 'summary.json'} is not a run's summary" in caplog.text
     runs = {row["run_dir"]: row for row in csv.DictReader((sweep / "runs.csv").open())}
-    assert float(runs[str(good)]["val/ce"]) == 3.0 and runs[str(good)]["wall_time_s"] == "2.0"  # the last whole record's
+    # the last whole record's
+    assert float(runs[str(good)]["val/ce"]) == 3.0 and runs[str(good)]["wall_time_s"] == "2.0"
 
 
 # --- resume with changes ---------------------------------------------------------------------
 
-PAIRS = [("adamw", "sgd"), ("sgd", "adamw"), ("adamw", "muon"), ("muon", "adamw"), ("adamw", "schedulefree_adamw"), ("schedulefree_adamw", "adamw")]
+PAIRS = [
+    ("adamw", "sgd"),
+    ("sgd", "adamw"),
+    ("adamw", "muon"),
+    ("muon", "adamw"),
+    ("adamw", "schedulefree_adamw"),
+    ("schedulefree_adamw", "adamw"),
+]
 
 
 def refused_keys(error: ConfigError) -> str:
@@ -212,30 +292,57 @@ def test_an_optimizer_change_is_refused_in_one_line_and_touches_nothing(tmp_path
     with pytest.raises(ConfigError) as listed:
         train_in_process(tmp_path, *resume)
     allowed = f"allow_changes={refused_keys(listed.value)}"
-    with pytest.raises(ConfigError, match=f"add fresh_optimizer=true to start its state afresh, or resume with optim={before}"):
+    with pytest.raises(
+        ConfigError,
+        match=f"add fresh_optimizer=true to start its state afresh, or resume with optim={before}",
+    ):
         train_in_process(tmp_path, *resume, allowed)
-    assert snapshot(tmp_path) == kept  # summary.json, metrics.jsonl and the checkpoints as they were
+    # summary.json, metrics.jsonl and the checkpoints as they were
+    assert snapshot(tmp_path) == kept
 
 
 def test_fresh_optimizer_resumes_with_another_optimizer_and_says_so(tmp_path):
     train_in_process(tmp_path, "optim=adamw")
     with pytest.raises(ConfigError) as listed:
         train_in_process(tmp_path, "optim=sgd", "resume=true", "trainer.max_iters=4")
-    train_in_process(tmp_path, "optim=sgd", "resume=true", "trainer.max_iters=4", f"allow_changes={refused_keys(listed.value)}", "fresh_optimizer=true")
+    train_in_process(
+        tmp_path,
+        "optim=sgd",
+        "resume=true",
+        "trainer.max_iters=4",
+        f"allow_changes={refused_keys(listed.value)}",
+        "fresh_optimizer=true",
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["status"] == "finished" and "step 2: the optimizer state started afresh (fresh_optimizer=true)" in summary["resume/changes"]
+    assert (
+        summary["status"] == "finished"
+        and "step 2: the optimizer state started afresh (fresh_optimizer=true)"
+        in summary["resume/changes"]
+    )
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
 
 
-@pytest.mark.parametrize("optim,change,group,key,value", [
-    ("adamw", "optim.weight_decay=0.5", 0, "weight_decay", 0.5),
-    ("muon", "optim.adamw_lr=0.004", 1, "lr_scale", 0.004 / 0.01),  # TINY sets optim.lr=1e-2
-    ("muon", "optim.adamw_weight_decay=0.3", 1, "weight_decay", 0.3),
-])
-def test_an_allowed_hyperparameter_change_reaches_the_loaded_optimizer(tmp_path, optim, change, group, key, value):
+@pytest.mark.parametrize(
+    "optim,change,group,key,value",
+    [
+        ("adamw", "optim.weight_decay=0.5", 0, "weight_decay", 0.5),
+        ("muon", "optim.adamw_lr=0.004", 1, "lr_scale", 0.004 / 0.01),  # TINY sets optim.lr=1e-2
+        ("muon", "optim.adamw_weight_decay=0.3", 1, "weight_decay", 0.3),
+    ],
+)
+def test_an_allowed_hyperparameter_change_reaches_the_loaded_optimizer(
+    tmp_path, optim, change, group, key, value
+):
     train_in_process(tmp_path, f"optim={optim}")
     name = change.split("=")[0]
-    train_in_process(tmp_path, f"optim={optim}", change, "resume=true", "trainer.max_iters=4", f"allow_changes=[{name}]")
+    train_in_process(
+        tmp_path,
+        f"optim={optim}",
+        change,
+        "resume=true",
+        "trainer.max_iters=4",
+        f"allow_changes=[{name}]",
+    )
     saved = load_checkpoint(tmp_path / "last.pt")["optimizer"]
     groups = saved["optimizers"][1]["param_groups"] if optim == "muon" else saved["param_groups"]
     assert groups[group if optim != "muon" else 0][key] == pytest.approx(value)
@@ -258,36 +365,57 @@ def test_a_resume_on_changed_text_warns_with_the_data_hashes(tmp_path, caplog):
 # --- values that would train wrong --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["schedule=wsd", "schedule.total_iters=0"], "schedule.total_iters=0 must be > 0"),
-    (["schedule=wsd", "schedule.total_iters=-3"], "schedule.total_iters=-3 must be > 0"),
-    (["schedule.min_lr=-1e-4"], "schedule.min_lr=-0.0001 must be >= 0"),
-    (["trainer.early_stop.min_delta=nan"], "min_delta=nan must be >= 0"),
-    (["trainer.early_stop.min_delta=-0.1"], "min_delta=-0.1 must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["schedule=wsd", "schedule.total_iters=0"], "schedule.total_iters=0 must be > 0"),
+        (["schedule=wsd", "schedule.total_iters=-3"], "schedule.total_iters=-3 must be > 0"),
+        (["schedule.min_lr=-1e-4"], "schedule.min_lr=-0.0001 must be >= 0"),
+        (["trainer.early_stop.min_delta=nan"], "min_delta=nan must be >= 0"),
+        (["trainer.early_stop.min_delta=-0.1"], "min_delta=-0.1 must be >= 0"),
+    ],
+)
 def test_values_that_silently_train_wrong_are_refused(overrides, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+    with pytest.raises(
+        ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
+    ):
         check_config(compose_train(*overrides))
 
 
 def test_label_noise_on_a_one_token_vocabulary_is_refused():
-    data = TokenData(train=np.zeros(100, dtype=np.uint16), val=np.zeros(100, dtype=np.uint16), meta={"name": "ones", "vocab_size": 1})
+    data = TokenData(
+        train=np.zeros(100, dtype=np.uint16),
+        val=np.zeros(100, dtype=np.uint16),
+        meta={"name": "ones", "vocab_size": 1},
+    )
     with pytest.raises(DataError, match="data.label_noise=0.1 needs at least two tokens"):
         data.add_label_noise(0.1, seed=0)
 
 
 def test_sharpness_at_learning_rate_zero_has_no_threshold():
     cfg = OmegaConf.create({"name": "sgd", "momentum": 0.9, "nesterov": False})
-    assert stability_threshold(cfg, 0.0) is None and stability_threshold(cfg, 0.1) == pytest.approx(38.0)
+    assert stability_threshold(cfg, 0.0) is None and stability_threshold(cfg, 0.1) == pytest.approx(
+        38.0
+    )
     adam = OmegaConf.create({"name": "adamw", "betas": [0.9, 0.95]})
     assert stability_threshold(adam, 0.0) is None
 
 
 def test_a_run_whose_schedule_decays_to_zero_measures_sharpness_to_the_end(tmp_path):
-    train_in_process(tmp_path, "sharpness.every=1", "sharpness.probe_tokens=64", "sharpness.lanczos_iters=3", "schedule.min_lr=0",
-                     "schedule.warmup_iters=0")
+    train_in_process(
+        tmp_path,
+        "sharpness.every=1",
+        "sharpness.probe_tokens=64",
+        "sharpness.lanczos_iters=3",
+        "schedule.min_lr=0",
+        "schedule.warmup_iters=0",
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
-    last = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "sharpness/top1" in line][-1]
+    last = [
+        json.loads(line)
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if "sharpness/top1" in line
+    ][-1]
     assert summary["status"] == "finished" and load_checkpoint(tmp_path / "last.pt")["step"] == 2
     assert last["step"] == 2 and "sharpness/threshold" not in last
 
@@ -303,7 +431,9 @@ def test_a_stop_request_abandons_an_evaluation_and_a_lanczos_run():
     from nanolab.losses import get_loss
 
     with pytest.raises(Abandoned, match="signal 15 arrived during an evaluation"):
-        evaluate_batches(model, data, get_loss(cfg), cfg, 2, 3, torch.autocast("cpu", enabled=False), stop=[15])
+        evaluate_batches(
+            model, data, get_loss(cfg), cfg, 2, 3, torch.autocast("cpu", enabled=False), stop=[15]
+        )
     assert model.training  # put back in training mode
     with pytest.raises(Abandoned, match="sharpness"):
         lanczos(lambda v: v, 5, 1, 5, torch.Generator().manual_seed(0), stop=[15])
@@ -312,7 +442,9 @@ def test_a_stop_request_abandons_an_evaluation_and_a_lanczos_run():
 # --- files ----------------------------------------------------------------------------------
 
 
-def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_earlier_checkpoint(tmp_path, monkeypatch):
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_earlier_checkpoint(
+    tmp_path, monkeypatch
+):
     import nanolab.checkpoint
 
     real_save, calls = torch.save, []
@@ -324,7 +456,10 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_earlier_check
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(nanolab.checkpoint.torch, "save", save)
-    with pytest.raises(StorageError, match=rf"could not write the checkpoint {tmp_path / 'last.pt'} \(.*No space left on device; \d+ MiB free there\)"):
+    with pytest.raises(
+        StorageError,
+        match=rf"could not write the checkpoint {tmp_path / 'last.pt'} \(.*No space left on device; \d+ MiB free there\)",
+    ):
         train_in_process(tmp_path, "trainer.max_iters=4")
     monkeypatch.setattr(nanolab.checkpoint.torch, "save", real_save)
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 2  # intact
@@ -336,28 +471,42 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_earlier_check
 def test_prune_checks_its_output_folder_before_any_work(tmp_path, trained):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(ConfigError, match=f"the report cannot be written to {blocker / 'out'}.*choose a writable folder with out="):
+    with pytest.raises(
+        ConfigError,
+        match=f"the report cannot be written to {blocker / 'out'}.*choose a writable folder with out=",
+    ):
         prune_run(compose_entry("prune", f"checkpoint={trained}", f"out={blocker / 'out'}"))
 
 
-def test_evaluate_prints_its_metrics_when_the_run_directory_is_read_only(tmp_path, trained, monkeypatch, capsys, caplog):
+def test_evaluate_prints_its_metrics_when_the_run_directory_is_read_only(
+    tmp_path, trained, monkeypatch, capsys, caplog
+):
     import nanolab.evaluate
 
     monkeypatch.setattr(nanolab.evaluate, "unwritable", lambda directory: "Read-only file system")
-    metrics = evaluate_run(compose_entry("evaluate", f"checkpoint={trained / 'last.pt'}", "split=train"))
+    metrics = evaluate_run(
+        compose_entry("evaluate", f"checkpoint={trained / 'last.pt'}", "split=train")
+    )
     assert "train/ce_calibrated" in capsys.readouterr().out and metrics["ce"] > 0
-    assert "is not writable (Read-only file system): the metrics are printed, not saved" in caplog.text
+    assert (
+        "is not writable (Read-only file system): the metrics are printed, not saved" in caplog.text
+    )
     assert not (trained / "evaluation_train.json").exists()
 
 
-def test_evaluate_that_cannot_write_has_printed_its_metrics_first(tmp_path, trained, monkeypatch, capsys):
+def test_evaluate_that_cannot_write_has_printed_its_metrics_first(
+    tmp_path, trained, monkeypatch, capsys
+):
     import nanolab.evaluate
 
     def full(path, obj):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(nanolab.evaluate, "write_json", full)
-    with pytest.raises(StorageError, match="evaluation_val.json \\(No space left on device\\); the metrics are printed above"):
+    with pytest.raises(
+        StorageError,
+        match="evaluation_val.json \\(No space left on device\\); the metrics are printed above",
+    ):
         evaluate_run(compose_entry("evaluate", f"checkpoint={trained}"))
     assert "val/ce_calibrated" in capsys.readouterr().out
 
@@ -365,7 +514,10 @@ def test_evaluate_that_cannot_write_has_printed_its_metrics_first(tmp_path, trai
 def test_an_unwritable_data_dir_is_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(DataError, match=f"data.dir={blocker / 'data'} cannot be written .*give data.dir=<a writable folder>"):
+    with pytest.raises(
+        DataError,
+        match=f"data.dir={blocker / 'data'} cannot be written .*give data.dir=<a writable folder>",
+    ):
         prepare(compose_train(f"data.dir={blocker / 'data'}").data)
 
 
@@ -373,8 +525,12 @@ def test_an_unwritable_data_dir_is_one_line(tmp_path):
 
 
 def hf_directory(path: Path) -> Path:
-    transformers = pytest.importorskip("transformers", reason="the transformers package (dev extra) writes the directory")
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=50257)).save_pretrained(path)
+    transformers = pytest.importorskip(
+        "transformers", reason="the transformers package (dev extra) writes the directory"
+    )
+    transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=50257)
+    ).save_pretrained(path)
     return path
 
 
@@ -382,9 +538,14 @@ def test_a_damaged_hugging_face_directory_is_one_line_naming_the_file(tmp_path):
     directory = hf_directory(tmp_path / "gpt2")
     config = (directory / "config.json").read_text()
     (directory / "config.json").write_text(config[: len(config) // 2])
-    with pytest.raises(ConfigError, match=f"init_from={directory}: {directory / 'config.json'} is unreadable or not JSON"):
+    with pytest.raises(
+        ConfigError,
+        match=f"init_from={directory}: {directory / 'config.json'} is unreadable or not JSON",
+    ):
         read_weights(str(directory))
-    (directory / "config.json").write_text(json.dumps({k: v for k, v in json.loads(config).items() if k != "n_embd"}))
+    (directory / "config.json").write_text(
+        json.dumps({k: v for k, v in json.loads(config).items() if k != "n_embd"})
+    )
     with pytest.raises(ConfigError, match=f"{directory / 'config.json'} lacks n_embd"):
         read_weights(str(directory))
     (directory / "config.json").write_text(config)
@@ -397,9 +558,14 @@ def test_a_damaged_hugging_face_directory_is_one_line_naming_the_file(tmp_path):
 def test_init_from_a_directory_with_weights_but_no_config_names_config_json(tmp_path):
     directory = hf_directory(tmp_path / "gpt2")
     (directory / "config.json").unlink()
-    with pytest.raises(ConfigError, match=f"init_from={directory} holds model.safetensors but no config.json"):
+    with pytest.raises(
+        ConfigError, match=f"init_from={directory} holds model.safetensors but no config.json"
+    ):
         read_weights(str(directory))
-    with pytest.raises(ConfigError, match=f"init_from={tmp_path / 'empty'} is a directory without best.pt or last.pt"):
+    with pytest.raises(
+        ConfigError,
+        match=f"init_from={tmp_path / 'empty'} is a directory without best.pt or last.pt",
+    ):
         (tmp_path / "empty").mkdir()
         read_weights(str(tmp_path / "empty"))
 

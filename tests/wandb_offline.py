@@ -12,14 +12,31 @@ def read_run(wandb_file: Path) -> dict:
     """{"id", "group", "name", "tags", "config", "history": [row], "summary", "metrics": [definition], "files": [path], "artifacts"}
     of one .wandb file (one segment of a run: a resumed run writes one file per segment)."""
     wandb_cli = Path(sys.executable).with_name("wandb")
-    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(wandb_file)], capture_output=True, text=True, check=True).stdout
-    run: dict = {"config": {}, "history": [], "summary": {}, "metrics": [], "files": [], "artifacts": []}
+    out = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--json", str(wandb_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    run: dict = {
+        "config": {},
+        "history": [],
+        "summary": {},
+        "metrics": [],
+        "files": [],
+        "artifacts": [],
+    }
     for line in out.splitlines():
         record = json.loads(line)
         kind = record["type"]
         if kind == "run":
             r = record["run"]
-            run |= {"id": r["run_id"], "group": r.get("run_group", ""), "name": r["display_name"], "tags": r.get("tags", [])}
+            run |= {
+                "id": r["run_id"],
+                "group": r.get("run_group", ""),
+                "name": r["display_name"],
+                "tags": r.get("tags", []),
+            }
             run["config"] |= r.get("config", {}).get("update", {})
         elif kind == "config":
             run["config"] |= record["config"].get("update", {})
@@ -30,8 +47,13 @@ def read_run(wandb_file: Path) -> dict:
         elif kind == "metric":
             run["metrics"].append(record["metric"])
         elif kind == "artifact":
-            run["artifacts"].append({"type": record["artifact"]["type"], "aliases": record["artifact"].get("aliases", []),
-                                     "files": [f["path"] for f in record["artifact"]["manifest"]["contents"]]})
+            run["artifacts"].append(
+                {
+                    "type": record["artifact"]["type"],
+                    "aliases": record["artifact"].get("aliases", []),
+                    "files": [f["path"] for f in record["artifact"]["manifest"]["contents"]],
+                }
+            )
         elif kind == "files":
             run["files"] += [f["path"] for f in record["files"].get("files", [])]
     run["config"].pop("_wandb", None)

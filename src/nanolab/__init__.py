@@ -4,7 +4,8 @@ import contextlib
 import logging
 import re
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 EXIT_CONFIG_ERROR = 2  # bad input, reported in one line before any work
 ENDED_AS_PLANNED = ("finished", "early_stopped")  # run statuses whose last evaluation is final
@@ -61,7 +62,11 @@ def config_as_data(tree: Any, references: bool = False) -> Any:
         return {k: config_as_data(v, references) for k, v in tree.items()}
     if isinstance(tree, list):
         return [config_as_data(v, references) for v in tree]
-    if not isinstance(tree, str) or "${" not in tree or (references and ":" not in tree and "\\" not in tree):
+    if (
+        not isinstance(tree, str)
+        or "${" not in tree
+        or (references and ":" not in tree and "\\" not in tree)
+    ):
         return tree
     # n backslashes before ${ become 2n (n literal ones) and one more escapes the ${ itself.
     return re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", tree)

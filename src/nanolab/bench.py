@@ -33,13 +33,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from queue import Empty
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.autograd import DeviceType
 from torch.nn import functional as F
@@ -74,7 +75,9 @@ def peak_memory_mb(device: torch.device) -> float:
 def runtime_of(cfg: DictConfig) -> Runtime:
     """The runtime nanolab.train would set up for this config (device, dtype, compile, TF32,
     the CPU allocator setting)."""
-    return Runtime.create(pick_device(cfg.device), cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory, cfg.threads)
+    return Runtime.create(
+        pick_device(cfg.device), cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory, cfg.threads
+    )
 
 
 def setup(cfg: DictConfig) -> Run:
@@ -119,7 +122,16 @@ def eval_seconds(run: Run) -> float:
     sync(run.runtime.device)
     t0 = time.perf_counter()
     t = run.cfg.trainer
-    evaluate_batches(run.model, run.data, run.loss_fn, run.cfg.loss, t.batch_size, t.eval_iters, run.runtime.autocast(), run.head_chunk)
+    evaluate_batches(
+        run.model,
+        run.data,
+        run.loss_fn,
+        run.cfg.loss,
+        t.batch_size,
+        t.eval_iters,
+        run.runtime.autocast(),
+        run.head_chunk,
+    )
     sync(run.runtime.device)
     return time.perf_counter() - t0
 
@@ -158,7 +170,9 @@ def bench_step(cfg: DictConfig) -> dict[str, Any]:
             if repeat == 0:  # before the loop builds a second model in this process
                 memory_mb = peak_memory_mb(run.runtime.device)
             splits += [split_step(run) for _ in range(b.steps)]
-            loop += loop_step_seconds(cfg, b.warmup + b.steps, Path(tmp) / f"loop{repeat}")[b.warmup // block :]
+            loop += loop_step_seconds(cfg, b.warmup + b.steps, Path(tmp) / f"loop{repeat}")[
+                b.warmup // block :
+            ]
             if run.runtime.device.type == "cpu":
                 peaks.append(measure_cpu_matmul_flops())
     eval_s = statistics.median(eval_seconds(run) for _ in range(3))
@@ -166,7 +180,11 @@ def bench_step(cfg: DictConfig) -> dict[str, Any]:
         peak_flops = statistics.median(peaks)
     step_s, loop_s = statistics.median(bare), statistics.median(loop)
     split = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
-    n_evals = cfg.trainer.max_iters // cfg.trainer.eval_interval + 1 + (cfg.trainer.max_iters % cfg.trainer.eval_interval > 0)
+    n_evals = (
+        cfg.trainer.max_iters // cfg.trainer.eval_interval
+        + 1
+        + (cfg.trainer.max_iters % cfg.trainer.eval_interval > 0)
+    )
     return {
         "what": "step",
         "bare_ms": 1000 * step_s,
@@ -237,8 +255,15 @@ def bench_compile(cfg: DictConfig) -> dict[str, Any]:
         "compiled_ms": compiled["ms"],
         "speedup": eager["ms"] / compiled["ms"],
         "compile_s": compiled["first_step_s"] - eager["first_step_s"],
-        "break_even_steps": max(0, math.ceil((compiled["first_step_s"] - eager["first_step_s"]) / max(1e-9, (eager["ms"] - compiled["ms"]) / 1000)))
-        if eager["ms"] > compiled["ms"] else None,
+        "break_even_steps": max(
+            0,
+            math.ceil(
+                (compiled["first_step_s"] - eager["first_step_s"])
+                / max(1e-9, (eager["ms"] - compiled["ms"]) / 1000)
+            ),
+        )
+        if eager["ms"] > compiled["ms"]
+        else None,
     }
 
 
@@ -261,7 +286,9 @@ def op_family(event: Any) -> str:
             return "optimizer"
         parent = parent.cpu_parent
     lowered = event.name.lower()
-    return next((family for family, keys in OP_FAMILIES if any(k in lowered for k in keys)), "other")
+    return next(
+        (family for family, keys in OP_FAMILIES if any(k in lowered for k in keys)), "other"
+    )
 
 
 def self_time_by_family(events: Iterable[Any], cuda: bool) -> dict[str, float]:
@@ -294,7 +321,9 @@ def bench_profile(cfg: DictConfig) -> dict[str, Any]:
     sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     (out_dir / "profile.txt").write_text(prof.key_averages().table(sort_by=sort_by, row_limit=30))
-    per_step = {k: v / 1000 / cfg.bench.steps for k, v in sorted(families.items(), key=lambda kv: -kv[1])}
+    per_step = {
+        k: v / 1000 / cfg.bench.steps for k, v in sorted(families.items(), key=lambda kv: -kv[1])
+    }
     return {
         "what": "profile",
         "steps": cfg.bench.steps,
@@ -319,12 +348,17 @@ def _head_worker(spec: dict[str, Any], out: Any) -> None:
 
 def _measure_head(spec: dict[str, Any]) -> dict[str, float]:
     torch.manual_seed(0)
-    runtime = Runtime.create(torch.device(spec["device"]), spec["dtype"], False, spec["keep_freed_memory"])  # as training does
+    # as training does
+    runtime = Runtime.create(
+        torch.device(spec["device"]), spec["dtype"], False, spec["keep_freed_memory"]
+    )
     device = runtime.device
     cfg = OmegaConf.create(spec["loss"])
     loss_fn = get_loss(cfg)
     hidden = torch.randn(spec["tokens"], spec["n_embd"], device=device)
-    weight = (0.02 * torch.randn(spec["vocab_size"], spec["n_embd"], device=device)).requires_grad_()
+    weight = (
+        0.02 * torch.randn(spec["vocab_size"], spec["n_embd"], device=device)
+    ).requires_grad_()
     targets = torch.randint(spec["vocab_size"], (spec["tokens"],), device=device)
 
     def head(h: torch.Tensor) -> torch.Tensor:
@@ -362,7 +396,9 @@ def _current_rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def run_worker(target: Callable[[dict[str, Any], Any], None], spec: dict[str, Any], name: str) -> dict[str, float]:
+def run_worker(
+    target: Callable[[dict[str, Any], Any], None], spec: dict[str, Any], name: str
+) -> dict[str, float]:
     """Run target(spec, queue) in a fresh process and return what it puts on the queue; raise
     WorkerFailed with its error if it reported one, or with its exit code if it died without
     a result (out of memory, say): the parent never waits on a dead worker."""
@@ -376,7 +412,9 @@ def run_worker(target: Callable[[dict[str, Any], Any], None], spec: dict[str, An
             break
         except Empty:
             if not worker.is_alive() and queue.empty():
-                raise WorkerFailed(f"the {name} died with exit code {worker.exitcode} and no result") from None
+                raise WorkerFailed(
+                    f"the {name} died with exit code {worker.exitcode} and no result"
+                ) from None
     worker.join()
     if "error" in result:
         raise WorkerFailed(f"the {name} failed: {result['error']}")
@@ -393,28 +431,56 @@ def bench_head(cfg: DictConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for name, chunk_tokens in (("whole", 0), ("chunked", chunk)):
             spec = {
-                "device": str(runtime.device), "dtype": str(runtime.dtype).removeprefix("torch."), "loss": OmegaConf.to_container(cfg.loss),
-                "tokens": h.tokens, "n_embd": h.n_embd, "vocab_size": h.vocab_size, "chunk": chunk_tokens,
-                "repeats": cfg.bench.repeats, "grads_path": f"{tmp}/{name}.pt", "keep_freed_memory": cfg.cpu_keep_freed_memory,
+                "device": str(runtime.device),
+                "dtype": str(runtime.dtype).removeprefix("torch."),
+                "loss": OmegaConf.to_container(cfg.loss),
+                "tokens": h.tokens,
+                "n_embd": h.n_embd,
+                "vocab_size": h.vocab_size,
+                "chunk": chunk_tokens,
+                "repeats": cfg.bench.repeats,
+                "grads_path": f"{tmp}/{name}.pt",
+                "keep_freed_memory": cfg.cpu_keep_freed_memory,
             }
-            log.info("head %s: %d tokens, n_embd %d, vocabulary %d, %s", name, h.tokens, h.n_embd, h.vocab_size, spec["dtype"])
-            results[name] = run_worker(_head_worker, spec, f"{name} head ({spec['dtype']} on {spec['device']})")
+            log.info(
+                "head %s: %d tokens, n_embd %d, vocabulary %d, %s",
+                name,
+                h.tokens,
+                h.n_embd,
+                h.vocab_size,
+                spec["dtype"],
+            )
+            results[name] = run_worker(
+                _head_worker, spec, f"{name} head ({spec['dtype']} on {spec['device']})"
+            )
             grads[name] = torch.load(spec["grads_path"])
-    rel = [float((c - w).abs().max() / w.abs().max()) for w, c in zip(grads["whole"], grads["chunked"])]
+    rel = [
+        float((c - w).abs().max() / w.abs().max()) for w, c in zip(grads["whole"], grads["chunked"])
+    ]
     return {
         "what": "head",
         "loss": cfg.loss.name,
-        "tokens": h.tokens, "n_embd": h.n_embd, "vocab_size": h.vocab_size, "chunk_tokens": chunk,
-        "whole_peak_mb": results["whole"]["peak_mb"], "chunked_peak_mb": results["chunked"]["peak_mb"],
+        "tokens": h.tokens,
+        "n_embd": h.n_embd,
+        "vocab_size": h.vocab_size,
+        "chunk_tokens": chunk,
+        "whole_peak_mb": results["whole"]["peak_mb"],
+        "chunked_peak_mb": results["chunked"]["peak_mb"],
         "memory_ratio": results["chunked"]["peak_mb"] / results["whole"]["peak_mb"],
-        "whole_ms": results["whole"]["ms"], "chunked_ms": results["chunked"]["ms"],
+        "whole_ms": results["whole"]["ms"],
+        "chunked_ms": results["chunked"]["ms"],
         "time_ratio": results["chunked"]["ms"] / results["whole"]["ms"],
-        "grad_rel_diff_hidden": rel[0], "grad_rel_diff_weight": rel[1],
+        "grad_rel_diff_hidden": rel[0],
+        "grad_rel_diff_weight": rel[1],
     }
 
 
 BENCHES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
-    "step": bench_step, "compile": bench_compile, "head": bench_head, "profile": bench_profile, "sharpness": bench_sharpness,
+    "step": bench_step,
+    "compile": bench_compile,
+    "head": bench_head,
+    "profile": bench_profile,
+    "sharpness": bench_sharpness,
 }
 
 
@@ -423,10 +489,16 @@ def describe(cfg: DictConfig) -> dict[str, Any]:
     device = runtime.device
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
-        "model": cfg.model.name, "loss": cfg.loss.name, "data": cfg.data.name, "dtype": str(runtime.dtype).removeprefix("torch."),
-        "compile": runtime.compile, "batch": f"{cfg.trainer.batch_size} x {cfg.model.block_size} x {cfg.trainer.grad_accum}",
+        "model": cfg.model.name,
+        "loss": cfg.loss.name,
+        "data": cfg.data.name,
+        "dtype": str(runtime.dtype).removeprefix("torch."),
+        "compile": runtime.compile,
+        "batch": f"{cfg.trainer.batch_size} x {cfg.model.block_size} x {cfg.trainer.grad_accum}",
     }
 
 
@@ -434,7 +506,9 @@ def print_table(result: dict[str, Any]) -> None:
     width = max(len(k) for k in result)
     for key, value in result.items():
         if isinstance(value, dict):
-            value = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+            value = ", ".join(
+                f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items()
+            )
         elif isinstance(value, float):
             value = f"{value:.4g}"
         print(f"{key:<{width}}  {value}")
@@ -458,8 +532,13 @@ def main(cfg: DictConfig) -> None:
         for key in ("steps", "warmup", "repeats"):
             if not cfg.bench[key] > 0:
                 raise ConfigError(f"bench.{key}={cfg.bench[key]} must be > 0")
-        if cfg.bench.steps % cfg.trainer.log_interval or cfg.bench.warmup % cfg.trainer.log_interval:
-            raise ConfigError(f"bench.steps and bench.warmup must be multiples of trainer.log_interval={cfg.trainer.log_interval}")
+        if (
+            cfg.bench.steps % cfg.trainer.log_interval
+            or cfg.bench.warmup % cfg.trainer.log_interval
+        ):
+            raise ConfigError(
+                f"bench.steps and bench.warmup must be multiples of trainer.log_interval={cfg.trainer.log_interval}"
+            )
         result = describe(cfg) | BENCHES[cfg.bench.what](cfg)
     path = Path(HydraConfig.get().runtime.output_dir) / "bench.json"
     write_json(path, result)

@@ -34,8 +34,14 @@ FORMAT = 1
 
 # Model options added after checkpoints were first written, at the values those models had.
 MODEL_OPTIONS_ADDED = {
-    "position": "learned", "rope_base": 10000.0, "qk_norm": False, "mlp": "gelu", "norm": "layernorm",
-    "tie_embeddings": True, "zero_init_proj": False, "gelu": "exact",
+    "position": "learned",
+    "rope_base": 10000.0,
+    "qk_norm": False,
+    "mlp": "gelu",
+    "norm": "layernorm",
+    "tie_embeddings": True,
+    "zero_init_proj": False,
+    "gelu": "exact",
 }
 
 # Keys added to the saved config after checkpoints were first written, with the value those
@@ -75,7 +81,10 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
     # Where the run prepared its data, read (never written) by evaluate and prune: recorded
     # since this key exists; before, only a data.dir saved as an absolute path says it.
     saved_dir = config.get("data", {}).get("dir")
-    state.setdefault("data_dir", saved_dir if isinstance(saved_dir, str) and Path(saved_dir).is_absolute() else None)
+    state.setdefault(
+        "data_dir",
+        saved_dir if isinstance(saved_dir, str) and Path(saved_dir).is_absolute() else None,
+    )
     state.setdefault("data_meta", {}).setdefault("name", config.get("data", {}).get("name"))
     if config.get("optim", {}).get("name") == "adamw":
         config["optim"].setdefault("fused", "auto")
@@ -84,7 +93,9 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
         state["model_config"].setdefault(key, value)
     state.setdefault("skipped_steps", 0)
     state.setdefault("eval_due", False)
-    state.setdefault("early_stop", {"best": math.inf, "evals_without_improvement": 0, "stopped": False})
+    state.setdefault(
+        "early_stop", {"best": math.inf, "evals_without_improvement": 0, "stopped": False}
+    )
     state.setdefault("rng_ranks", [state["rng"]])  # saved before DDP: one process
     for rng in (state["rng"], *state["rng_ranks"]):
         if isinstance(rng["cuda"], list):  # every visible GPU's state: the run's was the first
@@ -94,7 +105,10 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
         streams = {0: sampler.pop("generator")}
         accum = config.get("trainer", {}).get("grad_accum", 1)
         if accum > 1:
-            log.warning("checkpoint from before per-micro-batch data streams: streams 1-%d start afresh", accum - 1)
+            log.warning(
+                "checkpoint from before per-micro-batch data streams: streams 1-%d start afresh",
+                accum - 1,
+            )
         for s in range(1, accum):
             streams[s] = torch.Generator().manual_seed(stream_seed(config["seed"], s)).get_state()
         sampler["streams"] = streams
@@ -125,7 +139,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     try:
         with atomic_path(path) as tmp:
             torch.save({"format": FORMAT, **state}, tmp)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError from its writer
+    # torch.save reports a full disk as a RuntimeError from its writer
+    except (OSError, RuntimeError) as e:
         free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
         raise StorageError(
             f"could not write the checkpoint {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}; "
@@ -139,7 +154,8 @@ def _load_weights_only(path: Path) -> Any:
     """torch.load with weights_only; the few classes of an optimizer state (state_classes) are
     allowed only for a checkpoint that holds them, so that others do not import their package."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors are read when used
+        # tensors are read when used
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         if "pytorch_optimizer" not in str(e):
             raise
@@ -156,13 +172,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = _load_weights_only(path)
     except Exception as e:  # torch raises many types for a damaged file
-        raise ConfigError(f"checkpoint {path} is unreadable (truncated or not a nanolab checkpoint): {e}") from None
+        raise ConfigError(
+            f"checkpoint {path} is unreadable (truncated or not a nanolab checkpoint): {e}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{path} is not a nanolab checkpoint of format {FORMAT}")
     return upgrade(state)
 
 
-HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # a Hugging Face GPT-2 directory's weights, beside its config.json
+# a Hugging Face GPT-2 directory's weights, beside its config.json
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 def checkpoint_file(path: str | Path, key: str = "checkpoint") -> Path:
@@ -175,15 +194,22 @@ def checkpoint_file(path: str | Path, key: str = "checkpoint") -> Path:
                 return p / name
         weights = [name for name in HF_WEIGHTS if (p / name).is_file()]
         if weights:
-            raise ConfigError(f"{key}={path} holds {weights[0]} but no config.json: a Hugging Face GPT-2 directory needs both")
-        raise ConfigError(f"{key}={path} is a directory without best.pt or last.pt (nor a Hugging Face config.json)")
+            raise ConfigError(
+                f"{key}={path} holds {weights[0]} but no config.json: a Hugging Face GPT-2 directory needs both"
+            )
+        raise ConfigError(
+            f"{key}={path} is a directory without best.pt or last.pt (nor a Hugging Face config.json)"
+        )
     return p
 
 
 def requested_resume(resume: bool | str | None) -> bool | str | None:
     """The `resume` setting in effect: a job that SLURM requeued (submitit, at its time limit;
     SLURM_RESTART_COUNT > 0) continues as with `resume=true` whatever it was launched with."""
-    if resume in (False, None) and os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0"):
+    if resume in (False, None) and os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in (
+        "",
+        "0",
+    ):
         return True
     return resume
 
@@ -214,8 +240,23 @@ def load_model(path: Path, device: torch.device) -> tuple[GPT, dict]:
 # decay_iters with it); optim.fused only picks a kernel; data paths may move.
 RESUME_GROUPS = ("model", "loss", "optim", "schedule")
 RESUME_KEYS = (
-    "seed", "trainer.batch_size", "trainer.grad_accum", "trainer.grad_clip", "trainer.full_batch", "data.name", "data.source", "data.train_tokens",
-    "data.label_noise", "data.label_noise_seed", "data.tokenizer", "data.val_fraction", "data.hf_path", "data.hf_name", "data.data_files", "data.text_field", "data.val_split",
+    "seed",
+    "trainer.batch_size",
+    "trainer.grad_accum",
+    "trainer.grad_clip",
+    "trainer.full_batch",
+    "data.name",
+    "data.source",
+    "data.train_tokens",
+    "data.label_noise",
+    "data.label_noise_seed",
+    "data.tokenizer",
+    "data.val_fraction",
+    "data.hf_path",
+    "data.hf_name",
+    "data.data_files",
+    "data.text_field",
+    "data.val_split",
 )
 RESUME_FREE = ("optim.fused",)
 
@@ -235,9 +276,16 @@ def resume_changes(path: Path, saved: dict, now: dict, allowed: list[str]) -> li
     keys that change what a run computes, as 'key: checkpoint A vs now B'. Raises ConfigError
     listing them unless every one is in `allowed` (allow_changes); returns the allowed ones."""
     old, new = _flatten(saved), _flatten(now)
-    keys = sorted({k for k in old.keys() | new.keys() if k.split(".")[0] in RESUME_GROUPS or k in RESUME_KEYS} - set(RESUME_FREE))
+    keys = sorted(
+        {k for k in old.keys() | new.keys() if k.split(".")[0] in RESUME_GROUPS or k in RESUME_KEYS}
+        - set(RESUME_FREE)
+    )
     # A schedule that ends with the run (its default) may follow a longer trainer.max_iters.
-    follows = {k for k in ("schedule.decay_iters", "schedule.total_iters") if old.get(k) == old.get("trainer.max_iters") and new.get(k) == new.get("trainer.max_iters")}
+    follows = {
+        k
+        for k in ("schedule.decay_iters", "schedule.total_iters")
+        if old.get(k) == old.get("trainer.max_iters") and new.get(k) == new.get("trainer.max_iters")
+    }
     changed = [k for k in keys if old.get(k) != new.get(k) and k not in follows]
     refused = [k for k in changed if k not in allowed]
     if refused:
@@ -247,18 +295,30 @@ def resume_changes(path: Path, saved: dict, now: dict, allowed: list[str]) -> li
             f"or name the keys to change on purpose: allow_changes=[{','.join(refused)}]"
         )
     fresh = bool(new.get("fresh_optimizer"))
-    if "optim.name" in changed and OPTIMIZERS.get(old.get("optim.name")) is not OPTIMIZERS.get(new.get("optim.name")) and not fresh:
+    if (
+        "optim.name" in changed
+        and OPTIMIZERS.get(old.get("optim.name")) is not OPTIMIZERS.get(new.get("optim.name"))
+        and not fresh
+    ):
         raise ConfigError(
             f"resume from {path} with optim.name={new.get('optim.name')}: the checkpoint holds {old.get('optim.name')}'s state, which "
             f"{new.get('optim.name')} cannot continue from; add fresh_optimizer=true to start its state afresh, or resume with "
             f"optim={old.get('optim.name')}"
         )
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed] + (["the optimizer state started afresh (fresh_optimizer=true)"] if fresh else [])
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed] + (
+        ["the optimizer state started afresh (fresh_optimizer=true)"] if fresh else []
+    )
 
 
 def check_compatible(path: Path, state: dict, model_config: dict) -> None:
     """Raise if the checkpoint's model differs in shape or vocabulary from the configured one."""
     saved = state["model_config"]
-    diffs = [f"{k}: checkpoint {saved.get(k)} vs now {v}" for k, v in model_config.items() if k != "dropout" and saved.get(k) != v]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)} vs now {v}"
+        for k, v in model_config.items()
+        if k != "dropout" and saved.get(k) != v
+    ]
     if diffs:
-        raise ConfigError(f"checkpoint {path} does not fit the configured model/data: " + "; ".join(diffs))
+        raise ConfigError(
+            f"checkpoint {path} does not fit the configured model/data: " + "; ".join(diffs)
+        )

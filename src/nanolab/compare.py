@@ -43,9 +43,10 @@ import math
 import os
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -70,11 +71,21 @@ METRICS = [
 ]
 # A run's size, from its summary.json: the same for every seed of a configuration.
 SIZE = [("params", "params"), ("flops_per_token", "FLOPs/token")]
-# The last evaluation's training-set metrics, for plots against model size (over- versus under-fitting).
+# The last evaluation's training-set metrics, for plots against model size (over- versus
+# under-fitting).
 TRAIN_EVAL = ("train_eval/ce", "train_eval/acc")
 # The metrics --evaluated takes from a run's evaluation_val.json, as its val/<name>.
 EVALUATED = ("ce", "ce_calibrated", "temperature", "acc", "ece")
-IDENTITY_FREE_KEYS = ("resume", "allow_changes", "fresh_optimizer", "device", "compile", "logger", "hydra")  # and their sub-keys
+# and their sub-keys
+IDENTITY_FREE_KEYS = (
+    "resume",
+    "allow_changes",
+    "fresh_optimizer",
+    "device",
+    "compile",
+    "logger",
+    "hydra",
+)
 
 
 @dataclass
@@ -91,7 +102,11 @@ class RunResult:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "metrics.jsonl").is_file() or (path / "summary.json").is_file() or (path / ".hydra").is_dir()
+    return (
+        (path / "metrics.jsonl").is_file()
+        or (path / "summary.json").is_file()
+        or (path / ".hydra").is_dir()
+    )
 
 
 def find_run_dirs(paths: list[str]) -> list[Path]:
@@ -100,13 +115,17 @@ def find_run_dirs(paths: list[str]) -> list[Path]:
     found = []
     for path in map(Path, paths):
         if not path.is_dir():
-            raise ConfigError(f"{path} is not a directory; give a multirun directory or run directories")
+            raise ConfigError(
+                f"{path} is not a directory; give a multirun directory or run directories"
+            )
         if is_run_dir(path):
             found.append(path)
             continue
         jobs = [d for d in path.iterdir() if d.is_dir() and is_run_dir(d)]
         if not jobs:
-            raise ConfigError(f"{path} holds no runs: no metrics.jsonl, summary.json or .hydra/ in it or its subdirectories")
+            raise ConfigError(
+                f"{path} holds no runs: no metrics.jsonl, summary.json or .hydra/ in it or its subdirectories"
+            )
         found += sorted(jobs, key=_job_order)
     return found
 
@@ -135,8 +154,11 @@ def _is_record(record: Any) -> bool:
     """A metrics.jsonl record as nanolab writes it: an object with an integer step, its tokens
     and time_s, and numbers for values but for a run's closing `status` marker."""
     return (
-        isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool)
-        and _numeric(record.get("tokens")) and _numeric(record.get("time_s"))
+        isinstance(record, dict)
+        and isinstance(record.get("step"), int)
+        and not isinstance(record["step"], bool)
+        and _numeric(record.get("tokens"))
+        and _numeric(record.get("time_s"))
         and all(_numeric(v) or (k == "status" and isinstance(v, str)) for k, v in record.items())
     )
 
@@ -154,11 +176,24 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             record = None
         if not _is_record(record):
-            log.warning("%s line %d is torn or not a record (a process killed mid-write?); left out", path, number)
+            log.warning(
+                "%s line %d is torn or not a record (a process killed mid-write?); left out",
+                path,
+                number,
+            )
             continue
-        key = (record["step"], tuple(sorted(k for k in record if k not in ("step", "tokens", "time_s"))))
+        key = (
+            record["step"],
+            tuple(sorted(k for k in record if k not in ("step", "tokens", "time_s"))),
+        )
         if key in seen:
-            log.warning("%s line %d logs step %d again (first at line %d): two runs wrote here? the first is kept", path, number, key[0], seen[key])
+            log.warning(
+                "%s line %d logs step %d again (first at line %d): two runs wrote here? the first is kept",
+                path,
+                number,
+                key[0],
+                seen[key],
+            )
             continue
         seen[key] = number
         records.append(record)
@@ -173,7 +208,10 @@ def read_run(path: Path) -> RunResult:
     except (OSError, ValueError):
         summary = {"status": "incomplete", "error": "no summary.json: killed, or still running"}
     if not isinstance(summary, dict) or not isinstance(summary.get("status", ""), str):
-        log.warning("%s is not a run's summary (a JSON object with a status); the run is left out", path / "summary.json")
+        log.warning(
+            "%s is not a run's summary (a JSON object with a status); the run is left out",
+            path / "summary.json",
+        )
         summary = {"status": "unreadable", "error": "summary.json is not a run's summary"}
     overrides = _read_yaml(path / ".hydra" / "overrides.yaml") or []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
@@ -187,10 +225,20 @@ def read_run(path: Path) -> RunResult:
     config = config if isinstance(config, dict) else {}
     seed = config.get("seed", params.get("seed"))
     params = {k: v for k, v in params.items() if k != "seed" and not _is_identity_free(k)}
-    return RunResult(path, summary.get("status", "unknown"), summary.get("error", ""), seed, params, records, run_values(records, summary, path))
+    return RunResult(
+        path,
+        summary.get("status", "unknown"),
+        summary.get("error", ""),
+        seed,
+        params,
+        records,
+        run_values(records, summary, path),
+    )
 
 
-def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Path | None = None) -> dict[str, float]:
+def run_values(
+    records: list[dict[str, Any]], summary: dict[str, Any], where: Path | None = None
+) -> dict[str, float]:
     """The report's numbers for one run: the last evaluation, the best val/ce, the median
     throughput and the wall time."""
     evals = [r for r in records if "val/ce" in r]
@@ -200,13 +248,21 @@ def run_values(records: list[dict[str, Any]], summary: dict[str, Any], where: Pa
     if summary.get("status") in ENDED_AS_PLANNED:  # its summary holds the final evaluation for sure
         final = {k: summary[f"final/{k}"] for k in values if _numeric(summary.get(f"final/{k}"))}
         if any(final[k] != values[k] for k in final):
-            log.warning("%s: metrics.jsonl's last evaluation (step %d) is not summary.json's final one: the summary's is reported", where, evals[-1]["step"])
+            log.warning(
+                "%s: metrics.jsonl's last evaluation (step %d) is not summary.json's final one: the summary's is reported",
+                where,
+                evals[-1]["step"],
+            )
         values |= final
     values["best/val/ce"] = min(r["val/ce"] for r in evals)
     speeds = [r["perf/tokens_per_s"] for r in records if "perf/tokens_per_s" in r]
     if speeds:
         values["perf/tokens_per_s"] = statistics.median(speeds)
-    values["wall_time_s"] = summary["wall_time_s"] if _numeric(summary.get("wall_time_s")) else max(r["time_s"] for r in records)
+    values["wall_time_s"] = (
+        summary["wall_time_s"]
+        if _numeric(summary.get("wall_time_s"))
+        else max(r["time_s"] for r in records)
+    )
     values |= {k: float(summary[k]) for k, _ in SIZE if _numeric(summary.get(k))}
     return values
 
@@ -232,7 +288,9 @@ def use_evaluations(runs: list[RunResult]) -> int:
             f"`python -m nanolab.evaluate checkpoint=<run>/last.pt`, for: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
         )
     if len(tokens) > 1:
-        raise ConfigError(f"--evaluated: the runs' evaluation_val.json files score different numbers of tokens ({sorted(tokens)}): evaluate them on the same data")
+        raise ConfigError(
+            f"--evaluated: the runs' evaluation_val.json files score different numbers of tokens ({sorted(tokens)}): evaluate them on the same data"
+        )
     return tokens.pop() if tokens else 0
 
 
@@ -255,10 +313,19 @@ def _configured_value(run_dir: Path, key: str) -> str:
     node: Any = _read_yaml(run_dir / ".hydra" / "config.yaml") or {}
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
-    if isinstance(node, str) and "${" in node:  # Hydra saves config.yaml unresolved: a preset's ${tuned_lr.${loss.name}}
-        try:  # references to other keys resolve; resolvers (${oc.env:...}) in a file from elsewhere stay text
-            node = OmegaConf.select(OmegaConf.create(config_as_data(_read_yaml(run_dir / ".hydra" / "config.yaml"), references=True)), key)
-        except Exception:  # an interpolation that cannot be resolved from the file alone: keep it as written
+    # Hydra saves config.yaml unresolved: a preset's ${tuned_lr.${loss.name}}
+    if isinstance(node, str) and "${" in node:
+        # references to other keys resolve; resolvers (${oc.env:...}) in a file from elsewhere stay
+        # text
+        try:
+            node = OmegaConf.select(
+                OmegaConf.create(
+                    config_as_data(_read_yaml(run_dir / ".hydra" / "config.yaml"), references=True)
+                ),
+                key,
+            )
+        # an interpolation that cannot be resolved from the file alone: keep it as written
+        except Exception:
             pass
     return "?" if node is None else str(node)
 
@@ -316,7 +383,9 @@ def _log_axis(axis: Any, fmt: Callable[[float, Any], str] = lambda v, _pos=None:
 
     (axis.axes.set_xscale if axis.axis_name == "x" else axis.axes.set_yscale)("log")
     axis.set_major_formatter(FuncFormatter(fmt))
-    axis.set_minor_formatter(FuncFormatter(lambda v, pos: fmt(v, pos) if f"{v:.1g}"[0] in "25" else ""))
+    axis.set_minor_formatter(
+        FuncFormatter(lambda v, pos: fmt(v, pos) if f"{v:.1g}"[0] in "25" else "")
+    )
 
 
 def _fmt(fmt: str, mean: float, std: float) -> str:
@@ -327,12 +396,20 @@ def _fmt(fmt: str, mean: float, std: float) -> str:
 
 def _sizes(rows: list[Row]) -> list[tuple[str, str]]:
     """The size columns that every row knows (runs from before they were recorded have none)."""
-    return [(k, h) for k, h in SIZE if rows and all(row.stats(k)[2] for row in rows if row.finished)]
+    return [
+        (k, h) for k, h in SIZE if rows and all(row.stats(k)[2] for row in rows if row.finished)
+    ]
 
 
 def markdown_table(rows: list[Row], keys: list[str]) -> str:
     sizes = _sizes(rows)
-    head = [*(keys or ["configuration"]), "n", "seeds", *(h for _, h in sizes), *(h for _, h, _, _ in METRICS)]
+    head = [
+        *(keys or ["configuration"]),
+        "n",
+        "seeds",
+        *(h for _, h in sizes),
+        *(h for _, h, _, _ in METRICS),
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row.params[k] for k in keys] or ["all runs"]
@@ -343,13 +420,21 @@ def markdown_table(rows: list[Row], keys: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_markdown(rows: list[Row], keys: list[str], runs: list[RunResult], sort: str, sources: list[str], evaluated_tokens: int = 0) -> str:
+def report_markdown(
+    rows: list[Row],
+    keys: list[str],
+    runs: list[RunResult],
+    sort: str,
+    sources: list[str],
+    evaluated_tokens: int = 0,
+) -> str:
     unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
     early = [r for r in runs if r.status == "early_stopped"]
     where = (
         f"val/ce, its calibrated value, T, val/acc and val/ece are from nanolab.evaluate on the whole val split ({evaluated_tokens:,} tokens) "
         "at each run's final step (evaluation_val.json), the rest from its last in-training evaluation"
-        if evaluated_tokens else "metrics are from each run's last evaluation"
+        if evaluated_tokens
+        else "metrics are from each run's last evaluation"
     )
     out = [
         "# Comparison report\n",
@@ -360,10 +445,17 @@ def report_markdown(rows: list[Row], keys: list[str], runs: list[RunResult], sor
         markdown_table(rows, keys),
     ]
     if early:
-        out.append("\nStopped early (trainer.early_stop; counted as finished, at their last evaluation): " + ", ".join(f"`{r.dir.name}`" for r in early) + "\n")
+        out.append(
+            "\nStopped early (trainer.early_stop; counted as finished, at their last evaluation): "
+            + ", ".join(f"`{r.dir.name}`" for r in early)
+            + "\n"
+        )
     if unfinished:
         out.append("\n## Runs that did not finish (left out of the statistics)\n")
-        out += [f"- `{r.dir}` (seed {r.seed}): {r.status}" + (f": {r.error}" if r.error else "") for r in unfinished]
+        out += [
+            f"- `{r.dir}` (seed {r.seed}): {r.status}" + (f": {r.error}" if r.error else "")
+            for r in unfinished
+        ]
         out.append("")
     out.append("\n## Every run\n")
     head = ["run", "status", "seed", *(h for _, h, _, _ in METRICS)]
@@ -379,11 +471,23 @@ def rows_csv(rows: list[Row], keys: list[str]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     sizes = _sizes(rows)
-    writer.writerow([*keys, "n", "seeds", *(k for k, _ in sizes), *(f"{k}_{s}" for k, *_ in METRICS for s in ("mean", "std"))])
+    writer.writerow(
+        [
+            *keys,
+            "n",
+            "seeds",
+            *(k for k, _ in sizes),
+            *(f"{k}_{s}" for k, *_ in METRICS for s in ("mean", "std")),
+        ]
+    )
     for row in rows:
         stats = [row.stats(k)[:2] for k, *_ in METRICS]
         writer.writerow(
-            [*(row.params[k] for k in keys), len(row.finished), " ".join(str(r.seed) for r in row.finished)]
+            [
+                *(row.params[k] for k in keys),
+                len(row.finished),
+                " ".join(str(r.seed) for r in row.finished),
+            ]
             + [repr(row.stats(k)[0]) for k, _ in sizes]
             + ["" if math.isnan(x) else repr(x) for pair in stats for x in pair]
         )
@@ -396,7 +500,14 @@ def runs_csv(runs: list[RunResult], keys: list[str]) -> str:
     writer.writerow(["run_dir", "status", "seed", *keys, *(k for k, *_ in METRICS), "error"])
     for r in runs:
         writer.writerow(
-            [str(r.dir), r.status, r.seed, *(r.params[k] for k in keys), *(r.values.get(k, "") for k, *_ in METRICS), r.error]
+            [
+                str(r.dir),
+                r.status,
+                r.seed,
+                *(r.params[k] for k in keys),
+                *(r.values.get(k, "") for k, *_ in METRICS),
+                r.error,
+            ]
         )
     return buffer.getvalue()
 
@@ -406,8 +517,14 @@ def _series(run: RunResult, metric: str) -> dict[int, float]:
 
 
 UNITS = {
-    "val/ce": "nats/token", "val/ce_calibrated": "nats/token", "val/acc": "accuracy", "val/ece": "expected calibration error",
-    "best/val/ce": "nats/token", "val/temperature": "temperature", "perf/tokens_per_s": "tokens/s", "wall_time_s": "s",
+    "val/ce": "nats/token",
+    "val/ce_calibrated": "nats/token",
+    "val/acc": "accuracy",
+    "val/ece": "expected calibration error",
+    "best/val/ce": "nats/token",
+    "val/temperature": "temperature",
+    "perf/tokens_per_s": "tokens/s",
+    "wall_time_s": "s",
     "train/loss": "loss (log scale)",
 }
 
@@ -431,7 +548,12 @@ def _zoom_limits(curves: list[tuple[Any, Any, Any]]) -> tuple[float, float] | No
     finals = sorted(float(mean[-1]) for _, mean, _ in curves)
     if len(finals) < 2:
         return None
-    low = min(float(m - (0 if s is None else s[i])) for tokens, mean, s in curves for i, (t, m) in enumerate(zip(tokens, mean)) if t >= tokens[-1] / 2)
+    low = min(
+        float(m - (0 if s is None else s[i]))
+        for tokens, mean, s in curves
+        for i, (t, m) in enumerate(zip(tokens, mean))
+        if t >= tokens[-1] / 2
+    )
     middle = finals[max(1, (len(finals) - 1) // 2)]  # at least the two best
     high = middle + max(1.5 * (middle - finals[0]), 0.02 * abs(finals[0]))
     return low - 0.05 * (high - low), high
@@ -445,9 +567,12 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
     from matplotlib.ticker import FuncFormatter
 
     panels = [
-        ("val/ce", "val/ce", False), ("val/ce_calibrated", "val/ce, calibrated (temperature fitted)", False),
-        ("val/acc", "val/acc (next-token accuracy)", False), ("val/ce", "val/ce, zoom: better half of the configurations", True),
-        ("val/ce_calibrated", "calibrated val/ce, zoom", True), ("train/loss", "train/loss (each run's own objective)", False),
+        ("val/ce", "val/ce", False),
+        ("val/ce_calibrated", "val/ce, calibrated (temperature fitted)", False),
+        ("val/acc", "val/acc (next-token accuracy)", False),
+        ("val/ce", "val/ce, zoom: better half of the configurations", True),
+        ("val/ce_calibrated", "calibrated val/ce, zoom", True),
+        ("train/loss", "train/loss (each run's own objective)", False),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(18, 8.5), layout="constrained")
     palette = plt.cm.tab10.colors if len(rows) <= 10 else plt.cm.tab20.colors * 5
@@ -471,13 +596,23 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(_human))
         ax.grid(alpha=0.3)
         if not curves:
-            ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                "not logged by these runs",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
         elif zoom and (limits := _zoom_limits(curves)):
             ax.set_ylim(*limits)
-            ax.set_xlim(max(float(c[0][-1]) for c in curves) / 2, max(float(c[0][-1]) for c in curves))
+            ax.set_xlim(
+                max(float(c[0][-1]) for c in curves) / 2, max(float(c[0][-1]) for c in curves)
+            )
         elif metric == "train/loss":
             _log_axis(ax.yaxis)  # objectives differ in scale by orders of magnitude (mse vs ce)
-        elif metric.startswith("val/ce"):  # the untrained model's ln V would set the scale: start after it
+        # the untrained model's ln V would set the scale: start after it
+        elif metric.startswith("val/ce"):
             later = [float(v) for tokens, mean, _ in curves for t, v in zip(tokens, mean) if t > 0]
             if later and max(later) > min(later):
                 ax.set_ylim(min(later) - 0.02 * (max(later) - min(later)), max(later))
@@ -486,20 +621,40 @@ def plot_curves(rows: list[Row], keys: list[str], path: Path) -> None:
     _save_figure(fig, path)
 
 
-def plot_final_values(rows: list[Row], keys: list[str], path: Path, metrics: tuple[str, ...] = ("val/ce_calibrated", "val/acc")) -> None:
+def plot_final_values(
+    rows: list[Row],
+    keys: list[str],
+    path: Path,
+    metrics: tuple[str, ...] = ("val/ce_calibrated", "val/acc"),
+) -> None:
     """Each configuration's final value of each metric: mean ± std over seeds, every seed a dot."""
     import matplotlib.pyplot as plt
 
     shown = [row for row in rows if row.finished]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.45 * len(shown) + 1.8), constrained_layout=True, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(metrics),
+        figsize=(5.5 * len(metrics), 0.45 * len(shown) + 1.8),
+        constrained_layout=True,
+        squeeze=False,
+    )
     labels = [row.label(keys) for row in shown]
     for ax, metric in zip(axes[0], metrics):
         for y, row in enumerate(shown):
             mean, std, n = row.stats(metric)
             if not n:
                 continue
-            ax.errorbar(mean, y, xerr=0.0 if math.isnan(std) else std, fmt="o", color="C0", capsize=4)
-            ax.plot([r.values[metric] for r in row.finished if metric in r.values], [y] * n, "|", color="k", ms=10, alpha=0.6)
+            ax.errorbar(
+                mean, y, xerr=0.0 if math.isnan(std) else std, fmt="o", color="C0", capsize=4
+            )
+            ax.plot(
+                [r.values[metric] for r in row.finished if metric in r.values],
+                [y] * n,
+                "|",
+                color="k",
+                ms=10,
+                alpha=0.6,
+            )
         ax.set_yticks(range(len(shown)), labels if metric == metrics[0] else [], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel(f"final {metric} ({UNITS.get(metric, '')})")
@@ -522,7 +677,13 @@ def plot_sharpness(runs: list[RunResult], keys: list[str], path: Path) -> bool:
         precond = any("sharpness/precond_top1" in r for r in run.records)
         series = _series(run, "sharpness/precond_top1" if precond else "sharpness/top1")
         label = ", ".join(f"{k}={run.params[k]}" for k in keys) or run.dir.name
-        ax.plot(list(series), list(series.values()), color=color, lw=1.3, label=f"{label}, seed {run.seed}" + (" (preconditioned)" if precond else ""))
+        ax.plot(
+            list(series),
+            list(series.values()),
+            color=color,
+            lw=1.3,
+            label=f"{label}, seed {run.seed}" + (" (preconditioned)" if precond else ""),
+        )
         threshold = _series(run, "sharpness/threshold")
         if threshold:
             ax.plot(list(threshold), list(threshold.values()), color=color, ls="--", lw=1.0)
@@ -536,7 +697,9 @@ def plot_sharpness(runs: list[RunResult], keys: list[str], path: Path) -> bool:
     return True
 
 
-def plot_metric_vs_value(rows: list[Row], keys: list[str], key: str, metric: str, path: Path) -> None:
+def plot_metric_vs_value(
+    rows: list[Row], keys: list[str], key: str, metric: str, path: Path
+) -> None:
     """`metric` against the numeric values of a swept `key`, one line per value of the others."""
     import matplotlib.pyplot as plt
 
@@ -545,10 +708,15 @@ def plot_metric_vs_value(rows: list[Row], keys: list[str], key: str, metric: str
     for row in rows:
         mean, std, n = row.stats(metric)
         if n:
-            lines.setdefault(row.label(others), []).append((float(row.params[key]), mean, 0.0 if math.isnan(std) else std))
+            lines.setdefault(row.label(others), []).append(
+                (float(row.params[key]), mean, 0.0 if math.isnan(std) else std)
+            )
     fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
-    palette = plt.cm.tab10.colors if len(lines) <= 10 else plt.cm.tab20.colors * 5  # no two lines alike
-    for (label, points), color in zip(sorted(lines.items(), key=lambda item: _natural(item[0])), palette):
+    # no two lines alike
+    palette = plt.cm.tab10.colors if len(lines) <= 10 else plt.cm.tab20.colors * 5
+    for (label, points), color in zip(
+        sorted(lines.items(), key=lambda item: _natural(item[0])), palette
+    ):
         x, y, err = zip(*sorted(points))
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, color=color)
     xs = [float(row.params[key]) for row in rows]
@@ -571,7 +739,11 @@ def plot_against_size(rows: list[Row], keys: list[str], path: Path) -> None:
     train_eval/acc."""
     import matplotlib.pyplot as plt
 
-    size_key = "model.n_embd" if "model.n_embd" in keys else next(k for k in keys if k.startswith("model."))
+    size_key = (
+        "model.n_embd"
+        if "model.n_embd" in keys
+        else next(k for k in keys if k.startswith("model."))
+    )
     others = [k for k in keys if k != size_key]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
     groups: dict[str, list[Row]] = {}
@@ -581,20 +753,40 @@ def plot_against_size(rows: list[Row], keys: list[str], path: Path) -> None:
     for (label, members), color in zip(sorted(groups.items()), plt.cm.tab10.colors * 10):
         members.sort(key=lambda r: r.stats("params")[0])
         x = [r.stats("params")[0] for r in members]
-        for ax, (val, train, unit) in zip(axes, [("val/ce", "train_eval/ce", "nats/token"), ("val/acc", "train_eval/acc", "accuracy")]):
+        for ax, (val, train, unit) in zip(
+            axes,
+            [("val/ce", "train_eval/ce", "nats/token"), ("val/acc", "train_eval/acc", "accuracy")],
+        ):
             for metric, style, split in ((val, "-", "val"), (train, "--", "train")):
                 mean = [r.stats(metric)[0] for r in members]
-                std = [0.0 if math.isnan(r.stats(metric)[1]) else r.stats(metric)[1] for r in members]
-                ax.errorbar(x, mean, yerr=std, fmt="o" + style, color=color, capsize=3, label=f"{label} ({split})")
+                std = [
+                    0.0 if math.isnan(r.stats(metric)[1]) else r.stats(metric)[1] for r in members
+                ]
+                ax.errorbar(
+                    x,
+                    mean,
+                    yerr=std,
+                    fmt="o" + style,
+                    color=color,
+                    capsize=3,
+                    label=f"{label} ({split})",
+                )
             ax.set_ylabel(f"final {val.split('/')[1]} ({unit})")
         if (point := interpolation_point(members)) is not None:
             for ax in axes:
-                ax.axvline(point, color=color, ls=":", lw=1.5, label=f"{label} (interpolation: {_human(point)} params)")
+                ax.axvline(
+                    point,
+                    color=color,
+                    ls=":",
+                    lw=1.5,
+                    label=f"{label} (interpolation: {_human(point)} params)",
+                )
     for ax in axes:
         _log_axis(ax.xaxis, _human)
         ax.set_xlabel("parameters")
         ax.grid(alpha=0.3, which="both")
-    axes[1].legend(fontsize=7, loc="center right")  # the accuracy panel's middle right is empty once models fit
+    # the accuracy panel's middle right is empty once models fit
+    axes[1].legend(fontsize=7, loc="center right")
     axes[0].set_title("solid: val; dashed: train_eval (the training set)", fontsize=9)
     _save_figure(fig, path)
 
@@ -624,7 +816,10 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 def _natural(label: str) -> list[Any]:
     """A sort key reading the numbers in a label as numbers: k=30 before k=100."""
-    return [float(part) if _is_number(part) else part for part in re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", label)]
+    return [
+        float(part) if _is_number(part) else part
+        for part in re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", label)
+    ]
 
 
 def _is_number(text: str) -> bool:
@@ -653,7 +848,9 @@ def wandb_sweep(runs: list[RunResult], keys: list[str]) -> Sweep:
         group = wandb_group(logger.get("group"), runtime_choices.get("experiment"), sweep_dir)
         places.add((logger.get("entity"), logger.get("project", "nanolab"), group))
     if len(places) != 1 or next(iter(places))[2] is None:
-        raise ConfigError(f"--wandb-workspace needs the runs of one W&B group (one sweep); these are in {sorted(map(str, places))}")
+        raise ConfigError(
+            f"--wandb-workspace needs the runs of one W&B group (one sweep); these are in {sorted(map(str, places))}"
+        )
     entity, project, group = places.pop()
     return Sweep(entity, project, group, [config_key(k, choices) for k in keys])
 
@@ -668,7 +865,11 @@ def offline_run_folders(run_dirs: list[Path]) -> str:
 
 
 def compare(
-    paths: list[str], out: Path | None = None, sort: str = "val/ce_calibrated", wandb_workspace: bool = False, evaluated: bool = False
+    paths: list[str],
+    out: Path | None = None,
+    sort: str = "val/ce_calibrated",
+    wandb_workspace: bool = False,
+    evaluated: bool = False,
 ) -> Path:
     """Write the report of the runs under `paths` into `out` (default: the one directory given,
     or the common parent of several) and print its table; returns the report's path. With
@@ -680,16 +881,23 @@ def compare(
     keys = fill_missing_params(runs)
     rows = group_rows(runs, keys, sort)
     if out is None:
-        out = Path(paths[0]) if len(paths) == 1 else Path(os.path.commonpath([Path(p).resolve() for p in paths]))
+        out = (
+            Path(paths[0])
+            if len(paths) == 1
+            else Path(os.path.commonpath([Path(p).resolve() for p in paths]))
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write_text(out / "report.md", report_markdown(rows, keys, runs, sort, paths, evaluated_tokens))
+        _write_text(
+            out / "report.md", report_markdown(rows, keys, runs, sort, paths, evaluated_tokens)
+        )
         _write_text(out / "report.csv", rows_csv(rows, keys))
         _write_text(out / "runs.csv", runs_csv(runs, keys))
         import matplotlib
 
         matplotlib.use("Agg")  # files only; no display needed
-        matplotlib.rcParams["text.parse_math"] = False  # labels are override values, which may hold a '$' 
+        # labels are override values, which may hold a '$'
+        matplotlib.rcParams["text.parse_math"] = False
         plot_curves(rows, keys, out / "curves.png")
         plot_final_values(rows, keys, out / "final.png")
         plot_sharpness(runs, keys, out / "sharpness.png")
@@ -697,9 +905,13 @@ def compare(
             plot_against_size(rows, keys, out / "metrics_vs_params.png")
         for key in keys:
             if len(rows) > 1 and all(_is_number(row.params[key]) for row in rows):
-                plot_metric_vs_value(rows, keys, key, sort, out / f"{sort.replace('/', '_')}_vs_{key}.png")
+                plot_metric_vs_value(
+                    rows, keys, key, sort, out / f"{sort.replace('/', '_')}_vs_{key}.png"
+                )
     except OSError as e:
-        raise ConfigError(f"cannot write the report to {out} ({e.strerror}); choose another --out") from e
+        raise ConfigError(
+            f"cannot write the report to {out} ({e.strerror}); choose another --out"
+        ) from e
     print(markdown_table(rows, keys))
     unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
     for r in unfinished:
@@ -707,17 +919,42 @@ def compare(
     print(f"report: {out / 'report.md'} (and report.csv, runs.csv, curves.png, final.png)")
     if wandb_workspace:
         command = f"python -m nanolab.compare {' '.join(paths)} --wandb-workspace"
-        print(publish(wandb_sweep(runs, keys), out, command, offline_run_folders([run.dir for run in runs])))
+        print(
+            publish(
+                wandb_sweep(runs, keys),
+                out,
+                command,
+                offline_run_folders([run.dir for run in runs]),
+            )
+        )
     return out / "report.md"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m nanolab.compare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m nanolab.compare", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("paths", nargs="+", help="a multirun directory, or run directories")
-    parser.add_argument("--out", type=Path, help="where to write the report (default: the directory given, or the common parent of several)")
-    parser.add_argument("--sort", default="val/ce_calibrated", help="the metric rows are sorted by, and plotted against swept numbers (default: %(default)s)")
-    parser.add_argument("--evaluated", action="store_true", help="val metrics from each run's evaluation_val.json (python -m nanolab.evaluate checkpoint=<run>/last.pt: the whole val split) instead of its last in-training evaluation")
-    parser.add_argument("--wandb-workspace", action="store_true", help="also save a W&B workspace for the sweep's group (offline: write its definition to wandb_workspace.json)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write the report (default: the directory given, or the common parent of several)",
+    )
+    parser.add_argument(
+        "--sort",
+        default="val/ce_calibrated",
+        help="the metric rows are sorted by, and plotted against swept numbers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--evaluated",
+        action="store_true",
+        help="val metrics from each run's evaluation_val.json (python -m nanolab.evaluate checkpoint=<run>/last.pt: the whole val split) instead of its last in-training evaluation",
+    )
+    parser.add_argument(
+        "--wandb-workspace",
+        action="store_true",
+        help="also save a W&B workspace for the sweep's group (offline: write its definition to wandb_workspace.json)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with exit_on_config_error(log):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -26,8 +26,8 @@ from nanolab.data import full_batch_windows
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.model import GPTConfig
 from nanolab.optim import build_schedule, check_optim
-from nanolab.sharpness import check_sharpness
 from nanolab.runtime import thread_count, use_compile
+from nanolab.sharpness import check_sharpness
 
 
 class Dtype(enum.Enum):
@@ -72,7 +72,7 @@ class TrainKeys:
     cpu_keep_freed_memory: bool = MISSING
     threads: Any = MISSING
     head_chunk_tokens: Any = MISSING
-    init_from: Optional[str] = MISSING
+    init_from: str | None = MISSING
     resume: Any = MISSING
     allow_changes: list[str] = field(default_factory=lambda: MISSING)
     fresh_optimizer: bool = MISSING
@@ -88,7 +88,7 @@ class SampleKeys:
     num_samples: int = MISSING
     max_new_tokens: int = MISSING
     temperature: float = MISSING
-    top_k: Optional[int] = MISSING
+    top_k: int | None = MISSING
     seed: int = MISSING
     device: str = MISSING
     data: Any = MISSING  # {dir}: a string or null
@@ -103,7 +103,7 @@ class PruneKeys:
     finetune_steps: int = MISSING
     finetune_lr: float = MISSING
     prune_embeddings: bool = MISSING
-    out: Optional[str] = MISSING
+    out: str | None = MISSING
     device: str = MISSING
     data: Any = MISSING  # {dir}: a string or null
 
@@ -160,7 +160,7 @@ class Model:
     block_size: int = MISSING
     dropout: float = MISSING
     bias: bool = MISSING
-    logit_softcap: Optional[float] = MISSING
+    logit_softcap: float | None = MISSING
     position: str = MISSING  # learned | rope, checked by GPTConfig
     rope_base: float = MISSING
     qk_norm: bool = MISSING
@@ -194,7 +194,7 @@ class SGD(Optim):
 @dataclass
 class Adafactor(Optim):
     beta2_decay: float = MISSING
-    eps1: Optional[float] = MISSING
+    eps1: float | None = MISSING
     eps2: float = MISSING
     clip_threshold: float = MISSING
 
@@ -204,7 +204,7 @@ class Muon(Optim):
     momentum: float = MISSING
     nesterov: bool = MISSING
     ns_steps: int = MISSING
-    adjust_lr_fn: Optional[str] = MISSING  # null | original | match_rms_adamw, checked by optim.py
+    adjust_lr_fn: str | None = MISSING  # null | original | match_rms_adamw, checked by optim.py
     adamw_lr: float = MISSING
     adamw_weight_decay: float = MISSING
     adamw_betas: list[float] = field(default_factory=lambda: MISSING)
@@ -290,7 +290,7 @@ class Data:
     shard_gb: float = MISSING
     dir: str = MISSING
     shared_filesystem: bool = MISSING
-    train_tokens: Optional[int] = MISSING
+    train_tokens: int | None = MISSING
     label_noise: float = MISSING
     label_noise_seed: int = MISSING
 
@@ -303,26 +303,26 @@ class ShakespeareData(Data):
 
 @dataclass
 class TextData(Data):
-    path: Optional[str] = MISSING
+    path: str | None = MISSING
 
 
 @dataclass
 class HFData(Data):
     hf_path: str = MISSING
-    hf_name: Optional[str] = MISSING
+    hf_name: str | None = MISSING
     data_files: Any = MISSING
     text_field: str = MISSING
-    val_split: Optional[str] = MISSING
+    val_split: str | None = MISSING
     num_proc: int = MISSING
 
 
 @dataclass
 class Logger:
     project: str = MISSING
-    entity: Optional[str] = MISSING
+    entity: str | None = MISSING
     mode: LoggerMode = MISSING
-    group: Optional[str] = MISSING
-    name: Optional[str] = MISSING
+    group: str | None = MISSING
+    name: str | None = MISSING
     tags: list[str] = field(default_factory=lambda: MISSING)
     init_timeout: float = MISSING
     log_checkpoints: bool = MISSING
@@ -335,12 +335,32 @@ SCHEMAS: dict[str, tuple[str | None, dict[str, type]]] = {
     "sharpness": (None, {"default": Sharpness}),
     "model": (None, {"gpt": Model}),
     "logger": (None, {"wandb": Logger}),
-    "optim": ("name", {
-        "adamw": AdamW, "adam": AdamW, "sgd": SGD, "adafactor": Adafactor, "muon": Muon, "lion": Lion,
-        "shampoo": Shampoo, "soap": SOAP, "schedulefree_adamw": ScheduleFreeAdamW,
-    }),
+    "optim": (
+        "name",
+        {
+            "adamw": AdamW,
+            "adam": AdamW,
+            "sgd": SGD,
+            "adafactor": Adafactor,
+            "muon": Muon,
+            "lion": Lion,
+            "shampoo": Shampoo,
+            "soap": SOAP,
+            "schedulefree_adamw": ScheduleFreeAdamW,
+        },
+    ),
     "schedule": ("name", {"cosine": Cosine, "constant": Schedule, "wsd": WSD}),
-    "loss": ("name", {"ce": Loss, "squentropy": Loss, "brier": Loss, "label_smoothing": LabelSmoothing, "mse": SquareLoss, "focal": Focal}),
+    "loss": (
+        "name",
+        {
+            "ce": Loss,
+            "squentropy": Loss,
+            "brier": Loss,
+            "label_smoothing": LabelSmoothing,
+            "mse": SquareLoss,
+            "focal": Focal,
+        },
+    ),
     "data": ("source", {"shakespeare": ShakespeareData, "text": TextData, "hf": HFData}),
 }
 
@@ -385,20 +405,39 @@ def _typed(path: str, node: DictConfig, schema: type) -> None:
     hints = typing.get_type_hints(schema)
     if path and set(node) - set(hints):
         unknown = sorted(set(node) - set(hints))[0]
-        raise ConfigError(f"{prefix}{unknown} is not a key of {path}; its keys are {', '.join(hints)}")
+        raise ConfigError(
+            f"{prefix}{unknown} is not a key of {path}; its keys are {', '.join(hints)}"
+        )
     # Scalars only, as given (interpolations unresolved: a schedule follows trainer.max_iters).
-    given = {k: node._get_node(k)._value() for k in hints if k in node and not OmegaConf.is_config(node[k])}  # noqa: SLF001
+    # noqa: SLF001
+    given = {
+        k: node._get_node(k)._value()
+        for k in hints
+        if k in node and not OmegaConf.is_config(node[k])
+    }
     try:
-        typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), given), enum_to_str=True)
+        typed = OmegaConf.to_container(
+            OmegaConf.merge(OmegaConf.structured(schema), given), enum_to_str=True
+        )
     except ValidationError as e:
         hint = hints[e.key]
-        expected = _expectation(typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint)
+        expected = _expectation(
+            typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
+        )
         raise ConfigError(f"{prefix}{e.key}={given.get(e.key)!r} must be {expected}") from None
     for key, value in given.items():
         converted = typed[key]
-        widened = isinstance(value, int) and not isinstance(value, bool) and isinstance(converted, float)
-        if value is not None and not widened and not OmegaConf.is_interpolation(node, key) and type(converted) is not type(value):
-            node[key] = converted  # an int stays an int where a float is expected: messages quote what was given
+        widened = (
+            isinstance(value, int) and not isinstance(value, bool) and isinstance(converted, float)
+        )
+        if (
+            value is not None
+            and not widened
+            and not OmegaConf.is_interpolation(node, key)
+            and type(converted) is not type(value)
+        ):
+            # an int stays an int where a float is expected: messages quote what was given
+            node[key] = converted
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -407,7 +446,9 @@ def check_config(cfg: DictConfig) -> None:
     naming the first bad key and what it must be."""
     missing = missing_keys(cfg)
     if missing:
-        raise ConfigError(f"{', '.join(missing)}: no value given (the config has ???); set it on the command line, e.g. {missing[0]}=...")
+        raise ConfigError(
+            f"{', '.join(missing)}: no value given (the config has ???); set it on the command line, e.g. {missing[0]}=..."
+        )
     check_types(cfg)
     check_values(cfg)
 
@@ -434,22 +475,39 @@ def check_values(cfg: DictConfig) -> None:
     """Values that no type can express (positive counts, known names, each module's own
     parameter checks), all without touching data or devices."""
     trainer = cfg.trainer
-    for key in ("max_iters", "batch_size", "grad_accum", "eval_interval", "eval_iters", "log_interval"):
+    for key in (
+        "max_iters",
+        "batch_size",
+        "grad_accum",
+        "eval_interval",
+        "eval_iters",
+        "log_interval",
+    ):
         if not trainer[key] > 0:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be > 0")
     if trainer.grad_clip < 0:
-        raise ConfigError(f"trainer.grad_clip={trainer.grad_clip} must be >= 0 (0 turns clipping off)")
+        raise ConfigError(
+            f"trainer.grad_clip={trainer.grad_clip} must be >= 0 (0 turns clipping off)"
+        )
     if trainer.early_stop.patience < 0 or not trainer.early_stop.min_delta >= 0:  # NaN too
-        raise ConfigError(f"trainer.early_stop.patience={trainer.early_stop.patience} and min_delta={trainer.early_stop.min_delta} must be >= 0 (patience 0: off)")
+        raise ConfigError(
+            f"trainer.early_stop.patience={trainer.early_stop.patience} and min_delta={trainer.early_stop.min_delta} must be >= 0 (patience 0: off)"
+        )
     if cfg.data.train_tokens is not None and not cfg.data.train_tokens > cfg.model.block_size:
-        raise ConfigError(f"data.train_tokens={cfg.data.train_tokens} must be null (all) or more than model.block_size={cfg.model.block_size}")
+        raise ConfigError(
+            f"data.train_tokens={cfg.data.train_tokens} must be null (all) or more than model.block_size={cfg.model.block_size}"
+        )
     if not 0 <= cfg.data.label_noise < 1:
-        raise ConfigError(f"data.label_noise={cfg.data.label_noise} must be a fraction in [0, 1): the share of training targets replaced by random wrong tokens")
+        raise ConfigError(
+            f"data.label_noise={cfg.data.label_noise} must be a fraction in [0, 1): the share of training targets replaced by random wrong tokens"
+        )
     if trainer.full_batch and cfg.data.train_tokens is not None:
         full_batch_windows(cfg.data.train_tokens, cfg.model.block_size, trainer.batch_size)
     check_sharpness(cfg.sharpness)
     if cfg.objective not in OBJECTIVES:
-        raise ConfigError(f"objective={cfg.objective!r} must be one of {', '.join(OBJECTIVES)} (sweepers minimise it)")
+        raise ConfigError(
+            f"objective={cfg.objective!r} must be one of {', '.join(OBJECTIVES)} (sweepers minimise it)"
+        )
     use_compile(cfg.compile, torch.device("cpu"))
     thread_count(cfg.threads)
     head_chunk_tokens(cfg.head_chunk_tokens, vocab_size=0)
@@ -478,6 +536,10 @@ def check_types(cfg: DictConfig) -> None:
         if key == "hydra":
             continue
         try:
-            OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(
+                cfg[key]
+            ) else cfg[key]
         except OmegaConfBaseException as e:
-            raise ConfigError(f"{e.full_key or key} cannot be resolved: {str(e).splitlines()[0]}") from None
+            raise ConfigError(
+                f"{e.full_key or key} cannot be resolved: {str(e).splitlines()[0]}"
+            ) from None

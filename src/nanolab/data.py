@@ -24,10 +24,11 @@ import math
 import os
 import re
 import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import tiktoken
@@ -112,7 +113,10 @@ def gpt2_encoding() -> tiktoken.Encoding:
     from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
     files = resources.files("nanolab") / "assets" / "gpt2"
-    with resources.as_file(files / "vocab.bpe") as bpe, resources.as_file(files / "encoder.json") as enc:
+    with (
+        resources.as_file(files / "vocab.bpe") as bpe,
+        resources.as_file(files / "encoder.json") as enc,
+    ):
         ranks = data_gym_to_mergeable_bpe_ranks(
             vocab_bpe_file=str(bpe),
             encoder_json_file=str(enc),
@@ -142,7 +146,9 @@ def _read_utf8(path: Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it or remove it") from None
+        raise DataError(
+            f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it or remove it"
+        ) from None
     return text
 
 
@@ -171,11 +177,19 @@ def _read_text(cfg: DictConfig) -> str:
     path = Path(cfg.path)
     if path.is_dir():
         # Hidden files and folders (.git, .cache, editor backups) are not part of a corpus.
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
         if not files:
-            raise DataError(f"data.path={path} is a folder with no files in it (hidden ones are skipped)")
+            raise DataError(
+                f"data.path={path} is a folder with no files in it (hidden ones are skipped)"
+            )
         log.info("reading %d files of %s", len(files), path)
-        text = "\n".join(_read_utf8(p) for p in tqdm(files, desc=f"reading {path}", unit="file", disable=None))
+        text = "\n".join(
+            _read_utf8(p) for p in tqdm(files, desc=f"reading {path}", unit="file", disable=None)
+        )
     elif path.is_file():
         text = _read_utf8(path)
     else:
@@ -203,7 +217,11 @@ def _split_files(directory: Path, meta: dict, split: str) -> list[tuple[Path, in
 
 
 def _write_split(
-    directory: Path, split: str, total: int, dtype: np.dtype, shard_gb: float,
+    directory: Path,
+    split: str,
+    total: int,
+    dtype: np.dtype,
+    shard_gb: float,
     read: Callable[[int, int], Iterator[np.ndarray]],
 ) -> list[int]:
     """Write a split's `total` tokens, yielded in order by read(start, stop), as one bin or as
@@ -253,7 +271,13 @@ class ShardedTokens:
 _SAFE_CUT = re.compile(r"\n(?=\S)")
 
 
-def _encode(tokenizer: Tokenizer, text: str, dtype: np.dtype, desc: str, batch: int = 4 * (os.cpu_count() or 1)) -> np.ndarray:
+def _encode(
+    tokenizer: Tokenizer,
+    text: str,
+    dtype: np.dtype,
+    desc: str,
+    batch: int = 4 * (os.cpu_count() or 1),
+) -> np.ndarray:
     """Encode text in chunks of about a million characters, cut where no token can span the
     cut, `batch` chunks at a time on all cores, with a progress bar."""
     chunks, start = [], 0
@@ -265,7 +289,10 @@ def _encode(tokenizer: Tokenizer, text: str, dtype: np.dtype, desc: str, batch: 
     ids = []
     with tqdm(total=len(chunks), desc=desc, unit="MB", disable=None) as progress:
         for first in range(0, len(chunks), batch):
-            ids += [np.array(t, dtype=dtype) for t in tokenizer.encode_batch(chunks[first : first + batch])]
+            ids += [
+                np.array(t, dtype=dtype)
+                for t in tokenizer.encode_batch(chunks[first : first + batch])
+            ]
             progress.update(len(chunks[first : first + batch]))
     return np.concatenate(ids) if ids else np.empty(0, dtype=dtype)
 
@@ -283,7 +310,9 @@ def _prepare_from_text(cfg: DictConfig, text: str) -> dict:
         meta["chars"] = tokenizer.chars
     for split, part in (("train", text[:n_train]), ("val", text[n_train:])):
         tokens = _encode(tokenizer, part, dtype, desc=f"tokenizing {cfg.name} {split}")
-        sizes = _write_split(Path(cfg.dir), split, len(tokens), dtype, cfg.shard_gb, lambda a, b: iter([tokens[a:b]]))
+        sizes = _write_split(
+            Path(cfg.dir), split, len(tokens), dtype, cfg.shard_gb, lambda a, b: iter([tokens[a:b]])
+        )
         meta |= _split_meta(split, sizes)
     return meta
 
@@ -305,11 +334,17 @@ def _prepare_from_hf(cfg: DictConfig) -> dict:
     import datasets
 
     if cfg.tokenizer != "gpt2":
-        raise DataError(f"data.tokenizer={cfg.tokenizer} is not supported for data.source=hf; use gpt2")
+        raise DataError(
+            f"data.tokenizer={cfg.tokenizer} is not supported for data.source=hf; use gpt2"
+        )
     data_files = OmegaConf.to_container(cfg.data_files) if cfg.data_files is not None else None
-    splits = datasets.load_dataset(cfg.hf_path, cfg.hf_name, data_files=data_files, num_proc=cfg.num_proc)
+    splits = datasets.load_dataset(
+        cfg.hf_path, cfg.hf_name, data_files=data_files, num_proc=cfg.num_proc
+    )
     if cfg.val_split is None:
-        split = splits["train"].train_test_split(test_size=cfg.val_fraction, seed=2357, shuffle=True)
+        split = splits["train"].train_test_split(
+            test_size=cfg.val_fraction, seed=2357, shuffle=True
+        )
         splits = {"train": split["train"], "val": split["test"]}
     else:
         splits = {"train": splits["train"], "val": splits[cfg.val_split]}
@@ -325,32 +360,52 @@ def _prepare_from_hf(cfg: DictConfig) -> dict:
     meta = {"tokenizer": "gpt2", "vocab_size": tokenizer.vocab_size, "dtype": dtype.name}
     for split, dset in splits.items():
         # datasets caches what map() computed, so a preparation started again reuses it
-        tokenized = dset.map(tokenize, remove_columns=dset.column_names, num_proc=cfg.num_proc, desc=f"tokenizing {split}")
-        ends = np.cumsum(document_lengths(tokenized), dtype=np.int64)  # each document's end in the split
+        tokenized = dset.map(
+            tokenize,
+            remove_columns=dset.column_names,
+            num_proc=cfg.num_proc,
+            desc=f"tokenizing {split}",
+        )
+        # each document's end in the split
+        ends = np.cumsum(document_lengths(tokenized), dtype=np.int64)
         rows = tokenized.with_format("numpy")
 
         def read(start: int, stop: int, split: str = split) -> Iterator[np.ndarray]:
             """Tokens start..stop of the split, a thousand documents at a time."""
             first = int(np.searchsorted(ends, start, side="right"))
             last = int(np.searchsorted(ends, stop - 1, side="right")) + 1 if stop > start else first
-            for r in tqdm(range(first, last, 1000), desc=f"writing {split} tokens {start:,}-{stop:,}", unit="kdoc", disable=None):
+            for r in tqdm(
+                range(first, last, 1000),
+                desc=f"writing {split} tokens {start:,}-{stop:,}",
+                unit="kdoc",
+                disable=None,
+            ):
                 ids = np.concatenate(rows[r : min(r + 1000, last)]["ids"])
                 offset = int(ends[r - 1]) if r else 0
                 yield ids[max(start - offset, 0) : stop - offset]
 
-        meta |= _split_meta(split, _write_split(Path(cfg.dir), split, int(ends[-1]) if len(ends) else 0, dtype, cfg.shard_gb, read))
+        meta |= _split_meta(
+            split,
+            _write_split(
+                Path(cfg.dir), split, int(ends[-1]) if len(ends) else 0, dtype, cfg.shard_gb, read
+            ),
+        )
     return meta
 
 
 def _source_hash(cfg: DictConfig, text: str | None) -> str:
     """What the prepared bins depend on: the text itself (or, for hub datasets, its address)
     and every setting that changes the tokens."""
-    h = hashlib.sha256(f"v{FORMAT_VERSION}|{cfg.source}|{cfg.tokenizer}|{cfg.val_fraction}".encode())
+    h = hashlib.sha256(
+        f"v{FORMAT_VERSION}|{cfg.source}|{cfg.tokenizer}|{cfg.val_fraction}".encode()
+    )
     if text is not None:
         h.update(text.encode("utf-8"))
     else:
         keys = ("hf_path", "hf_name", "data_files", "val_split", "text_field")
-        h.update(json.dumps({k: OmegaConf.to_container(cfg)[k] for k in keys}, sort_keys=True).encode())
+        h.update(
+            json.dumps({k: OmegaConf.to_container(cfg)[k] for k in keys}, sort_keys=True).encode()
+        )
     return h.hexdigest()
 
 
@@ -402,8 +457,12 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
     try:
         text = SOURCES[cfg.source](cfg) if cfg.source in SOURCES else None
     except DataError:
-        if meta is not None and meta.get("name") == cfg.name:  # prepared data whose source is gone: usable as it is
-            log.warning("%s: the source text is unreachable, so the prepared data is used unchecked against it", directory)
+        # prepared data whose source is gone: usable as it is
+        if meta is not None and meta.get("name") == cfg.name:
+            log.warning(
+                "%s: the source text is unreachable, so the prepared data is used unchecked against it",
+                directory,
+            )
             return meta
         raise
     source_hash = _source_hash(cfg, text)
@@ -429,7 +488,13 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
             f"data.dir={directory} cannot be written ({e.strerror or e}: {e.filename or directory}); "
             "give data.dir=<a writable folder> (or set NANOLAB_DATA_DIR) to prepare the data there"
         ) from None
-    log.info("%s: %d train / %d val tokens, vocabulary %d", cfg.name, meta["train_tokens"], meta["val_tokens"], meta["vocab_size"])
+    log.info(
+        "%s: %d train / %d val tokens, vocabulary %d",
+        cfg.name,
+        meta["train_tokens"],
+        meta["val_tokens"],
+        meta["vocab_size"],
+    )
     return meta
 
 
@@ -472,15 +537,26 @@ def trained_data(wanted: dict, given: str | None, recorded: str | None, what: st
     tried = []
     for directory in dict.fromkeys(candidates):
         meta = _read_meta(directory)
-        differs = "no complete prepared data (meta.json, train and val bins)" if meta is None else same_vocabulary(meta, wanted)
+        differs = (
+            "no complete prepared data (meta.json, train and val bins)"
+            if meta is None
+            else same_vocabulary(meta, wanted)
+        )
         if differs is None:
             if meta.get("source_hash") != wanted.get("source_hash"):
-                log.warning("%s holds other text than %s was trained on (data hash %s, the model's %s)",
-                            directory, what, str(meta.get("source_hash"))[:12], str(wanted.get("source_hash"))[:12])
+                log.warning(
+                    "%s holds other text than %s was trained on (data hash %s, the model's %s)",
+                    directory,
+                    what,
+                    str(meta.get("source_hash"))[:12],
+                    str(wanted.get("source_hash"))[:12],
+                )
             return TokenData.read(directory, meta)
         tried.append(f"{directory}: {differs}")
     if given is not None:
-        raise DataError(f"data.dir={given} does not fit {what}: {tried[0].split(': ', 1)[1]}; give the folder its run prepared")
+        raise DataError(
+            f"data.dir={given} does not fit {what}: {tried[0].split(': ', 1)[1]}; give the folder its run prepared"
+        )
     raise DataError(
         f"no prepared data for {what} (data {wanted.get('name')!r}, {wanted.get('tokenizer')} tokens) was found"
         + (f" ({'; '.join(tried)})" if tried else "")
@@ -503,12 +579,12 @@ class TokenData:
     train_targets: np.ndarray | None = None
 
     @classmethod
-    def load(cls, cfg: DictConfig, prepare_missing: bool = True) -> "TokenData":
+    def load(cls, cfg: DictConfig, prepare_missing: bool = True) -> TokenData:
         """The prepared dataset, preparing it first when needed (and `prepare_missing`)."""
         return cls.read(Path(cfg.dir), prepare(cfg, allowed=prepare_missing))
 
     @classmethod
-    def read(cls, directory: Path, meta: dict | None = None) -> "TokenData":
+    def read(cls, directory: Path, meta: dict | None = None) -> TokenData:
         """The data prepared in `directory` (meta.json, train and val bins), whatever its source."""
         meta = meta or _read_meta(directory)
         if meta is None:
@@ -518,7 +594,10 @@ class TokenData:
             )
         splits = {}
         for split in ("train", "val"):
-            maps = [np.memmap(path, dtype=meta["dtype"], mode="r") for path, _ in _split_files(directory, meta, split)]
+            maps = [
+                np.memmap(path, dtype=meta["dtype"], mode="r")
+                for path, _ in _split_files(directory, meta, split)
+            ]
             splits[split] = maps[0] if len(maps) == 1 else ShardedTokens(maps)
         return cls(meta=meta, **splits)
 
@@ -532,8 +611,14 @@ class TokenData:
         if tokens is None:
             return
         if tokens > len(self.train):
-            raise DataError(f"data.train_tokens={tokens} is more than the {len(self.train)} training tokens of data={self.meta['name']}")
-        self.train = self.train[:tokens] if isinstance(self.train, np.ndarray) else self.train[np.arange(tokens)]
+            raise DataError(
+                f"data.train_tokens={tokens} is more than the {len(self.train)} training tokens of data={self.meta['name']}"
+            )
+        self.train = (
+            self.train[:tokens]
+            if isinstance(self.train, np.ndarray)
+            else self.train[np.arange(tokens)]
+        )
 
     def add_label_noise(self, fraction: float, seed: int) -> None:
         """Replace round(fraction·n) of the n training targets (every training token but the
@@ -549,8 +634,11 @@ class TokenData:
             )
         rng = np.random.default_rng(seed)
         targets = np.array(self.train)
-        positions = 1 + rng.choice(len(targets) - 1, size=round(fraction * (len(targets) - 1)), replace=False)
-        shift = rng.integers(1, self.vocab_size, size=len(positions))  # never 0: the new token differs
+        positions = 1 + rng.choice(
+            len(targets) - 1, size=round(fraction * (len(targets) - 1)), replace=False
+        )
+        # never 0: the new token differs
+        shift = rng.integers(1, self.vocab_size, size=len(positions))
         targets[positions] = (targets[positions].astype(np.int64) + shift) % self.vocab_size
         self.train_targets = targets
 
@@ -574,8 +662,14 @@ class BatchSampler:
     on any number of processes. Stream 0 is seeded with `seed` itself."""
 
     def __init__(
-        self, tokens: np.ndarray, batch_size: int, block_size: int, seed: int, device: torch.device,
-        streams: Sequence[int] = (0,), targets: np.ndarray | None = None,
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        block_size: int,
+        seed: int,
+        device: torch.device,
+        streams: Sequence[int] = (0,),
+        targets: np.ndarray | None = None,
     ) -> None:
         self.tokens = tokens
         self.targets = targets  # the targets when they are not the tokens (label noise)
@@ -589,11 +683,15 @@ class BatchSampler:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         generator = self.generators[self.order[self.position]]
         self.position = (self.position + 1) % len(self.order)
-        starts = torch.randint(len(self.tokens) - len(self.offsets) + 1, (self.batch_size,), generator=generator)
+        starts = torch.randint(
+            len(self.tokens) - len(self.offsets) + 1, (self.batch_size,), generator=generator
+        )
         rows = starts.numpy()[:, None] + self.offsets
         window = torch.from_numpy(self.tokens[rows].astype(np.int64))
         if self.targets is not None:  # (inputs, targets) stacked: the inputs stay the clean tokens
-            window = torch.stack([window[:, :-1], torch.from_numpy(self.targets[rows[:, 1:]].astype(np.int64))])
+            window = torch.stack(
+                [window[:, :-1], torch.from_numpy(self.targets[rows[:, 1:]].astype(np.int64))]
+            )
         if self.device.type == "cuda":
             window = window.pin_memory().to(self.device, non_blocking=True)
         else:
@@ -638,11 +736,20 @@ class FullBatchSampler:
     batch. It holds no state between optimizer steps."""
 
     def __init__(
-        self, tokens: np.ndarray, batch_size: int, block_size: int, device: torch.device, targets: np.ndarray | None = None
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        block_size: int,
+        device: torch.device,
+        targets: np.ndarray | None = None,
     ) -> None:
         windows = full_batch_windows(len(tokens), block_size, batch_size)
         flat = torch.from_numpy(np.asarray(tokens[: windows * block_size + 1]).astype(np.int64))
-        flat_targets = flat if targets is None else torch.from_numpy(np.asarray(targets[: windows * block_size + 1]).astype(np.int64))
+        flat_targets = (
+            flat
+            if targets is None
+            else torch.from_numpy(np.asarray(targets[: windows * block_size + 1]).astype(np.int64))
+        )
         self.x = flat[:-1].view(windows, block_size).to(device)
         self.y = flat_targets[1:].view(windows, block_size).to(device)
         self.batch_size, self.position = batch_size, 0

@@ -16,8 +16,9 @@ import gc
 import io
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -74,7 +75,11 @@ class World:
         torch.save(obj, buffer)
         blobs: list[Any] | None = [None] * self.size if self.main else None
         torch_dist.gather_object(buffer.getvalue(), blobs, dst=0)
-        return [torch.load(io.BytesIO(blob), weights_only=False) for blob in blobs] if self.main else None
+        return (
+            [torch.load(io.BytesIO(blob), weights_only=False) for blob in blobs]
+            if self.main
+            else None
+        )
 
     def wait_for_all(self) -> None:
         """A barrier without a time limit worth the name (a week): the ranks that wait here may
@@ -95,11 +100,16 @@ class World:
         torch.save(obj, buffer)
         blobs: list[Any] = [None] * self.size
         torch_dist.all_gather_object(blobs, buffer.getvalue())
-        return [torch.load(io.BytesIO(blob), weights_only=False) for blob in blobs]  # our own ranks' data
+        # our own ranks' data
+        return [torch.load(io.BytesIO(blob), weights_only=False) for blob in blobs]
 
 
 def _collective_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch_dist.get_backend() == "nccl" else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch_dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
 
 
 def launched_by_torchrun() -> bool:
@@ -114,7 +124,9 @@ def process_group(device: torch.device) -> Iterator[tuple[World, torch.device]]:
     if not launched_by_torchrun():
         yield World(), device
         return
-    world = World(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]))
+    world = World(
+        int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    )
     if device.type == "cuda":
         if device.index is not None and world.size > 1:
             raise ConfigError(
@@ -127,7 +139,9 @@ def process_group(device: torch.device) -> Iterator[tuple[World, torch.device]]:
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        raise ConfigError(f"device={device.type} cannot train under torchrun; use device=cuda or device=cpu")
+        raise ConfigError(
+            f"device={device.type} cannot train under torchrun; use device=cuda or device=cpu"
+        )
     torch_dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
     if not world.main:  # one voice: the other ranks report only problems
         logging.getLogger("nanolab").setLevel(logging.WARNING)
@@ -156,11 +170,14 @@ def local_grad_accum(grad_accum: int, fix_global_batch: bool, world: World) -> i
     return grad_accum // world.size
 
 
-def gradient_sync(model: torch.nn.Module, last_micro_step: bool) -> contextlib.AbstractContextManager:
+def gradient_sync(
+    model: torch.nn.Module, last_micro_step: bool
+) -> contextlib.AbstractContextManager:
     """DDP all-reduces gradients in backward; on every micro-step but an optimizer step's last
     that work would be thrown away, so it is skipped (gradients accumulate locally). `model`
     may be the DDP module or its compiled wrapper."""
-    ddp = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule keeps the module there
+    # torch.compile's OptimizedModule keeps the module there
+    ddp = getattr(model, "_orig_mod", model)
     if isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and not last_micro_step:
         return ddp.no_sync()
     return contextlib.nullcontext()

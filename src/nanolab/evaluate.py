@@ -43,7 +43,11 @@ log = logging.getLogger("nanolab.evaluate")
 
 @torch.no_grad()
 def evaluate_split(
-    model: torch.nn.Module, tokens: np.ndarray, loss_cfg: DictConfig, batch_size: int, head_chunk: int = 0,
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    loss_cfg: DictConfig,
+    batch_size: int,
+    head_chunk: int = 0,
     autocast: contextlib.AbstractContextManager | None = None,
 ) -> dict[str, float]:
     """Metrics over every token of `tokens`, in consecutive windows of the model's context; with
@@ -53,11 +57,15 @@ def evaluate_split(
     device = next(model.parameters()).device
     loss_fn = get_loss(loss_cfg)
     totals = TokenTotals(calibrate=True)
-    for start in tqdm(range(0, n_windows, batch_size), desc="evaluating", unit="batch", disable=None):
+    for start in tqdm(
+        range(0, n_windows, batch_size), desc="evaluating", unit="batch", disable=None
+    ):
         rows = np.arange(start, min(start + batch_size, n_windows))[:, None] * block
         window = torch.from_numpy(tokens[rows + np.arange(block + 1)].astype(np.int64)).to(device)
         with autocast or contextlib.nullcontext():
-            update_totals(totals, model, window[:, :-1], window[:, 1:], loss_fn, loss_cfg, head_chunk)
+            update_totals(
+                totals, model, window[:, :-1], window[:, 1:], loss_fn, loss_cfg, head_chunk
+            )
     return totals.compute(device) | {"tokens": totals.tokens}
 
 
@@ -103,23 +111,42 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"batch_tokens={cfg.batch_tokens} must be >= 1")
     runtime = Runtime.create(pick_device(cfg.device), cfg.dtype, False, cfg.cpu_keep_freed_memory)
     foreign = foreign_weights(cfg.checkpoint, "checkpoint")
-    subject = nanolab_subject(cfg, runtime.device) if foreign is None else foreign_subject(foreign, cfg, runtime.device)
+    subject = (
+        nanolab_subject(cfg, runtime.device)
+        if foreign is None
+        else foreign_subject(foreign, cfg, runtime.device)
+    )
     model = subject.model
     windows_per_batch = max(1, cfg.batch_tokens // model.config.block_size)
     head_chunk = head_chunk_tokens(subject.head_chunk_tokens, model.config.vocab_size)
-    out = subject.source if subject.source.is_dir() else subject.source.parent  # a Hugging Face directory holds its own
+    # a Hugging Face directory holds its own
+    out = subject.source if subject.source.is_dir() else subject.source.parent
     reason = unwritable(out)
     if reason:
         log.warning("%s is not writable (%s): the metrics are printed, not saved", out, reason)
-    metrics = evaluate_split(model, getattr(subject.data, cfg.split), subject.loss, windows_per_batch, head_chunk, runtime.autocast())
+    metrics = evaluate_split(
+        model,
+        getattr(subject.data, cfg.split),
+        subject.loss,
+        windows_per_batch,
+        head_chunk,
+        runtime.autocast(),
+    )
     for key, value in metrics.items():  # printed first: a failed write loses nothing
-        print(f"{cfg.split}/{key:14s} {value:.4f}" if isinstance(value, float) else f"{cfg.split}/{key:14s} {value}", flush=True)
+        print(
+            f"{cfg.split}/{key:14s} {value:.4f}"
+            if isinstance(value, float)
+            else f"{cfg.split}/{key:14s} {value}",
+            flush=True,
+        )
     if not reason:
         path = out / f"evaluation_{cfg.split}.json"
         try:
             write_json(path, {"checkpoint": str(subject.source), "step": subject.step, **metrics})
         except OSError as e:
-            raise StorageError(f"could not write {path} ({e.strerror or e}); the metrics are printed above") from None
+            raise StorageError(
+                f"could not write {path} ({e.strerror or e}); the metrics are printed above"
+            ) from None
     return metrics
 
 

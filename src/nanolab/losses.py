@@ -10,21 +10,23 @@ parameters if it has any), and add configs/loss/name.yaml with `name: name` and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.nn import functional as F
 
 from nanolab import ConfigError
-from torch.nn import functional as F
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, DictConfig], torch.Tensor]
 LOSSES: dict[str, LossFn] = {}
 _CHECKS: dict[str, Callable[[DictConfig], None]] = {}
 
 
-def register(name: str, check: Callable[[DictConfig], None] | None = None) -> Callable[[LossFn], LossFn]:
+def register(
+    name: str, check: Callable[[DictConfig], None] | None = None
+) -> Callable[[LossFn], LossFn]:
     """Register a loss under `name`; `check` validates its config and raises ConfigError."""
 
     def decorator(fn: LossFn) -> LossFn:
@@ -40,7 +42,9 @@ def get_loss(cfg: DictConfig) -> LossFn:
     """The registered loss named by `loss.name`, after checking its parameters; with
     `loss.z_loss` > 0 the z-loss term is added to it."""
     if cfg.name not in LOSSES:
-        raise ConfigError(f"loss.name={cfg.name!r} is not a registered loss; choose one of {sorted(LOSSES)}")
+        raise ConfigError(
+            f"loss.name={cfg.name!r} is not a registered loss; choose one of {sorted(LOSSES)}"
+        )
     if cfg.name in _CHECKS:
         _CHECKS[cfg.name](cfg)
     weight = cfg.z_loss
@@ -104,7 +108,9 @@ def mse(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.T
     f = logits.float()
     k, M = float(cfg.k), float(cfg.M)
     f_c = f.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
-    per_token = (f.square().sum(dim=1) + (k - 1) * f_c.square() - 2 * k * M * f_c + k * M * M) / f.size(1)
+    per_token = (
+        f.square().sum(dim=1) + (k - 1) * f_c.square() - 2 * k * M * f_c + k * M * M
+    ) / f.size(1)
     return _masked_mean(per_token, targets, cfg.ignore_index)
 
 
@@ -145,7 +151,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     the logits of one chunk exist at a time and nothing is recomputed in the backward pass."""
 
     @staticmethod
-    def forward(ctx, hidden, targets, chunk_loss, ignore_index, chunk_tokens, grad_scale, *params):  # noqa: ANN001 (autograd API)
+    # noqa: ANN001 (autograd API)
+    def forward(ctx, hidden, targets, chunk_loss, ignore_index, chunk_tokens, grad_scale, *params):
         total = torch.zeros((), device=hidden.device)
         grad_hidden = torch.zeros_like(hidden)
         grad_params = [torch.zeros_like(p) for p in params]
@@ -155,7 +162,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 loss = chunk_loss(h, targets[rows]) * share
                 scaled = loss if grad_scale is None else loss * grad_scale
             grads = torch.autograd.grad(scaled, [h, *params])
-            if grad_scale is not None:  # differentiated scaled (the float16 backward), kept unscaled
+            # differentiated scaled (the float16 backward), kept unscaled
+            if grad_scale is not None:
                 grads = [g / grad_scale for g in grads]
             grad_hidden[rows] = grads[0]
             for acc, g in zip(grad_params, grads[1:]):
@@ -167,10 +175,20 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):  # noqa: ANN001 (autograd API)
         grad_hidden, *grad_params = ctx.saved_tensors
-        return grad_hidden * grad_output, None, None, None, None, None, *(g * grad_output for g in grad_params)
+        return (
+            grad_hidden * grad_output,
+            None,
+            None,
+            None,
+            None,
+            None,
+            *(g * grad_output for g in grad_params),
+        )
 
 
-def _chunks(targets: torch.Tensor, ignore_index: int | None, chunk_tokens: int) -> list[tuple[slice, float]]:
+def _chunks(
+    targets: torch.Tensor, ignore_index: int | None, chunk_tokens: int
+) -> list[tuple[slice, float]]:
     """(rows, share) of each chunk holding counted tokens, share being its fraction of them: a
     chunk's mean times its share is its part of the batch's mean. Chunks of ignored tokens only
     are left out (their mean is 0/0). One device sync reads the counts, unless ignore_index is
@@ -178,10 +196,14 @@ def _chunks(targets: torch.Tensor, ignore_index: int | None, chunk_tokens: int) 
     if ignore_index is None:
         counts = [len(t) for t in targets.split(chunk_tokens)]
     else:
-        counts = torch.stack([(c != ignore_index).sum() for c in targets.split(chunk_tokens)]).tolist()
+        counts = torch.stack(
+            [(c != ignore_index).sum() for c in targets.split(chunk_tokens)]
+        ).tolist()
     total = sum(counts)
     return [
-        (slice(i * chunk_tokens, (i + 1) * chunk_tokens), n / total) for i, n in enumerate(counts) if n > 0
+        (slice(i * chunk_tokens, (i + 1) * chunk_tokens), n / total)
+        for i, n in enumerate(counts)
+        if n > 0
     ]
 
 
@@ -196,12 +218,17 @@ def head_chunk_tokens(setting: int | str, vocab_size: int) -> int:
     if setting == "auto":
         return AUTO_HEAD_CHUNK_TOKENS if vocab_size >= CHUNKED_HEAD_MIN_VOCAB else 0
     if not isinstance(setting, int) or isinstance(setting, bool) or setting < 0:
-        raise ConfigError(f"head_chunk_tokens={setting!r} must be auto, 0 (no chunks) or a number of tokens per chunk")
+        raise ConfigError(
+            f"head_chunk_tokens={setting!r} must be auto, 0 (no chunks) or a number of tokens per chunk"
+        )
     return setting
 
 
 def head_loss(
-    head: Callable[[torch.Tensor], torch.Tensor], loss_fn: LossFn, cfg: DictConfig, compile: bool = False
+    head: Callable[[torch.Tensor], torch.Tensor],
+    loss_fn: LossFn,
+    cfg: DictConfig,
+    compile: bool = False,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """(hidden, targets) -> the loss of head(hidden): what the chunked head computes per chunk.
     Compiled, it fuses the head's matmul output, the float32 upcast and the loss (and their
@@ -244,4 +271,6 @@ def chunked_head_loss(
         for rows, share in _chunks(targets, ignore_index, chunk_tokens):
             total += chunk_loss(hidden[rows], targets[rows]) * share
         return total
-    return _ChunkedHeadLoss.apply(hidden, targets, chunk_loss, ignore_index, chunk_tokens, grad_scale, *head_params)
+    return _ChunkedHeadLoss.apply(
+        hidden, targets, chunk_loss, ignore_index, chunk_tokens, grad_scale, *head_params
+    )

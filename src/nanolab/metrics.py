@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -84,10 +84,17 @@ def calibrated_ce(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 # The sums a TokenTotals keeps, and their dtypes.
 SUMS = {
-    "tokens": torch.float64, "loss": torch.float64, "ce": torch.float64, "correct": torch.float64,
-    "correct_top5": torch.float64, "brier": torch.float64,
-    "bin_count": torch.float32, "bin_confidence": torch.float32, "bin_correct": torch.float32,
-    "past_cap_ce": torch.float64, "past_cap_tokens": torch.float64,
+    "tokens": torch.float64,
+    "loss": torch.float64,
+    "ce": torch.float64,
+    "correct": torch.float64,
+    "correct_top5": torch.float64,
+    "brier": torch.float64,
+    "bin_count": torch.float32,
+    "bin_confidence": torch.float32,
+    "bin_correct": torch.float32,
+    "past_cap_ce": torch.float64,
+    "past_cap_tokens": torch.float64,
 }
 
 
@@ -107,7 +114,8 @@ class TokenTotals:
         self.sums: dict[str, torch.Tensor] = {}
         self.kept_logits: list[torch.Tensor] = []
         self.kept_targets: list[torch.Tensor] = []
-        self.kept_rows = 0  # rows kept so far, ignored targets included (counting them needs no sync)
+        # rows kept so far, ignored targets included (counting them needs no sync)
+        self.kept_rows = 0
         self.ignore_index = -1
         self.temperature: float | None = None  # fitted on the kept logits once they are full
 
@@ -115,7 +123,9 @@ class TokenTotals:
         self.sums[name] = self.sums[name] + value if name in self.sums else value
 
     @torch.no_grad()
-    def update(self, logits: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, loss_cfg: DictConfig) -> None:
+    def update(
+        self, logits: torch.Tensor, targets: torch.Tensor, loss_fn: LossFn, loss_cfg: DictConfig
+    ) -> None:
         # One contiguous copy up front: the head's logits are a view without the padded columns,
         # and every pass below over a strided view would copy it again.
         logits = logits.reshape(-1, logits.size(-1)).float().contiguous()
@@ -136,14 +146,21 @@ class TokenTotals:
         confidence, prediction = top5.values[:, 0].exp(), top5.indices[:, 0]
         hit = (prediction == targets).float() * weight
         self._add("correct", hit.sum().double())
-        self._add("correct_top5", ((top5.indices == targets[:, None]).any(dim=-1).float() * weight).sum().double())
-        # Brier score: sum_c (p_c - y_c)^2 = sum_c p_c^2 - 2 p_y + 1; p_c^2 = exp(2 log p_c), taken in
+        self._add(
+            "correct_top5",
+            ((top5.indices == targets[:, None]).any(dim=-1).float() * weight).sum().double(),
+        )
+        # Brier score: sum_c (p_c - y_c)^2 = sum_c p_c^2 - 2 p_y + 1; p_c^2 = exp(2 log p_c), taken
+        # in
         # place as log_probs is not read again (one logits-sized temporary fewer).
         brier = log_probs.mul_(2).exp_().sum(-1) - 2 * log_p_target.exp() + 1
         self._add("brier", (brier * weight).sum().double())
-        bins = (confidence * ECE_BINS).long().clamp(0, ECE_BINS - 1)  # 0 for nan: the metrics are nan, not a crash
+        # 0 for nan: the metrics are nan, not a crash
+        bins = (confidence * ECE_BINS).long().clamp(0, ECE_BINS - 1)
         self._add("bin_count", torch.bincount(bins, weights=weight, minlength=ECE_BINS))
-        self._add("bin_confidence", torch.bincount(bins, weights=confidence * weight, minlength=ECE_BINS))
+        self._add(
+            "bin_confidence", torch.bincount(bins, weights=confidence * weight, minlength=ECE_BINS)
+        )
         self._add("bin_correct", torch.bincount(bins, weights=hit, minlength=ECE_BINS))
         if self.calibrate:
             self._keep(logits, targets)
@@ -167,8 +184,12 @@ class TokenTotals:
         counted = targets != self.ignore_index
         return logits[counted], targets[counted]
 
-    def _score_past_cap(self, logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> None:
-        ce = F.cross_entropy(logits / temperature, targets, ignore_index=self.ignore_index, reduction="sum")
+    def _score_past_cap(
+        self, logits: torch.Tensor, targets: torch.Tensor, temperature: float
+    ) -> None:
+        ce = F.cross_entropy(
+            logits / temperature, targets, ignore_index=self.ignore_index, reduction="sum"
+        )
         self._add("past_cap_ce", ce.double())
         self._add("past_cap_tokens", (targets != self.ignore_index).sum().double())
 
@@ -183,17 +204,38 @@ class TokenTotals:
         if self.calibrate:
             # Rank 0 keeps the first rows over the ranks in order: send only what it can keep.
             before = sum(world.gather(self.kept_rows)[: world.rank])
-            room = max(0, CALIBRATION_ELEMENTS // self.kept_logits[0].size(-1) - before) if self.kept_logits else 0
-            kept = (torch.cat(self.kept_logits), torch.cat(self.kept_targets)) if self.kept_logits else None
-            mine = (kept[0][:room].cpu(), kept[1][:room].cpu()) if room else None  # room > 0 only when rows were kept
+            room = (
+                max(0, CALIBRATION_ELEMENTS // self.kept_logits[0].size(-1) - before)
+                if self.kept_logits
+                else 0
+            )
+            kept = (
+                (torch.cat(self.kept_logits), torch.cat(self.kept_targets))
+                if self.kept_logits
+                else None
+            )
+            # room > 0 only when rows were kept
+            mine = (kept[0][:room].cpu(), kept[1][:room].cpu()) if room else None
             if self.kept_rows > room:
                 logits, targets = kept[0][room:], kept[1][room:]
                 counted = targets != self.ignore_index
                 if n := int(counted.sum()):
-                    self._add("past_cap_ce", torch.tensor(calibrated_ce(logits[counted], targets[counted]) * n, dtype=torch.float64, device=device))
-                    self._add("past_cap_tokens", torch.tensor(float(n), dtype=torch.float64, device=device))
+                    self._add(
+                        "past_cap_ce",
+                        torch.tensor(
+                            calibrated_ce(logits[counted], targets[counted]) * n,
+                            dtype=torch.float64,
+                            device=device,
+                        ),
+                    )
+                    self._add(
+                        "past_cap_tokens",
+                        torch.tensor(float(n), dtype=torch.float64, device=device),
+                    )
         for name in SUMS:  # a rank that evaluated no batch contributes zeros
-            empty = torch.zeros(ECE_BINS if name.startswith("bin_") else (), dtype=SUMS[name], device=device)
+            empty = torch.zeros(
+                ECE_BINS if name.startswith("bin_") else (), dtype=SUMS[name], device=device
+            )
             world.sum_(self.sums.setdefault(name, empty))
         if self.calibrate:
             ranks = world.gather_to_main(mine)
@@ -212,7 +254,11 @@ class TokenTotals:
         there is no calibrated cross-entropy."""
         ece_gap = (self.sums["bin_confidence"] - self.sums["bin_correct"]).abs().sum().double()
         names = ["tokens", "loss", "ce", "correct", "correct_top5", "brier"]
-        values = dict(zip([*names, "ece_gap"], torch.stack([*(self.sums[k] for k in names), ece_gap]).tolist()))
+        values = dict(
+            zip(
+                [*names, "ece_gap"], torch.stack([*(self.sums[k] for k in names), ece_gap]).tolist()
+            )
+        )
         tokens = values["tokens"]
         ce = values["ce"] / tokens
         metrics = {
@@ -230,14 +276,25 @@ class TokenTotals:
             logits, targets = (t.to(device) for t in self._kept())
             metrics["ce_calibrated"] = calibrated_ce(logits, targets)
             metrics["temperature"] = self.temperature or fit_temperature(logits, targets)
-            past_ce, past_tokens = (float(self.sums[k]) if k in self.sums else 0.0 for k in ("past_cap_ce", "past_cap_tokens"))
+            past_ce, past_tokens = (
+                float(self.sums[k]) if k in self.sums else 0.0
+                for k in ("past_cap_ce", "past_cap_tokens")
+            )
             if past_tokens:
-                metrics["ce_calibrated"] = (metrics["ce_calibrated"] * len(targets) + past_ce) / (len(targets) + past_tokens)
+                metrics["ce_calibrated"] = (metrics["ce_calibrated"] * len(targets) + past_ce) / (
+                    len(targets) + past_tokens
+                )
         return metrics
 
 
 def update_totals(
-    totals: TokenTotals, model: GPT, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, loss_cfg: DictConfig, head_chunk: int
+    totals: TokenTotals,
+    model: GPT,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    loss_cfg: DictConfig,
+    head_chunk: int,
 ) -> None:
     """Add a batch to `totals`; with head_chunk > 0 the logits of that many tokens at a time."""
     if not head_chunk:
@@ -284,9 +341,17 @@ def evaluate_batches(
                         update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
             else:
                 targets = data.train_targets if split == "train" else None
-                sampler = BatchSampler(getattr(data, split), batch_size, model.config.block_size, EVAL_SEED, device, targets=targets)
+                sampler = BatchSampler(
+                    getattr(data, split),
+                    batch_size,
+                    model.config.block_size,
+                    EVAL_SEED,
+                    device,
+                    targets=targets,
+                )
                 for i in range(mine.stop):
-                    x, y = sampler.next_batch()  # drawn on every rank, so each rank's share is the same batches
+                    # drawn on every rank, so each rank's share is the same batches
+                    x, y = sampler.next_batch()
                     if i in mine:
                         _check_stop(stop)
                         with autocast:
@@ -307,4 +372,6 @@ def flops_per_token(model: GPT) -> float:
     """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention's
     12·L·H·Q·T (nanoGPT's estimate_mfu, after the PaLM paper's appendix B)."""
     c: GPTConfig = model.config
-    return 6 * model.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
+    return (
+        6 * model.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
+    )

@@ -32,35 +32,52 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a bit faster
-    logit_softcap: float | None = None  # logits become c * tanh(logits / c), as in Gemma 2 / modded-nanogpt
-    position: str = "learned"  # learned: GPT-2's position embedding | rope: rotary embeddings of q and k (Su et al. 2021)
+    # logits become c * tanh(logits / c), as in Gemma 2 / modded-nanogpt
+    logit_softcap: float | None = None
+    # learned: GPT-2's position embedding | rope: rotary embeddings of q and k (Su et al. 2021)
+    position: str = "learned"
     rope_base: float = 10000.0  # rotary frequencies base^(-2i/head_dim)
-    qk_norm: bool = False  # RMS-normalise each head's q and k before attention (nanochat, modded-nanogpt)
+    # RMS-normalise each head's q and k before attention (nanochat, modded-nanogpt)
+    qk_norm: bool = False
     mlp: str = "gelu"  # gelu (GPT-2) | relu2: ReLU(x)^2 (Primer, So et al. 2021; modded-nanogpt)
-    gelu: str = "exact"  # exact: x·Φ(x) (nanoGPT) | tanh: the tanh approximation GPT-2's weights were trained with
+    # exact: x·Φ(x) (nanoGPT) | tanh: the tanh approximation GPT-2's weights were trained with
+    gelu: str = "exact"
     norm: str = "layernorm"  # layernorm | rmsnorm (no mean subtraction, no bias)
-    tie_embeddings: bool = True  # the output head is the token embedding (GPT-2); false: a head of its own
-    zero_init_proj: bool = False  # start every block's output projections (and an untied head) at zero
+    # the output head is the token embedding (GPT-2); false: a head of its own
+    tie_embeddings: bool = True
+    # start every block's output projections (and an untied head) at zero
+    zero_init_proj: bool = False
 
     def __post_init__(self) -> None:
         for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be > 0")
         if self.logit_softcap is not None and not self.logit_softcap > 0:
-            raise ConfigError(f"model.logit_softcap={self.logit_softcap} must be > 0, or null for no cap")
+            raise ConfigError(
+                f"model.logit_softcap={self.logit_softcap} must be > 0, or null for no cap"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
         if self.n_embd % self.n_head != 0:
             raise ConfigError(
                 f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}"
             )
-        for key, choices in (("position", ("learned", "rope")), ("mlp", ("gelu", "relu2")), ("norm", ("layernorm", "rmsnorm")), ("gelu", ("exact", "tanh"))):
+        for key, choices in (
+            ("position", ("learned", "rope")),
+            ("mlp", ("gelu", "relu2")),
+            ("norm", ("layernorm", "rmsnorm")),
+            ("gelu", ("exact", "tanh")),
+        ):
             if getattr(self, key) not in choices:
-                raise ConfigError(f"model.{key}={getattr(self, key)!r} must be one of {', '.join(choices)}")
+                raise ConfigError(
+                    f"model.{key}={getattr(self, key)!r} must be one of {', '.join(choices)}"
+                )
         if self.gelu != "exact" and self.mlp != "gelu":
             raise ConfigError(f"model.gelu={self.gelu} applies to model.mlp=gelu, not {self.mlp}")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ConfigError(f"model.position=rope needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}")
+            raise ConfigError(
+                f"model.position=rope needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}"
+            )
         if not self.rope_base > 1:
             raise ConfigError(f"model.rope_base={self.rope_base} must be > 1")
 
@@ -96,7 +113,11 @@ class RMSNorm(nn.Module):
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
-    return RMSNorm(config.n_embd) if config.norm == "rmsnorm" else LayerNorm(config.n_embd, bias=config.bias)
+    return (
+        RMSNorm(config.n_embd)
+        if config.norm == "rmsnorm"
+        else LayerNorm(config.n_embd, bias=config.bias)
+    )
 
 
 class Rotary(nn.Module):
@@ -128,7 +149,11 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         head_dim = config.n_embd // config.n_head
-        self.rotary = Rotary(head_dim, config.block_size, config.rope_base) if config.position == "rope" else None
+        self.rotary = (
+            Rotary(head_dim, config.block_size, config.rope_base)
+            if config.position == "rope"
+            else None
+        )
         self.qk_norm = config.qk_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,7 +182,11 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = ReLUSquared() if config.mlp == "relu2" else nn.GELU(approximate="none" if config.gelu == "exact" else "tanh")
+        self.gelu = (
+            ReLUSquared()
+            if config.mlp == "relu2"
+            else nn.GELU(approximate="none" if config.gelu == "exact" else "tanh")
+        )
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

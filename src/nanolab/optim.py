@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -42,20 +43,32 @@ def _adamw(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> tor
     if fused == "auto":
         fused = device.type == "cuda"
     return torch.optim.AdamW(
-        _param_groups(_trainable(model), cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None
+        _param_groups(_trainable(model), cfg.weight_decay),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        fused=fused or None,
     )
 
 
 def _sgd(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
     return torch.optim.SGD(
-        _param_groups(_trainable(model), cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov
+        _param_groups(_trainable(model), cfg.weight_decay),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
     )
 
 
-def _adafactor(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
+def _adafactor(
+    model: torch.nn.Module, cfg: DictConfig, device: torch.device
+) -> torch.optim.Optimizer:
     return torch.optim.Adafactor(
-        _param_groups(_trainable(model), cfg.weight_decay), lr=cfg.lr, beta2_decay=cfg.beta2_decay,
-        eps=(cfg.eps1, cfg.eps2), d=cfg.clip_threshold,
+        _param_groups(_trainable(model), cfg.weight_decay),
+        lr=cfg.lr,
+        beta2_decay=cfg.beta2_decay,
+        eps=(cfg.eps1, cfg.eps2),
+        d=cfg.clip_threshold,
     )
 
 
@@ -103,13 +116,20 @@ def _muon(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> Comb
     ids = {id(p) for p in matrices}
     rest = [p for p in _trainable(model) if id(p) not in ids]
     muon = torch.optim.Muon(
-        matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum, nesterov=cfg.nesterov,
-        ns_steps=cfg.ns_steps, adjust_lr_fn=cfg.adjust_lr_fn,
+        matrices,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        ns_steps=cfg.ns_steps,
+        adjust_lr_fn=cfg.adjust_lr_fn,
     )
     groups = _param_groups(rest, cfg.adamw_weight_decay)
     for group in groups:
         group["lr_scale"] = cfg.adamw_lr / cfg.lr
-    adamw = torch.optim.AdamW(groups, lr=cfg.adamw_lr, betas=tuple(cfg.adamw_betas), eps=cfg.adamw_eps)
+    adamw = torch.optim.AdamW(
+        groups, lr=cfg.adamw_lr, betas=tuple(cfg.adamw_betas), eps=cfg.adamw_eps
+    )
     return CombinedOptimizer(muon, adamw)
 
 
@@ -121,19 +141,27 @@ def _pytorch_optimizer(name: str) -> Any:
 
 def _lion(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
     lion = _pytorch_optimizer("Lion")
-    return lion(_param_groups(_trainable(model), cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+    return lion(
+        _param_groups(_trainable(model), cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas)
+    )
 
 
 SHAMPOO_GRAFTS = ("adagrad", "rmsprop", "sgd")
 
 
-def _shampoo(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
+def _shampoo(
+    model: torch.nn.Module, cfg: DictConfig, device: torch.device
+) -> torch.optim.Optimizer:
     from pytorch_optimizer.optimizer.utils.graft import LayerWiseGrafting
 
     shampoo = _pytorch_optimizer("ScalableShampoo")
     return shampoo(
-        _param_groups(_trainable(model), cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), decoupled_weight_decay=True,
-        graft_type=LayerWiseGrafting[cfg.graft.upper()], start_preconditioning_step=cfg.start_preconditioning_step,
+        _param_groups(_trainable(model), cfg.weight_decay),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        decoupled_weight_decay=True,
+        graft_type=LayerWiseGrafting[cfg.graft.upper()],
+        start_preconditioning_step=cfg.start_preconditioning_step,
         preconditioning_compute_steps=cfg.preconditioning_compute_steps,
     )
 
@@ -141,15 +169,23 @@ def _shampoo(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> t
 def _soap(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
     soap = _pytorch_optimizer("SOAP")
     return soap(
-        _param_groups(_trainable(model), cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+        _param_groups(_trainable(model), cfg.weight_decay),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
         precondition_frequency=cfg.precondition_frequency,
     )
 
 
-def _schedulefree_adamw(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer:
+def _schedulefree_adamw(
+    model: torch.nn.Module, cfg: DictConfig, device: torch.device
+) -> torch.optim.Optimizer:
     schedulefree = _pytorch_optimizer("ScheduleFreeAdamW")
     return schedulefree(
-        _param_groups(_trainable(model), cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+        _param_groups(_trainable(model), cfg.weight_decay),
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
         warmup_steps=cfg.warmup_steps,
     )
 
@@ -190,10 +226,14 @@ def check_optim(cfg: DictConfig) -> None:
     if cfg.name == "shampoo" and cfg.graft not in SHAMPOO_GRAFTS:
         raise ConfigError(f"optim.graft={cfg.graft!r} must be one of {', '.join(SHAMPOO_GRAFTS)}")
     if cfg.name == "muon" and cfg.adjust_lr_fn not in (None, "original", "match_rms_adamw"):
-        raise ConfigError(f"optim.adjust_lr_fn={cfg.adjust_lr_fn!r} must be null, original or match_rms_adamw")
+        raise ConfigError(
+            f"optim.adjust_lr_fn={cfg.adjust_lr_fn!r} must be null, original or match_rms_adamw"
+        )
 
 
-def build_optimizer(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> torch.optim.Optimizer | CombinedOptimizer:
+def build_optimizer(
+    model: torch.nn.Module, cfg: DictConfig, device: torch.device
+) -> torch.optim.Optimizer | CombinedOptimizer:
     """The optimizer named by `optim.name`, with decoupled weight decay on 2D+ parameters."""
     check_optim(cfg)
     return OPTIMIZERS[cfg.name](model, cfg, device)
@@ -207,8 +247,20 @@ def state_classes() -> list[type]:
         return []
     from pytorch_optimizer.optimizer.utils import graft, partition, preconditioner
 
-    grafts = [graft.LayerWiseGrafting, graft.Graft, graft.SGDGraft, graft.SQRTNGraft, graft.AdaGradGraft, graft.RMSPropGraft]
-    return [*grafts, partition.PreConditionerType, partition.BlockPartitioner, preconditioner.PreConditioner]
+    grafts = [
+        graft.LayerWiseGrafting,
+        graft.Graft,
+        graft.SGDGraft,
+        graft.SQRTNGraft,
+        graft.AdaGradGraft,
+        graft.RMSPropGraft,
+    ]
+    return [
+        *grafts,
+        partition.PreConditionerType,
+        partition.BlockPartitioner,
+        preconditioner.PreConditioner,
+    ]
 
 
 def set_optimizer_mode(optimizer: Any, train: bool) -> None:
@@ -230,7 +282,9 @@ def _warmup(step: int, warmup_iters: int) -> float:
 def _cosine(cfg: DictConfig, base_lr: float) -> Callable[[int], float]:
     """Linear warmup, then cosine decay to min_lr at decay_iters, then min_lr."""
     if not cfg.min_lr >= 0:
-        raise ConfigError(f"schedule.min_lr={cfg.min_lr} must be >= 0 (a negative learning rate climbs the loss)")
+        raise ConfigError(
+            f"schedule.min_lr={cfg.min_lr} must be >= 0 (a negative learning rate climbs the loss)"
+        )
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup_iters:
@@ -255,7 +309,14 @@ DECAY_SHAPES: dict[str, Callable[[float], float]] = {
 }
 
 
-def wsd_multiplier(step: int, warmup_iters: int, total_iters: int, decay_frac: float, decay_shape: str, final_frac: float) -> float:
+def wsd_multiplier(
+    step: int,
+    warmup_iters: int,
+    total_iters: int,
+    decay_frac: float,
+    decay_shape: str,
+    final_frac: float,
+) -> float:
     """Warmup-stable-decay: (step+1)/W over the first W steps, 1 through the stable phase, then
     from 1 down to final_frac over the last decay_frac of total_iters (MiniCPM, nanochat)."""
     decay_iters = round(decay_frac * total_iters)
@@ -270,13 +331,17 @@ def wsd_multiplier(step: int, warmup_iters: int, total_iters: int, decay_frac: f
 def _wsd(cfg: DictConfig, base_lr: float) -> Callable[[int], float]:
     """Linear warmup, flat, then a decay over the last `decay_frac` of the run to `final_frac`."""
     if not cfg.total_iters > 0:
-        raise ConfigError(f"schedule.total_iters={cfg.total_iters} must be > 0 (the steps the schedule spans; by default trainer.max_iters)")
+        raise ConfigError(
+            f"schedule.total_iters={cfg.total_iters} must be > 0 (the steps the schedule spans; by default trainer.max_iters)"
+        )
     if not 0 <= cfg.decay_frac <= 1:
         raise ConfigError(f"schedule.decay_frac={cfg.decay_frac} must be in [0, 1]")
     if not 0 <= cfg.final_frac <= 1:
         raise ConfigError(f"schedule.final_frac={cfg.final_frac} must be in [0, 1]")
     if cfg.decay_shape not in DECAY_SHAPES:
-        raise ConfigError(f"schedule.decay_shape={cfg.decay_shape!r} must be one of {', '.join(DECAY_SHAPES)}")
+        raise ConfigError(
+            f"schedule.decay_shape={cfg.decay_shape!r} must be one of {', '.join(DECAY_SHAPES)}"
+        )
     args = (cfg.warmup_iters, cfg.total_iters, cfg.decay_frac, cfg.decay_shape, cfg.final_frac)
     return lambda step: base_lr * wsd_multiplier(step, *args)
 

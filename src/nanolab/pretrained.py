@@ -30,7 +30,8 @@ from nanolab.checkpoint import checkpoint_file, load_checkpoint
 from nanolab.data import GPT2_VOCAB
 from nanolab.model import GPT, GPTConfig
 
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored in × out by transformers
+# stored in × out by transformers
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
 @dataclass
@@ -54,7 +55,14 @@ def read_weights(location: str, key: str = "init_from") -> Weights:
     file = checkpoint_file(location, key)
     state = load_checkpoint(file)
     meta = state["data_meta"]
-    return Weights(f"nanolab checkpoint {file}", state["model"], state["model_config"], meta["tokenizer"], meta.get("chars"), state["step"])
+    return Weights(
+        f"nanolab checkpoint {file}",
+        state["model"],
+        state["model_config"],
+        meta["tokenizer"],
+        meta.get("chars"),
+        state["step"],
+    )
 
 
 def foreign_weights(location: str, key: str) -> Weights | None:
@@ -71,7 +79,9 @@ def foreign_weights(location: str, key: str) -> Weights | None:
     file = checkpoint_file(path, key)
     try:
         raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not a plain-tensor file: a nanolab checkpoint with optimizer classes, or damaged (load_checkpoint says)
+    # not a plain-tensor file: a nanolab checkpoint with optimizer classes, or damaged
+    # (load_checkpoint says)
+    except Exception:
         raw = None
     if isinstance(raw, dict) and "model_args" in raw and "model" in raw and "format" not in raw:
         return _nanogpt(file, raw)
@@ -81,13 +91,25 @@ def foreign_weights(location: str, key: str) -> Weights | None:
 def _nanogpt(file: Path, raw: dict) -> Weights:
     args = raw["model_args"]
     state = {k.removeprefix("_orig_mod."): v for k, v in raw["model"].items()}
-    state = {k: v for k, v in state.items() if not k.endswith(".attn.bias")}  # old nanoGPT's causal-mask buffer
-    config = {k: args[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size") if k in args}
+    # old nanoGPT's causal-mask buffer
+    state = {k: v for k, v in state.items() if not k.endswith(".attn.bias")}
+    config = {
+        k: args[k]
+        for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
+        if k in args
+    }
     step = raw.get("iter_num")
-    return Weights(f"nanoGPT checkpoint {file}", state, config, "gpt2" if args.get("vocab_size", 0) >= GPT2_VOCAB else "char", step=step)
+    return Weights(
+        f"nanoGPT checkpoint {file}",
+        state,
+        config,
+        "gpt2" if args.get("vocab_size", 0) >= GPT2_VOCAB else "char",
+        step=step,
+    )
 
 
-HF_CONFIG_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")  # what a GPT-2 config.json must give
+# what a GPT-2 config.json must give
+HF_CONFIG_KEYS = ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size")
 
 
 def _huggingface(directory: Path, key: str) -> Weights:
@@ -95,27 +117,40 @@ def _huggingface(directory: Path, key: str) -> Weights:
     try:
         hf = json.loads(config_file.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"{key}={directory}: {config_file} is unreadable or not JSON ({e}); download it again") from None
+        raise ConfigError(
+            f"{key}={directory}: {config_file} is unreadable or not JSON ({e}); download it again"
+        ) from None
     if not isinstance(hf, dict) or hf.get("model_type", "gpt2") != "gpt2":
         kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
-        raise ConfigError(f"{key}={directory} holds a {kind} model; nanolab reads GPT-2 (GPT2LMHeadModel) directories")
+        raise ConfigError(
+            f"{key}={directory} holds a {kind} model; nanolab reads GPT-2 (GPT2LMHeadModel) directories"
+        )
     lacking = [k for k in HF_CONFIG_KEYS if not isinstance(hf.get(k), int)]
     if lacking:
-        raise ConfigError(f"{key}={directory}: {config_file} lacks {', '.join(lacking)} (a whole number each); download it again")
+        raise ConfigError(
+            f"{key}={directory}: {config_file} lacks {', '.join(lacking)} (a whole number each); download it again"
+        )
     raw = _hf_weights(directory, key)
     eps = hf.get("layer_norm_epsilon", 1e-5)
     if not isinstance(eps, (int, float)) or abs(eps - 1e-5) > 1e-12:
         raise ConfigError(f"{key}={directory} uses LayerNorm eps {eps}; nanolab's is 1e-5")
     state = {}
     for stored, tensor in raw.items():
-        name = stored if stored.startswith(("transformer.", "lm_head.")) else f"transformer.{stored}"
+        name = (
+            stored if stored.startswith(("transformer.", "lm_head.")) else f"transformer.{stored}"
+        )
         if name.endswith((".attn.bias", ".attn.masked_bias")):
             continue  # causal-mask buffers, not weights
         state[name] = tensor.t().contiguous() if name.endswith(CONV1D) else tensor
     state.setdefault("lm_head.weight", state["transformer.wte.weight"])  # tied: often not saved
     config = {
-        "n_layer": hf["n_layer"], "n_head": hf["n_head"], "n_embd": hf["n_embd"], "block_size": hf["n_positions"],
-        "vocab_size": hf["vocab_size"], "bias": True, "gelu": "tanh" if hf.get("activation_function", "gelu_new") != "gelu" else "exact",
+        "n_layer": hf["n_layer"],
+        "n_head": hf["n_head"],
+        "n_embd": hf["n_embd"],
+        "block_size": hf["n_positions"],
+        "vocab_size": hf["vocab_size"],
+        "bias": True,
+        "gelu": "tanh" if hf.get("activation_function", "gelu_new") != "gelu" else "exact",
     }
     return Weights(f"Hugging Face GPT-2 {directory}", state, config, "gpt2")
 
@@ -124,7 +159,9 @@ def _hf_weights(directory: Path, key: str) -> dict[str, torch.Tensor]:
     """The tensors of a Hugging Face directory's weights file, or one ConfigError naming it."""
     safetensors, pickled = directory / "model.safetensors", directory / "pytorch_model.bin"
     if not safetensors.is_file() and not pickled.is_file():
-        raise ConfigError(f"{key}={directory} has config.json but neither model.safetensors nor pytorch_model.bin")
+        raise ConfigError(
+            f"{key}={directory} has config.json but neither model.safetensors nor pytorch_model.bin"
+        )
     file = safetensors if safetensors.is_file() else pickled
     try:
         if file is safetensors:
@@ -132,8 +169,12 @@ def _hf_weights(directory: Path, key: str) -> dict[str, torch.Tensor]:
         else:
             raw = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors and torch raise many types for a damaged file
-        raise ConfigError(f"{key}={directory}: {file} is unreadable (truncated or damaged: {str(e).splitlines()[0]}); download it again") from None
-    if not isinstance(raw, dict) or "wte.weight" not in {k.removeprefix("transformer.") for k in raw}:
+        raise ConfigError(
+            f"{key}={directory}: {file} is unreadable (truncated or damaged: {str(e).splitlines()[0]}); download it again"
+        ) from None
+    if not isinstance(raw, dict) or "wte.weight" not in {
+        k.removeprefix("transformer.") for k in raw
+    }:
         raise ConfigError(f"{key}={directory}: {file} holds no GPT-2 weights (no wte.weight)")
     return raw
 
@@ -153,47 +194,94 @@ def model_from_weights(weights: Weights, data_meta: dict[str, Any], key: str) ->
     """A model of the weights' own shape and options (nanoGPT's are nanolab's defaults) holding
     them, for data with `data_meta`; `key` names the weights in messages."""
     known = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
-    model = GPT(GPTConfig(**{k: v for k, v in weights.config.items() if k in known}, vocab_size=data_meta["vocab_size"]))
+    model = GPT(
+        GPTConfig(
+            **{k: v for k, v in weights.config.items() if k in known},
+            vocab_size=data_meta["vocab_size"],
+        )
+    )
     load_into(model, weights, data_meta, key)
     return model
 
 
-def load_into(model: GPT, weights: Weights, data_meta: dict[str, Any], key: str = "init_from") -> None:
+def load_into(
+    model: GPT, weights: Weights, data_meta: dict[str, Any], key: str = "init_from"
+) -> None:
     """Copy `weights` into `model` (whose data has `data_meta`), or raise one ConfigError naming
     every difference; `key` names the weights in messages."""
     mine = model.config
-    if weights.tokenizer != data_meta["tokenizer"] or (weights.chars is not None and weights.chars != data_meta.get("chars")):
+    if weights.tokenizer != data_meta["tokenizer"] or (
+        weights.chars is not None and weights.chars != data_meta.get("chars")
+    ):
         raise ConfigError(
             f"{key}: {weights.source} was trained on {weights.tokenizer} tokens"
-            + (f" of another character set ({len(weights.chars)} characters)" if weights.tokenizer == data_meta["tokenizer"] else "")
+            + (
+                f" of another character set ({len(weights.chars)} characters)"
+                if weights.tokenizer == data_meta["tokenizer"]
+                else ""
+            )
             + f", this run's data on {data_meta['tokenizer']} tokens ({data_meta['vocab_size']}): choose data= to match"
         )
-    diffs = [f"{k}: {weights.source} has {v}, model.{k}={getattr(mine, k)}" for k, v in weights.config.items()
-             if k in ("n_layer", "n_head", "n_embd", "bias", "gelu", "mlp", "norm", "position", "qk_norm", "tie_embeddings") and getattr(mine, k) != v]
+    diffs = [
+        f"{k}: {weights.source} has {v}, model.{k}={getattr(mine, k)}"
+        for k, v in weights.config.items()
+        if k
+        in (
+            "n_layer",
+            "n_head",
+            "n_embd",
+            "bias",
+            "gelu",
+            "mlp",
+            "norm",
+            "position",
+            "qk_norm",
+            "tie_embeddings",
+        )
+        and getattr(mine, k) != v
+    ]
     if weights.config.get("block_size", mine.block_size) < mine.block_size:
-        diffs.append(f"block_size: {weights.source} has {weights.config['block_size']}, model.block_size={mine.block_size} (at most that)")
+        diffs.append(
+            f"block_size: {weights.source} has {weights.config['block_size']}, model.block_size={mine.block_size} (at most that)"
+        )
     source_vocab = weights.config.get("vocab_size")
     if source_vocab is not None and source_vocab not in (mine.vocab_size, mine.padded_vocab_size):
-        diffs.append(f"vocabulary: {weights.source} has {source_vocab} tokens, this run's data {mine.vocab_size}")
+        diffs.append(
+            f"vocabulary: {weights.source} has {source_vocab} tokens, this run's data {mine.vocab_size}"
+        )
     if diffs:
-        raise ConfigError(f"{key}: the weights do not fit the configured model/data: " + "; ".join(diffs))
+        raise ConfigError(
+            f"{key}: the weights do not fit the configured model/data: " + "; ".join(diffs)
+        )
     target = model.state_dict()
     state = {}
     for name, tensor in weights.state_dict.items():
         if name not in target:
-            raise ConfigError(f"{key}: {weights.source} has a parameter {name} that the configured model lacks")
+            raise ConfigError(
+                f"{key}: {weights.source} has a parameter {name} that the configured model lacks"
+            )
         want = target[name]
-        if name in ("transformer.wte.weight", "lm_head.weight") and tensor.shape[0] != want.shape[0]:
+        if (
+            name in ("transformer.wte.weight", "lm_head.weight")
+            and tensor.shape[0] != want.shape[0]
+        ):
             padded = want.clone()  # rows past the true vocabulary are padding: never read
             rows = min(tensor.shape[0], want.shape[0])
             padded[:rows] = tensor[:rows]
             tensor = padded
         elif name == "transformer.wpe.weight" and tensor.shape[0] > want.shape[0]:
-            tensor = tensor[: want.shape[0]]  # a shorter context than the source's: its first positions
+            # a shorter context than the source's: its first positions
+            tensor = tensor[: want.shape[0]]
         if tensor.shape != want.shape:
-            raise ConfigError(f"{key}: {name} is {tuple(tensor.shape)} in {weights.source}, {tuple(want.shape)} in the configured model")
+            raise ConfigError(
+                f"{key}: {name} is {tuple(tensor.shape)} in {weights.source}, {tuple(want.shape)} in the configured model"
+            )
         state[name] = tensor.to(want.dtype)
-    missing = sorted(set(target) - set(state) - ({"lm_head.weight"} if mine.tie_embeddings else set()))
+    missing = sorted(
+        set(target) - set(state) - ({"lm_head.weight"} if mine.tie_embeddings else set())
+    )
     if missing:
-        raise ConfigError(f"{key}: {weights.source} lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        raise ConfigError(
+            f"{key}: {weights.source} lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
     model.load_state_dict(state, strict=False)

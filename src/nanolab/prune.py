@@ -46,7 +46,11 @@ def prunable(model: GPT, prune_embeddings: bool = False) -> dict[str, nn.Module]
     """The modules whose `weight` is pruned, by name: every Linear but a tied head (which is the
     token embedding), and with prune_embeddings the embeddings too."""
     tied = model.config.tie_embeddings
-    modules = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and not (tied and m is model.lm_head)}
+    modules = {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and not (tied and m is model.lm_head)
+    }
     if prune_embeddings:
         modules |= {name: m for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
     return modules
@@ -56,12 +60,19 @@ def prune_globally(modules: dict[str, nn.Module], amount: float) -> dict[str, to
     """Zero the `amount` fraction of smallest-magnitude weights over all `modules` together,
     permanently; returns each module's mask (1 kept, 0 pruned)."""
     if amount > 0:
-        prune.global_unstructured([(m, "weight") for m in modules.values()], pruning_method=prune.L1Unstructured, amount=amount)
+        prune.global_unstructured(
+            [(m, "weight") for m in modules.values()],
+            pruning_method=prune.L1Unstructured,
+            amount=amount,
+        )
     masks = {}
     for name, module in modules.items():
-        masks[name] = module.weight_mask.detach().clone() if amount > 0 else torch.ones_like(module.weight)
+        masks[name] = (
+            module.weight_mask.detach().clone() if amount > 0 else torch.ones_like(module.weight)
+        )
         if amount > 0:
-            prune.remove(module, "weight")  # the same Parameter, its data now masked: a tied head and the optimizer keep it
+            # the same Parameter, its data now masked: a tied head and the optimizer keep it
+            prune.remove(module, "weight")
     return masks
 
 
@@ -71,7 +82,8 @@ def sparsity(model: GPT, modules: dict[str, nn.Module]) -> dict[str, Any]:
     per_layer = {name: float((m.weight == 0).float().mean()) for name, m in modules.items()}
     zeros = sum(int((m.weight == 0).sum()) for m in modules.values())
     total = sum(m.weight.numel() for m in modules.values())
-    nonzero = sum(int((p != 0).sum()) for p in model.parameters())  # parameters() yields a tied tensor once
+    # parameters() yields a tied tensor once
+    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     return {"sparsity": zeros / total, "nonzero_params": nonzero, "per_layer": per_layer}
 
 
@@ -88,13 +100,17 @@ def prune_run(cfg: DictConfig) -> list[dict[str, Any]]:
     if not amounts or any(not 0 <= a < 1 for a in amounts):
         raise ConfigError(f"amounts={amounts} must be fractions in [0, 1)")
     if cfg.finetune_steps < 0 or not cfg.finetune_lr > 0:
-        raise ConfigError(f"finetune_steps={cfg.finetune_steps} must be >= 0 and finetune_lr={cfg.finetune_lr} > 0")
+        raise ConfigError(
+            f"finetune_steps={cfg.finetune_steps} must be >= 0 and finetune_lr={cfg.finetune_lr} > 0"
+        )
     path = checkpoint_file(cfg.checkpoint)
     state = load_checkpoint(path)
     out = Path(cfg.out) if cfg.out else path.parent / "prune"
     reason = unwritable(out)
     if reason:
-        raise ConfigError(f"the report cannot be written to {out} ({reason}); choose a writable folder with out=")
+        raise ConfigError(
+            f"the report cannot be written to {out} ({reason}); choose a writable folder with out="
+        )
     train_cfg = run_config(state)
     # Fine-tuning: the checkpoint's setup at a constant finetune_lr, no warmup.
     train_cfg.schedule = {"name": "constant", "warmup_iters": 0}
@@ -113,34 +129,84 @@ def prune_run(cfg: DictConfig) -> list[dict[str, Any]]:
             train_step(run)
             _apply(masks, modules)  # pruned weights stay zero
         if cfg.finetune_steps:
-            result |= _val(run, "finetuned") | {"finetuned/sparsity": sparsity(run.model, modules)["sparsity"]}
+            result |= _val(run, "finetuned") | {
+                "finetuned/sparsity": sparsity(run.model, modules)["sparsity"]
+            }
         results.append(result)
-        log.info("amount %.2f: sparsity %.4f, val/ce %.4f%s", amount, result["sparsity"], result["pruned/val/ce"],
-                 f" -> {result['finetuned/val/ce']:.4f} after {cfg.finetune_steps} steps" if cfg.finetune_steps else "")
+        log.info(
+            "amount %.2f: sparsity %.4f, val/ce %.4f%s",
+            amount,
+            result["sparsity"],
+            result["pruned/val/ce"],
+            f" -> {result['finetuned/val/ce']:.4f} after {cfg.finetune_steps} steps"
+            if cfg.finetune_steps
+            else "",
+        )
     write_report(results, out, path, cfg.finetune_steps)
     return results
 
 
 def _val(run: Run, prefix: str) -> dict[str, float]:
-    metrics = evaluate_batches(run.model, run.data, run.loss_fn, run.cfg.loss, run.cfg.trainer.batch_size, run.cfg.trainer.eval_iters,
-                       run.runtime.autocast(), run.head_chunk)
+    metrics = evaluate_batches(
+        run.model,
+        run.data,
+        run.loss_fn,
+        run.cfg.loss,
+        run.cfg.trainer.batch_size,
+        run.cfg.trainer.eval_iters,
+        run.runtime.autocast(),
+        run.head_chunk,
+    )
     return {f"{prefix}/{k}": metrics[k] for k in ("val/ce", "val/ce_calibrated", "val/acc")}
 
 
-def write_report(results: list[dict[str, Any]], out: Path, checkpoint: Path, finetune_steps: int) -> None:
+def write_report(
+    results: list[dict[str, Any]], out: Path, checkpoint: Path, finetune_steps: int
+) -> None:
     """prune.json (everything, per layer too), prune.csv, prune.md and prune.png."""
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "prune.json", {"checkpoint": str(checkpoint), "finetune_steps": finetune_steps, "results": results})
+    write_json(
+        out / "prune.json",
+        {"checkpoint": str(checkpoint), "finetune_steps": finetune_steps, "results": results},
+    )
     stages = ["pruned"] + (["finetuned"] if finetune_steps else [])
-    columns = ["amount", "sparsity", "nonzero_params", *(f"{s}/{m}" for s in stages for m in ("val/ce", "val/ce_calibrated", "val/acc"))]
+    columns = [
+        "amount",
+        "sparsity",
+        "nonzero_params",
+        *(f"{s}/{m}" for s in stages for m in ("val/ce", "val/ce_calibrated", "val/acc")),
+    ]
     with atomic_path(out / "prune.csv") as tmp:
-        tmp.write_text(",".join(columns) + "\n" + "".join(",".join(repr(r[c]) for c in columns) + "\n" for r in results))
-    head = ["amount", "sparsity", "non-zero params", *(f"{m} ({s})" for s in stages for m in ("val/ce", "calibrated", "acc"))]
-    lines = [f"# Pruning {checkpoint}\n", f"Global magnitude pruning of the linear weights; fine-tuning: {finetune_steps} steps with the mask kept.\n",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        tmp.write_text(
+            ",".join(columns)
+            + "\n"
+            + "".join(",".join(repr(r[c]) for c in columns) + "\n" for r in results)
+        )
+    head = [
+        "amount",
+        "sparsity",
+        "non-zero params",
+        *(f"{m} ({s})" for s in stages for m in ("val/ce", "calibrated", "acc")),
+    ]
+    lines = [
+        f"# Pruning {checkpoint}\n",
+        f"Global magnitude pruning of the linear weights; fine-tuning: {finetune_steps} steps with the mask kept.\n",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in results:
-        lines.append("| " + " | ".join([f"{r['amount']:g}", f"{r['sparsity']:.4f}", f"{r['nonzero_params']:,}",
-                                          *(f"{r[c]:.4f}" for c in columns[3:])]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{r['amount']:g}",
+                    f"{r['sparsity']:.4f}",
+                    f"{r['nonzero_params']:,}",
+                    *(f"{r[c]:.4f}" for c in columns[3:]),
+                ]
+            )
+            + " |"
+        )
     lines += ["", "Per-layer sparsity: prune.json."]
     with atomic_path(out / "prune.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
@@ -149,7 +215,9 @@ def write_report(results: list[dict[str, Any]], out: Path, checkpoint: Path, fin
     print(f"report: {out / 'prune.md'} (and prune.csv, prune.json, prune.png)")
 
 
-def _plot(results: list[dict[str, Any]], stages: list[str], finetune_steps: int, path: Path) -> None:
+def _plot(
+    results: list[dict[str, Any]], stages: list[str], finetune_steps: int, path: Path
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,7 +226,11 @@ def _plot(results: list[dict[str, Any]], stages: list[str], finetune_steps: int,
     fig, ax = plt.subplots(figsize=(6.5, 4.3), layout="constrained")
     x = [r["sparsity"] for r in results]
     for stage in stages:
-        label = "right after pruning" if stage == "pruned" else f"after {finetune_steps} fine-tuning steps"
+        label = (
+            "right after pruning"
+            if stage == "pruned"
+            else f"after {finetune_steps} fine-tuning steps"
+        )
         ax.plot(x, [r[f"{stage}/val/ce"] for r in results], "o-", label=label)
     ax.set_xlabel("sparsity of the pruned weights")
     ax.set_ylabel("val/ce (nats/token)")

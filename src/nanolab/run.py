@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from omegaconf import DictConfig
@@ -24,8 +25,8 @@ from nanolab.data import BatchSampler, FullBatchSampler, TokenData, prepare
 from nanolab.distributed import World, gradient_sync, local_grad_accum
 from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens, head_loss
 from nanolab.model import GPT, GPTConfig
-from nanolab.pretrained import load_into, read_weights
 from nanolab.optim import CombinedOptimizer, build_optimizer, build_schedule, set_optimizer_mode
+from nanolab.pretrained import load_into, read_weights
 from nanolab.runtime import Runtime, capture_rng_state, restore_rng_state, seed_everything
 
 log = logging.getLogger("nanolab.train")
@@ -54,12 +55,18 @@ class Run:
     lr_at: Callable[[int], float]
     head_chunk: int  # tokens per chunk of the output head and loss; 0: one piece
     accum: int  # micro-batches per optimizer step on this rank
-    chunk_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # a chunk's head + loss, compiled with the model
+    # a chunk's head + loss, compiled with the model
+    chunk_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
     @property
     def tokens_per_step(self) -> int:
         """Tokens per optimizer step over all ranks."""
-        return self.cfg.trainer.batch_size * self.model.config.block_size * self.accum * self.world.size
+        return (
+            self.cfg.trainer.batch_size
+            * self.model.config.block_size
+            * self.accum
+            * self.world.size
+        )
 
     def state_dict(self) -> dict | None:
         """The run's part of a checkpoint: model, optimizer, scaler, and every rank's data
@@ -75,10 +82,13 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "data_meta": self.data.meta,
-            "data_dir": str(Path(self.cfg.data.dir).resolve()),  # where evaluate and prune look for it first
+            # where evaluate and prune look for it first
+            "data_dir": str(Path(self.cfg.data.dir).resolve()),
             "rng": rngs[0],
             "rng_ranks": rngs,
-            "sampler": {"streams": {s: g for state in samplers for s, g in state["streams"].items()}},
+            "sampler": {
+                "streams": {s: g for state in samplers for s, g in state["streams"].items()}
+            },
         }
 
     def load_state_dict(self, state: dict, fresh_optimizer: bool = False) -> None:
@@ -87,7 +97,8 @@ class Run:
         self.model.load_state_dict(state["model"])
         if not fresh_optimizer:
             self.load_optimizer(state["optimizer"])
-        if state["scaler"]:  # a disabled scaler (float32, bfloat16) saves {}: a float16 run starts its own
+        # a disabled scaler (float32, bfloat16) saves {}: a float16 run starts its own
+        if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         rng_ranks = state["rng_ranks"]
@@ -99,7 +110,10 @@ class Run:
         (weight decay, betas, the kernel choice...): load_state_dict would bring back the
         checkpoint's, so a change allow_changes permits would be recorded but not applied, and a
         CPU checkpoint would run unfused on a GPU."""
-        configured = [{k: v for k, v in g.items() if k not in ("params", "lr", *RUNNING_GROUP_KEYS)} for g in self.optimizer.param_groups]
+        configured = [
+            {k: v for k, v in g.items() if k not in ("params", "lr", *RUNNING_GROUP_KEYS)}
+            for g in self.optimizer.param_groups
+        ]
         try:
             self.optimizer.load_state_dict(saved)
         except (ValueError, KeyError, TypeError) as e:
@@ -111,14 +125,23 @@ class Run:
             group.update(values)
 
 
-def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoint | None = None, data: TokenData | None = None) -> Run:
+def build_run(
+    cfg: DictConfig,
+    world: World,
+    runtime: Runtime,
+    resume: Checkpoint | None = None,
+    data: TokenData | None = None,
+) -> Run:
     """The run's parts from the config, seeded; continued from a checkpoint when `resume` is
     given (its model must fit the configured one); on `data` when given, else on the
     configured data, prepared if needed."""
     if cfg.schedule.warmup_iters >= cfg.trainer.max_iters and world.main:
         log.warning(
             "schedule.warmup_iters=%d is not shorter than trainer.max_iters=%d: the learning rate never reaches "
-            "optim.lr=%g (the whole run is warmup); lower schedule.warmup_iters", cfg.schedule.warmup_iters, cfg.trainer.max_iters, cfg.optim.lr,
+            "optim.lr=%g (the whole run is warmup); lower schedule.warmup_iters",
+            cfg.schedule.warmup_iters,
+            cfg.trainer.max_iters,
+            cfg.optim.lr,
         )
     loss_fn = get_loss(cfg.loss)
     lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
@@ -128,9 +151,12 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
     data.add_label_noise(cfg.data.label_noise, cfg.data.label_noise_seed)
     data.check_block_size(cfg.model.block_size)
     check_activation_memory(cfg, runtime)
-    model_config = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size)
+    model_config = GPTConfig(
+        **{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size
+    )
     model = GPT(model_config)
-    if cfg.init_from is not None and resume is None:  # a resumed run's weights come from its checkpoint
+    # a resumed run's weights come from its checkpoint
+    if cfg.init_from is not None and resume is None:
         load_into(model, read_weights(cfg.init_from), data.meta)
     model = model.to(runtime.device)
     if world.rank > 0:  # dropout masks differ between ranks as between micro-batches
@@ -159,19 +185,35 @@ def build_run(cfg: DictConfig, world: World, runtime: Runtime, resume: Checkpoin
     return run
 
 
-def build_sampler(cfg: DictConfig, data: TokenData, world: World, device: torch.device) -> tuple[BatchSampler | FullBatchSampler, int]:
+def build_sampler(
+    cfg: DictConfig, data: TokenData, world: World, device: torch.device
+) -> tuple[BatchSampler | FullBatchSampler, int]:
     """The training batches and the micro-batches per step on this rank: random windows, each
     micro-batch from its own stream; or, with trainer.full_batch, the whole training set."""
     if cfg.trainer.full_batch:
         if world.distributed:
-            raise ConfigError("trainer.full_batch=true runs in one process; run it without torchrun")
+            raise ConfigError(
+                "trainer.full_batch=true runs in one process; run it without torchrun"
+            )
         if cfg.trainer.grad_accum != 1:
-            raise ConfigError(f"trainer.full_batch=true sets the micro-batches itself; leave trainer.grad_accum at 1 (it is {cfg.trainer.grad_accum})")
-        sampler = FullBatchSampler(data.train, cfg.trainer.batch_size, cfg.model.block_size, device, data.train_targets)
+            raise ConfigError(
+                f"trainer.full_batch=true sets the micro-batches itself; leave trainer.grad_accum at 1 (it is {cfg.trainer.grad_accum})"
+            )
+        sampler = FullBatchSampler(
+            data.train, cfg.trainer.batch_size, cfg.model.block_size, device, data.train_targets
+        )
         return sampler, sampler.micro_batches
     accum = local_grad_accum(cfg.trainer.grad_accum, cfg.trainer.fix_global_batch, world)
     streams = range(world.rank * accum, (world.rank + 1) * accum)
-    return BatchSampler(data.train, cfg.trainer.batch_size, cfg.model.block_size, cfg.seed, device, streams, data.train_targets), accum
+    return BatchSampler(
+        data.train,
+        cfg.trainer.batch_size,
+        cfg.model.block_size,
+        cfg.seed,
+        device,
+        streams,
+        data.train_targets,
+    ), accum
 
 
 def wrap_forward(model: GPT, runtime: Runtime, world: World) -> torch.nn.Module:
@@ -226,12 +268,22 @@ def batch_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     head_params = list(run.model.lm_head.parameters())
     # With float16 the GradScaler's scale must reach the gradients the chunked head takes
     # inside its forward pass, or per-logit gradients (~1/(V*N)) underflow to zero.
-    grad_scale = run.scaler.scale(torch.ones((), device=hidden.device)) if run.scaler.is_enabled() else None
+    grad_scale = (
+        run.scaler.scale(torch.ones((), device=hidden.device)) if run.scaler.is_enabled() else None
+    )
     # Training targets are token ids, never negative: with a negative ignore_index (the
     # default) every one counts, and the chunks need not read the targets back to know it.
     return chunked_head_loss(
-        hidden.flatten(0, 1), y.flatten(), run.model.head, head_params, run.loss_fn, run.cfg.loss, run.head_chunk, grad_scale,
-        run.chunk_loss, all_counted=run.cfg.loss.ignore_index < 0,
+        hidden.flatten(0, 1),
+        y.flatten(),
+        run.model.head,
+        head_params,
+        run.loss_fn,
+        run.cfg.loss,
+        run.head_chunk,
+        grad_scale,
+        run.chunk_loss,
+        all_counted=run.cfg.loss.ignore_index < 0,
     )
 
 
@@ -248,7 +300,9 @@ def is_finite(result: StepResult, scaler: torch.amp.GradScaler) -> bool:
     """Whether a step's loss and gradient norm are finite. With float16 the GradScaler owns
     inf/nan gradients (it skips the step and lowers the scale), so only the loss counts there.
     This waits for the device, so the loop calls it only where it waits anyway."""
-    return bool(torch.isfinite(result.loss)) and (scaler.is_enabled() or bool(torch.isfinite(result.grad_norm)))
+    return bool(torch.isfinite(result.loss)) and (
+        scaler.is_enabled() or bool(torch.isfinite(result.grad_norm))
+    )
 
 
 def _no_lap(phase: str) -> None:

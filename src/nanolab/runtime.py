@@ -39,11 +39,17 @@ def pick_device(name: str, job_num: int | None = None) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda, cuda:<n> or mps") from None
+        raise ConfigError(
+            f"device={name!r} is not a device; use auto, cpu, cuda, cuda:<n> or mps"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available here; use device=auto or device=cpu")
+        raise ConfigError(
+            f"device={name} but CUDA is not available here; use device=auto or device=cpu"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device={name} but MPS is not available here; use device=auto or device=cpu")
+        raise ConfigError(
+            f"device={name} but MPS is not available here; use device=auto or device=cpu"
+        )
     return device
 
 
@@ -64,7 +70,9 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ConfigError(f"dtype={name!r} is not one of {['auto', *DTYPES]}")
     if name == "bfloat16" and device.type == "cuda" and not native_bfloat16(device):
-        raise ConfigError(f"dtype=bfloat16 but {torch.cuda.get_device_name(device)} has no bfloat16 in hardware (only a slow emulation); use dtype=float16")
+        raise ConfigError(
+            f"dtype=bfloat16 but {torch.cuda.get_device_name(device)} has no bfloat16 in hardware (only a slow emulation); use dtype=float16"
+        )
     return DTYPES[name]
 
 
@@ -87,7 +95,12 @@ def keep_freed_memory_for_reuse(setting: bool, device: torch.device) -> None:
     and faulted in page by page; the measured effect is in docs/benchmarks.md."""
     if not isinstance(setting, bool):
         raise ConfigError(f"cpu_keep_freed_memory={setting!r} must be true or false")
-    if not setting or device.type != "cpu" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if (
+        not setting
+        or device.type != "cpu"
+        or platform.system() != "Linux"
+        or platform.libc_ver()[0] != "glibc"
+    ):
         return
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(M_MMAP_THRESHOLD, 2**30)
@@ -134,9 +147,13 @@ class Runtime:
 
     @classmethod
     def create(
-        cls, device: torch.device, dtype: str = "float32", compile: bool | str = False, keep_freed_memory: bool = True,
+        cls,
+        device: torch.device,
+        dtype: str = "float32",
+        compile: bool | str = False,
+        keep_freed_memory: bool = True,
         threads: int | str = "auto",
-    ) -> "Runtime":
+    ) -> Runtime:
         """Resolve `auto` settings for `device` and apply the process-wide ones: TF32 matmuls
         on CUDA, the CPU allocator setting and the number of CPU threads."""
         runtime = cls(device, pick_dtype(dtype, device), use_compile(compile, device))
@@ -223,7 +240,11 @@ def capture_rng_state(device: torch.device) -> dict:
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].copy()), "pos": np_state[2], "gauss": [np_state[3], np_state[4]]},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].copy()),
+            "pos": np_state[2],
+            "gauss": [np_state[3], np_state[4]],
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }

@@ -27,7 +27,9 @@ log = logging.getLogger("nanolab.sample")
 def sample(cfg: DictConfig) -> list[str]:
     check_entry_types(cfg, SampleKeys)
     if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
-        raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} must be >= 0 and num_samples={cfg.num_samples} >= 1")
+        raise ConfigError(
+            f"max_new_tokens={cfg.max_new_tokens} must be >= 0 and num_samples={cfg.num_samples} >= 1"
+        )
     if cfg.temperature < 0:
         raise ConfigError(f"temperature={cfg.temperature} must be >= 0")
     if cfg.top_k is not None and cfg.top_k < 1:
@@ -40,13 +42,17 @@ def sample(cfg: DictConfig) -> list[str]:
         try:
             prompt = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"prompt=FILE:{path} cannot be read as UTF-8 text ({getattr(e, 'strerror', None) or e}); give a readable file") from None
+            raise ConfigError(
+                f"prompt=FILE:{path} cannot be read as UTF-8 text ({getattr(e, 'strerror', None) or e}); give a readable file"
+            ) from None
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ConfigError("prompt encodes to no tokens; give at least one character")
     x = torch.tensor([ids] * cfg.num_samples, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    out = model.generate(x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator)
+    out = model.generate(
+        x, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k, generator=generator
+    )
     return [tokenizer.decode(row.tolist()) for row in out]
 
 
@@ -61,7 +67,9 @@ def load_for_sampling(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.M
         meta = {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB}
     else:
         meta = TokenData.read(foreign_data_dir(foreign, cfg.data.dir, cfg.checkpoint)).meta
-    return model_from_weights(foreign, meta, "checkpoint").to(device).eval(), tokenizer_from_meta(meta)
+    return model_from_weights(foreign, meta, "checkpoint").to(device).eval(), tokenizer_from_meta(
+        meta
+    )
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="sample")

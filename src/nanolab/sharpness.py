@@ -21,7 +21,8 @@ of the parameter vector: 8·iters bytes per parameter.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,10 +44,19 @@ def check_sharpness(cfg: DictConfig) -> None:
         if not cfg[key] > 0:
             raise ConfigError(f"sharpness.{key}={cfg[key]} must be > 0")
     if cfg.k > cfg.lanczos_iters:
-        raise ConfigError(f"sharpness.k={cfg.k} eigenvalues need sharpness.lanczos_iters >= {cfg.k} (it is {cfg.lanczos_iters})")
+        raise ConfigError(
+            f"sharpness.k={cfg.k} eigenvalues need sharpness.lanczos_iters >= {cfg.k} (it is {cfg.lanczos_iters})"
+        )
 
 
-def lanczos(operator: Operator, dim: int, k: int, iters: int, generator: torch.Generator, stop: Sequence[int] = ()) -> list[float]:
+def lanczos(
+    operator: Operator,
+    dim: int,
+    k: int,
+    iters: int,
+    generator: torch.Generator,
+    stop: Sequence[int] = (),
+) -> list[float]:
     """The k largest eigenvalues of a symmetric operator on R^dim, largest first, by `iters`
     Lanczos steps with full reorthogonalisation (exact once iters reaches dim). Raises
     Abandoned at the next step once `stop` (the trainer's stop requests) is non-empty."""
@@ -83,7 +93,9 @@ def hessian_operator(loss: torch.Tensor, params: list[torch.Tensor]) -> Operator
     flat_grad = torch.cat([g.reshape(-1) for g in grads])
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
-        products = torch.autograd.grad(flat_grad, params, grad_outputs=v.to(flat_grad), retain_graph=True)
+        products = torch.autograd.grad(
+            flat_grad, params, grad_outputs=v.to(flat_grad), retain_graph=True
+        )
         return torch.cat([h.reshape(-1) for h in products]).to("cpu", torch.float64)
 
     return hvp
@@ -115,7 +127,11 @@ def stability_threshold(optim_cfg: DictConfig, lr: float) -> float | None:
         return None
     if optim_cfg.name == "sgd":
         beta = optim_cfg.momentum
-        return (2 + 2 * beta) / ((1 + 2 * beta) * lr) if optim_cfg.nesterov and beta else (2 + 2 * beta) / lr
+        return (
+            (2 + 2 * beta) / ((1 + 2 * beta) * lr)
+            if optim_cfg.nesterov and beta
+            else (2 + 2 * beta) / lr
+        )
     if optim_cfg.name in ("adam", "adamw"):
         beta1 = optim_cfg.betas[0]
         return (2 + 2 * beta1) / ((1 - beta1) * lr)
@@ -126,7 +142,15 @@ class SharpnessProbe:
     """Measures the sharpness on a fixed probe set: `windows` (x, y) drawn once, or the whole
     training set of a full-batch run."""
 
-    def __init__(self, cfg: DictConfig, model: torch.nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, seed: int) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        model: torch.nn.Module,
+        loss_fn: Callable,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        seed: int,
+    ) -> None:
         self.cfg, self.model, self.loss_fn, self.x, self.y = cfg, model, loss_fn, x, y
         self.generator = torch.Generator().manual_seed(seed)  # Lanczos start vectors
 
@@ -144,13 +168,22 @@ class SharpnessProbe:
         try:
             with sdpa_kernel(SDPBackend.MATH):
                 logits = self.model(self.x)
-                loss = self.loss_fn(logits.reshape(-1, logits.size(-1)).float(), self.y.reshape(-1), self.cfg.loss)
+                loss = self.loss_fn(
+                    logits.reshape(-1, logits.size(-1)).float(), self.y.reshape(-1), self.cfg.loss
+                )
             hvp = hessian_operator(loss, params)
             top = lanczos(hvp, dim, cfg.k, cfg.lanczos_iters, self.generator, stop)
             stats = {f"sharpness/top{i + 1}": value for i, value in enumerate(top)}
             scale = adam_preconditioner(optimizer, params)
             if scale is not None:
-                stats["sharpness/precond_top1"] = lanczos(lambda v: scale * hvp(scale * v), dim, 1, cfg.lanczos_iters, self.generator, stop)[0]
+                stats["sharpness/precond_top1"] = lanczos(
+                    lambda v: scale * hvp(scale * v),
+                    dim,
+                    1,
+                    cfg.lanczos_iters,
+                    self.generator,
+                    stop,
+                )[0]
         finally:
             self.model.train(was_training)
         threshold = stability_threshold(self.cfg.optim, lr)
@@ -160,9 +193,20 @@ class SharpnessProbe:
 
 
 def probe_windows(
-    tokens: np.ndarray, probe_tokens: int, block_size: int, seed: int, targets: np.ndarray | None = None
+    tokens: np.ndarray,
+    probe_tokens: int,
+    block_size: int,
+    seed: int,
+    targets: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """probe_tokens // block_size random (x, y) windows of `tokens` (with `targets` when they
     differ), drawn as the training batches are but from a generator of their own (the training
     streams are untouched)."""
-    return BatchSampler(tokens, max(1, probe_tokens // block_size), block_size, seed, torch.device("cpu"), targets=targets).next_batch()
+    return BatchSampler(
+        tokens,
+        max(1, probe_tokens // block_size),
+        block_size,
+        seed,
+        torch.device("cpu"),
+        targets=targets,
+    ).next_batch()

@@ -33,7 +33,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from nanolab import ENDED_AS_PLANNED, EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted
 from nanolab.atomic import atomic_path, unwritable, write_json
-from nanolab.checkpoint import load_checkpoint, requested_resume, resume_changes, resume_checkpoint_path
+from nanolab.checkpoint import (
+    load_checkpoint,
+    requested_resume,
+    resume_changes,
+    resume_checkpoint_path,
+)
 from nanolab.config import check_config
 
 log = logging.getLogger(__name__)
@@ -63,11 +68,18 @@ def hydra_run_info(cfg: DictConfig) -> RunInfo:
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    group = wandb_group(cfg.logger.group, hc.runtime.choices.get("experiment"), Path(hc.sweep.dir) if multirun else None)
+    group = wandb_group(
+        cfg.logger.group,
+        hc.runtime.choices.get("experiment"),
+        Path(hc.sweep.dir) if multirun else None,
+    )
     name = hc.job.override_dirname
     if multirun:
         swept = _swept_keys(Path(hc.sweep.dir), hc.sweeper.get("params") or {})
-        name = ",".join(o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept) or name
+        name = (
+            ",".join(o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept)
+            or name
+        )
     if "seed" not in {o.split("=", 1)[0].lstrip("+~") for o in name.split(",")}:
         name = f"{name},seed={cfg.seed}" if name else f"seed={cfg.seed}"
     return RunInfo(
@@ -79,7 +91,9 @@ def hydra_run_info(cfg: DictConfig) -> RunInfo:
     )
 
 
-def wandb_group(configured: str | None, experiment: str | None, sweep_dir: Path | None) -> str | None:
+def wandb_group(
+    configured: str | None, experiment: str | None, sweep_dir: Path | None
+) -> str | None:
     """A run's W&B group: logger.group if set; else, for a multirun job, `<experiment>-<sweep
     dir name>` (or the sweep dir name); else the experiment, if any."""
     if configured:
@@ -124,7 +138,9 @@ def launch_time(fmt: str) -> str:
         try:
             t = float(os.environ["NANOLAB_LAUNCH_TIME"])
         except ValueError:
-            raise ValueError(f"NANOLAB_LAUNCH_TIME={os.environ['NANOLAB_LAUNCH_TIME']!r} must be Unix seconds: export NANOLAB_LAUNCH_TIME=$(date +%s)") from None
+            raise ValueError(
+                f"NANOLAB_LAUNCH_TIME={os.environ['NANOLAB_LAUNCH_TIME']!r} must be Unix seconds: export NANOLAB_LAUNCH_TIME=$(date +%s)"
+            ) from None
     elif "TORCHELASTIC_RUN_ID" in os.environ and Path(f"/proc/{os.getppid()}/stat").exists():
         t = _process_start_time(os.getppid())
     else:
@@ -150,7 +166,11 @@ def launch_id() -> str:
 def _process_start_time(pid: int) -> float:
     """Unix time at which process `pid` started, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
+    boot = next(
+        int(line.split()[1])
+        for line in Path("/proc/stat").read_text().splitlines()
+        if line.startswith("btime")
+    )
     return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
@@ -164,7 +184,8 @@ def wandb_api_key_available() -> bool:
     try:
         found, _ = _login(verify=False, prompt=False, update_api_key=False, _silent=True)
         return bool(found)
-    except Exception:  # a malformed key or settings file: offline, and wandb.init will say why online fails
+    # a malformed key or settings file: offline, and wandb.init will say why online fails
+    except Exception:
         return False
 
 
@@ -184,7 +205,12 @@ class Tracker:
     DDP run), it keeps the summary in memory and writes nothing."""
 
     def __init__(
-        self, cfg: DictConfig, info: RunInfo, run_id: str, resume_step: int | None = None, enabled: bool = True,
+        self,
+        cfg: DictConfig,
+        info: RunInfo,
+        run_id: str,
+        resume_step: int | None = None,
+        enabled: bool = True,
         resolved: dict[str, Any] | None = None,
     ) -> None:
         """`resolved`: what the run's setup decided (device, dtype, parameters, ...), added to
@@ -201,7 +227,9 @@ class Tracker:
         # A resumed run replays the steps after its checkpoint; a fresh one starts a new file.
         # Its clock goes on from the last kept record, so time_s and wall_time_s count the time
         # the kept history took over all segments (not the work a kill threw away).
-        elapsed, self.kept = self._drop_records_after(resume_step if resume_step is not None else -1)
+        elapsed, self.kept = self._drop_records_after(
+            resume_step if resume_step is not None else -1
+        )
         self.t0 = time.time() - elapsed
         self.last_step, self.last_tokens = resume_step or 0, 0
         # W&B's history holds each record once: its row index (W&B's _step) is the record's
@@ -210,11 +238,13 @@ class Tracker:
         # ones it lost when the run was killed (still in flight) are sent from the file.
         self.row = len(self.kept)
         self._warned = False
-        self.run = self._start_wandb(cfg, info, run_id, resolved or {}, resumed=resume_step is not None)
+        self.run = self._start_wandb(
+            cfg, info, run_id, resolved or {}, resumed=resume_step is not None
+        )
         self.wandb_rows = 0
         if self.run is not None and resume_step is not None:  # a fresh W&B run holds nothing yet
             self.wandb_rows = self._rows_in_wandb(run_id)
-            for row, line in enumerate(self.kept[self.wandb_rows:], start=self.wandb_rows):
+            for row, line in enumerate(self.kept[self.wandb_rows :], start=self.wandb_rows):
                 self._send(json.loads(line), row)
 
     def _rows_in_wandb(self, run_id: str) -> int:
@@ -225,7 +255,11 @@ class Tracker:
         try:
             return offline_rows(self.dir / "wandb", run_id, before=self.run)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
-            log.warning("could not read the earlier W&B segments (%s); assuming they hold the %d records kept", e, len(self.kept))
+            log.warning(
+                "could not read the earlier W&B segments (%s); assuming they hold the %d records kept",
+                e,
+                len(self.kept),
+            )
             return len(self.kept)
 
     def _drop_records_after(self, step: int) -> tuple[float, list[str]]:
@@ -246,7 +280,9 @@ class Tracker:
             tmp.write_text("".join(kept))
         return elapsed, kept
 
-    def _start_wandb(self, cfg: DictConfig, info: RunInfo, run_id: str, resolved: dict[str, Any], resumed: bool):
+    def _start_wandb(
+        self, cfg: DictConfig, info: RunInfo, run_id: str, resolved: dict[str, Any], resumed: bool
+    ):
         mode = resolve_wandb_mode(cfg.logger.mode)
         if mode == "disabled":
             return None
@@ -272,17 +308,20 @@ class Tracker:
                 )
             except Exception as e:  # wandb raises many kinds; none may stop training
                 log.warning("W&B could not start in %s mode (%s)", attempt, str(e).splitlines()[0])
-                wandb.teardown()  # forget the failed attempt, or the retry finds its run id "in use"
+                # forget the failed attempt, or the retry finds its run id "in use"
+                wandb.teardown()
                 continue
             # Plot everything against the optimizer step, also after a resume rewinds it; every
             # point also carries `tokens` (tokens seen), the x-axis to compare batch sizes.
             run.define_metric("step")
             run.define_metric("tokens", summary="max")
             run.define_metric("*", step_metric="step")
-            for name, best in summary_metrics():  # the best value beside the last, in place of best/* and final/* keys
+            # the best value beside the last, in place of best/* and final/* keys
+            for name, best in summary_metrics():
                 run.define_metric(name, step_metric="step", summary=f"{best},last")
             self._save_hydra_record(run)
-            self.mode = attempt  # online, or offline after a failed online start: what _rows_in_wandb asks
+            # online, or offline after a failed online start: what _rows_in_wandb asks
+            self.mode = attempt
             return run
         log.warning("continuing without W&B; metrics go to %s", self.metrics_path)
         return None
@@ -292,7 +331,12 @@ class Tracker:
         if not self.enabled:
             return
         self.last_step, self.last_tokens = step, tokens
-        record = {"step": step, "tokens": tokens, "time_s": round(time.time() - self.t0, 3), **metrics}
+        record = {
+            "step": step,
+            "tokens": tokens,
+            "time_s": round(time.time() - self.t0, 3),
+            **metrics,
+        }
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if to_wandb:
@@ -315,7 +359,13 @@ class Tracker:
         summarises itself (define_metric)."""
         self.summary.update(values)
         if self.run is not None:
-            self.run.summary.update({k: v for k, v in values.items() if not k.startswith(("final/", "best/val/", "best/train_eval/"))})
+            self.run.summary.update(
+                {
+                    k: v
+                    for k, v in values.items()
+                    if not k.startswith(("final/", "best/val/", "best/train_eval/"))
+                }
+            )
 
     def _save_hydra_record(self, run: Any) -> None:
         """The run's Hydra record (config.yaml, hydra.yaml, overrides.yaml of every segment) in
@@ -330,25 +380,42 @@ class Tracker:
         import wandb
 
         try:
-            artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata={"step": self.summary.get("best/step")})
+            artifact = wandb.Artifact(
+                f"model-{self.run.id}",
+                type="model",
+                metadata={"step": self.summary.get("best/step")},
+            )
             artifact.add_file(str(path))
             self.run.log_artifact(artifact, aliases=aliases)
         except Exception as e:  # W&B trouble never costs the run
             log.warning("W&B could not log %s as an artifact (%s)", path, e)
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if not self.enabled:
             return
-        self.update_summary(outcome(exc, self.status) | {"wall_time_s": round(time.time() - self.t0, 3)})
+        self.update_summary(
+            outcome(exc, self.status) | {"wall_time_s": round(time.time() - self.t0, 3)}
+        )
         try:
-            if exc is not None:  # W&B has the run's state and summary; the local file needs a marker
-                self.log({"status": self.summary["status"]}, self.last_step, self.last_tokens, to_wandb=False)
+            # W&B has the run's state and summary; the local file needs a marker
+            if exc is not None:
+                self.log(
+                    {"status": self.summary["status"]},
+                    self.last_step,
+                    self.last_tokens,
+                    to_wandb=False,
+                )
             write_json(self.dir / "summary.json", self.summary)
         except OSError as e:  # a full disk: the error that ended the run is the one to report
-            log.error("could not write %s (%s); the run ended as %s", self.dir / "summary.json", e.strerror or e, self.summary["status"])
+            log.error(
+                "could not write %s (%s); the run ended as %s",
+                self.dir / "summary.json",
+                e.strerror or e,
+                self.summary["status"],
+            )
         if self.run is not None:
             self.run.finish(exit_code=0 if exc is None else 1)
 
@@ -362,9 +429,17 @@ def offline_rows(wandb_dir: Path, run_id: str, before: Any) -> int:
         if path.resolve() == current:
             continue
         out = subprocess.run(
-            [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)], capture_output=True, text=True, timeout=120, check=True,
+            [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         ).stdout
-        steps = [json.loads(line)["history"]["item"].get("_step", 0) for line in out.splitlines() if '"type":"history"' in line]
+        steps = [
+            json.loads(line)["history"]["item"].get("_step", 0)
+            for line in out.splitlines()
+            if '"type":"history"' in line
+        ]
         rows = max(rows, 1 + max(steps, default=-1))
     return rows
 
@@ -393,10 +468,18 @@ def git_state(path: Path = Path(__file__).parent) -> dict[str, Any]:
     """The commit of the nanolab source a run uses and whether tracked files differ from it;
     None for both outside a git checkout (an installed wheel)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return {"commit": None, "dirty": None}
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
@@ -425,11 +508,13 @@ def record_failure(run_dir: Path, exc: BaseException) -> None:
 
 
 OmegaConf.register_new_resolver("safe_dirname", safe_dirname, replace=True)
-OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)  # as Hydra's now
+# as Hydra's now
+OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("launch_id", launch_id, use_cache=True, replace=True)
 # Integer division for configs that derive one size from another (experiment=model_size keeps
 # the head size: n_head = ${div:${model.n_embd},32}).
 OmegaConf.register_new_resolver("div", lambda a, b: int(a) // int(b), replace=True)
+
 
 def hydra_record(output_dir: str) -> str:
     """Where Hydra writes a run's record (config.yaml, overrides.yaml): .hydra for a run's first
@@ -447,7 +532,8 @@ OmegaConf.register_new_resolver("hydra_record", hydra_record, replace=True)
 LOCK = "run.lock"
 SWEEP_LOCK = "sweep.lock"
 REFUSED = "refused.json"  # in a sweep job's Hydra record: this job was refused its directory
-RUN_FILES = ("summary.json", "last.pt", "metrics.jsonl")  # a directory holding any of them holds a run
+# a directory holding any of them holds a run
+RUN_FILES = ("summary.json", "last.pt", "metrics.jsonl")
 
 
 def _alive(owner: dict) -> bool | None:
@@ -465,13 +551,17 @@ def claim_run_dir(directory: Path, resume: object, key: str = "hydra.run.dir") -
     a directory that already holds one, and a second live run into a directory that one is
     using (run.lock). `key` names the directory in messages. Returns the lock, for `release`;
     it is released at the latest when this process exits."""
-    if requested_resume(resume) in (False, None) and any((directory / name).exists() for name in RUN_FILES):
+    if requested_resume(resume) in (False, None) and any(
+        (directory / name).exists() for name in RUN_FILES
+    ):
         try:
             status = json.loads((directory / "summary.json").read_text())["status"]
         except (OSError, ValueError, KeyError, TypeError):
             status = "unfinished"
         where = f"{key}={directory}" if key == "hydra.run.dir" else f"{directory}"
-        raise ConfigError(f"{where} already holds a run ({status}); continue it with resume=true, or start a new one in another {key}")
+        raise ConfigError(
+            f"{where} already holds a run ({status}); continue it with resume=true, or start a new one in another {key}"
+        )
     return take_lock(directory / LOCK, key, "run")
 
 
@@ -479,7 +569,12 @@ def take_lock(lock: Path, key: str, what: str) -> tuple[Path, dict]:
     """Create `lock` holding this process's pid, start time, host (and SLURM job): refused in
     one ConfigError while a live process, another host's or this SLURM job's before a requeue
     holds it; a lock whose process is gone is taken over."""
-    me = {"pid": os.getpid(), "started": _process_start_time(os.getpid()), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
+    me = {
+        "pid": os.getpid(),
+        "started": _process_start_time(os.getpid()),
+        "host": socket.gethostname(),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+    }
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
@@ -488,13 +583,16 @@ def take_lock(lock: Path, key: str, what: str) -> tuple[Path, dict]:
         except (OSError, ValueError):
             owner = {}
         owner = owner if isinstance(owner, dict) else {}
-        requeued = me["slurm_job"] is not None and owner.get("slurm_job") == me["slurm_job"]  # this job, before SLURM requeued it
+        # this job, before SLURM requeued it
+        requeued = me["slurm_job"] is not None and owner.get("slurm_job") == me["slurm_job"]
         if _alive(owner) is not False and not requeued:
             raise ConfigError(
                 f"{lock.parent} is in use by another {what} (pid {owner.get('pid')} on {owner.get('host')}); "
                 f"choose another {key}, or delete {lock} if that {what} is gone"
             ) from None
-        log.warning("%s was left by pid %s, which has ended: taking it over", lock, owner.get("pid"))
+        log.warning(
+            "%s was left by pid %s, which has ended: taking it over", lock, owner.get("pid")
+        )
         lock.unlink(missing_ok=True)
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     with os.fdopen(fd, "w") as f:
@@ -505,7 +603,9 @@ def take_lock(lock: Path, key: str, what: str) -> tuple[Path, dict]:
 
 def latest_record(run_dir: Path) -> Path:
     """The newest Hydra record of a run directory: .hydra/resume-<n> of the latest segment, else .hydra."""
-    segments = [p for p in (run_dir / ".hydra").glob("resume-*") if p.is_dir() and p.name[7:].isdigit()]
+    segments = [
+        p for p in (run_dir / ".hydra").glob("resume-*") if p.is_dir() and p.name[7:].isdigit()
+    ]
     return max(segments, key=lambda p: int(p.name[7:])) if segments else run_dir / ".hydra"
 
 
@@ -524,9 +624,17 @@ def _check_resume(config: DictConfig, path: Path) -> int | None:
     checkpoint's step when its run has nothing left to do (trainer.max_iters reached, no
     evaluation due), else None."""
     state = load_checkpoint(path)
-    now = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in config.items() if k != "hydra"}
+    now = {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in config.items()
+        if k != "hydra"
+    }
     resume_changes(path, state["config"], now, list(config.allow_changes))
-    return state["step"] if state["step"] >= config.trainer.max_iters and not state["eval_due"] else None
+    return (
+        state["step"]
+        if state["step"] >= config.trainer.max_iters and not state["eval_due"]
+        else None
+    )
 
 
 def release(claim: tuple[Path, dict]) -> None:
@@ -548,7 +656,10 @@ def _check_writable(config: DictConfig, key: str) -> None:
         sys.exit(EXIT_CONFIG_ERROR)
     reason = unwritable(directory)
     if reason:
-        print(f"{key}={directory} is not a writable directory ({reason}); choose another {key}", file=sys.stderr)
+        print(
+            f"{key}={directory} is not a writable directory ({reason}); choose another {key}",
+            file=sys.stderr,
+        )
         sys.exit(EXIT_CONFIG_ERROR)
 
 
@@ -567,11 +678,21 @@ class RunCallbacks(Callback):
                 run_dir = Path(config.hydra.run.dir)
                 claim_run_dir(run_dir, config.resume)
                 resumed = resume_checkpoint_path(config.resume, run_dir)
-                if resumed is not None and resumed.parent.resolve() != run_dir.resolve() and resumed.parent.is_dir():
+                if (
+                    resumed is not None
+                    and resumed.parent.resolve() != run_dir.resolve()
+                    and resumed.parent.is_dir()
+                ):
                     claim_run_dir(resumed.parent, True)  # the run continues there
-                step = _check_resume(config, resumed) if resumed is not None and resumed.exists() else None
+                step = (
+                    _check_resume(config, resumed)
+                    if resumed is not None and resumed.exists()
+                    else None
+                )
                 if step is not None:  # a relaunched run that has finished: touch nothing
-                    print(f"{resumed.parent} already finished at step {step} (trainer.max_iters={config.trainer.max_iters}); nothing to do")
+                    print(
+                        f"{resumed.parent} already finished at step {step} (trainer.max_iters={config.trainer.max_iters}); nothing to do"
+                    )
                     sys.exit(0)
 
         except ConfigError as e:
@@ -591,7 +712,10 @@ class RunCallbacks(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = sorted((d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()), key=lambda d: int(d.name.split("_")[0]))
+        jobs = sorted(
+            (d for d in sweep_dir.iterdir() if (d / ".hydra").is_dir()),
+            key=lambda d: int(d.name.split("_")[0]),
+        )
         failed = []
         log.info("sweep %s:", sweep_dir)
         for job in jobs:
@@ -599,10 +723,16 @@ class RunCallbacks(Callback):
                 summary = json.loads((job / "summary.json").read_text())
             except (OSError, ValueError):
                 summary = {"status": "unknown (no summary.json)"}
-            if (latest_record(job) / REFUSED).is_file():  # its directory held another run: that run's summary is not this job's
-                summary = {"status": "refused", "error": json.loads((latest_record(job) / REFUSED).read_text())["error"]}
+            # its directory held another run: that run's summary is not this job's
+            if (latest_record(job) / REFUSED).is_file():
+                summary = {
+                    "status": "refused",
+                    "error": json.loads((latest_record(job) / REFUSED).read_text())["error"],
+                }
             best = summary.get("best/val/ce")
-            line = f"  {job.name}: {summary['status']}" + (f", best val/ce {best:.4f}" if best is not None else "")
+            line = f"  {job.name}: {summary['status']}" + (
+                f", best val/ce {best:.4f}" if best is not None else ""
+            )
             if summary["status"] not in ENDED_AS_PLANNED:
                 failed.append(job.name)
                 line += f" ({summary.get('error', '')})"

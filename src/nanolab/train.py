@@ -20,7 +20,14 @@ import hydra
 from omegaconf import DictConfig
 
 from nanolab import EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted, StorageError
-from nanolab.tracking import RunInfo, claim_run_dir, hydra_run_info, record_failure, record_refusal, release
+from nanolab.tracking import (
+    RunInfo,
+    claim_run_dir,
+    hydra_run_info,
+    record_failure,
+    record_refusal,
+    release,
+)
 from nanolab.trainer import requeue_signal, train
 
 log = logging.getLogger("nanolab.train")
@@ -57,7 +64,8 @@ def run_and_report(cfg: DictConfig, info: RunInfo) -> float:
         log.warning("%s", e)
         handler = signal.getsignal(e.signum)
         if e.signum == requeue_signal() and callable(handler):
-            handler(e.signum, None)  # submitit's: requeue the job (it resumes from last.pt) and exit
+            # submitit's: requeue the job (it resumes from last.pt) and exit
+            handler(e.signum, None)
         sys.exit(128 + e.signum)  # the machine is going away: stop a whole sweep too
     except KeyboardInterrupt as e:  # a third signal, or Ctrl-C before training started
         log.warning("%s", e or "interrupted")
@@ -65,7 +73,13 @@ def run_and_report(cfg: DictConfig, info: RunInfo) -> float:
     except (ConfigError, Diverged, StorageError) as e:
         log.error("%s", e)
         if not info.multirun:
-            sys.exit(EXIT_CONFIG_ERROR if isinstance(e, ConfigError) else EXIT_DIVERGED if isinstance(e, Diverged) else 1)
+            sys.exit(
+                EXIT_CONFIG_ERROR
+                if isinstance(e, ConfigError)
+                else EXIT_DIVERGED
+                if isinstance(e, Diverged)
+                else 1
+            )
         record_failure(info.dir, e)
     except Exception as e:
         if not info.multirun:

@@ -27,9 +27,10 @@ import random
 import signal
 import statistics
 import time
-from pathlib import Path
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -37,10 +38,17 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nanolab import Abandoned, Diverged, Interrupted
-from nanolab.checkpoint import Checkpoint, load_checkpoint, resume_changes, resume_checkpoint_path, save_checkpoint, saved_config
+from nanolab.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    resume_changes,
+    resume_checkpoint_path,
+    save_checkpoint,
+    saved_config,
+)
 from nanolab.config import check_config
-from nanolab.distributed import World, process_group
 from nanolab.data import FullBatchSampler, stream_seed
+from nanolab.distributed import World, process_group
 from nanolab.metrics import evaluate_batches, flops_per_token
 from nanolab.optim import set_optimizer_mode
 from nanolab.run import Run, StepResult, build_run, is_finite, set_lr, train_step
@@ -72,13 +80,20 @@ class RunState:
     best_val_ce: float = math.inf
     skipped_steps: int = 0
     run_id: str = field(default_factory=new_run_id)
-    early_stop: dict = field(default_factory=lambda: {"best": math.inf, "evals_without_improvement": 0, "stopped": False})
-    eval_due: bool = False  # this step's evaluation was abandoned for a stop: the resumed run does it first
+    early_stop: dict = field(
+        default_factory=lambda: {"best": math.inf, "evals_without_improvement": 0, "stopped": False}
+    )
+    # this step's evaluation was abandoned for a stop: the resumed run does it first
+    eval_due: bool = False
 
     def state_dict(self) -> dict:
         return {
-            "step": self.step, "best_val_ce": self.best_val_ce, "skipped_steps": self.skipped_steps, "wandb_id": self.run_id,
-            "early_stop": dict(self.early_stop), "eval_due": self.eval_due,
+            "step": self.step,
+            "best_val_ce": self.best_val_ce,
+            "skipped_steps": self.skipped_steps,
+            "wandb_id": self.run_id,
+            "early_stop": dict(self.early_stop),
+            "eval_due": self.eval_due,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -124,7 +139,8 @@ class MetricLogger:
         self.run, self.tracker, self.progress = run, tracker, progress
         self.flops_per_token = flops_per_token(run.model)
         peak = run.runtime.peak_flops()
-        self.peak_flops = peak * run.world.size if peak else None  # tokens/s counts every process's tokens
+        # tokens/s counts every process's tokens
+        self.peak_flops = peak * run.world.size if peak else None
         self.compiling = run.runtime.compile
         self.slowdown = SlowdownWatch() if run.runtime.device.type == "cpu" else None
         self.restart_clock(step)
@@ -139,23 +155,39 @@ class MetricLogger:
         self.interval_start, self.interval_first_step = time.perf_counter(), step
 
     def should_log(self, step: int) -> bool:
-        return step % self.run.cfg.trainer.log_interval == 0 or step == self.run.cfg.trainer.max_iters
+        return (
+            step % self.run.cfg.trainer.log_interval == 0 or step == self.run.cfg.trainer.max_iters
+        )
 
     def log(self, step: int, result: StepResult, lr: float) -> None:
-        stats = {"train/loss": result.loss.item(), "train/lr": lr, "train/grad_norm": result.grad_norm.item()}
+        stats = {
+            "train/loss": result.loss.item(),
+            "train/lr": lr,
+            "train/grad_norm": result.grad_norm.item(),
+        }
         timed_steps = step - self.interval_first_step  # 0 right after a compiling step
         if timed_steps:
             dt = (time.perf_counter() - self.interval_start) / timed_steps
             stats |= {"perf/step_ms": 1000 * dt, "perf/tokens_per_s": self.run.tokens_per_step / dt}
             if self.peak_flops:
-                stats["perf/mfu"] = self.flops_per_token * stats["perf/tokens_per_s"] / self.peak_flops
+                stats["perf/mfu"] = (
+                    self.flops_per_token * stats["perf/tokens_per_s"] / self.peak_flops
+                )
             warning = self.slowdown.observe(stats["perf/step_ms"]) if self.slowdown else None
             if warning:
                 log.warning("%s", warning)
-            self.progress.set_postfix(loss=f"{stats['train/loss']:.4f}", tok_s=f"{stats['perf/tokens_per_s']:,.0f}", refresh=False)
+            self.progress.set_postfix(
+                loss=f"{stats['train/loss']:.4f}",
+                tok_s=f"{stats['perf/tokens_per_s']:,.0f}",
+                refresh=False,
+            )
         self.tracker.log(stats, step, step * self.run.tokens_per_step)
         if self.progress.disable:
-            timing = f", {stats['perf/step_ms']:.1f} ms/step, {stats['perf/tokens_per_s']:.0f} tokens/s" if timed_steps else ""
+            timing = (
+                f", {stats['perf/step_ms']:.1f} ms/step, {stats['perf/tokens_per_s']:.0f} tokens/s"
+                if timed_steps
+                else ""
+            )
             log.info("step %d: loss %.4f%s", step, stats["train/loss"], timing)
         self.restart_clock(step)
 
@@ -168,26 +200,47 @@ class Validator:
         self.run, self.tracker = run, tracker
 
     def should_validate(self, step: int) -> bool:
-        return step % self.run.cfg.trainer.eval_interval == 0 or step == self.run.cfg.trainer.max_iters
+        return (
+            step % self.run.cfg.trainer.eval_interval == 0 or step == self.run.cfg.trainer.max_iters
+        )
 
     def validate(self, state: RunState, stop: list[int]) -> bool:
         """Evaluate at the current step (after the early-stopping bookkeeping); returns whether
         val/ce improved on the best so far. Abandoned once a stop is requested (`stop`), in one
         process: under DDP the ranks finish it together and agree on the stop afterwards."""
         run, cfg = self.run, self.run.cfg
-        full_batch = (run.sampler.x, run.sampler.y) if isinstance(run.sampler, FullBatchSampler) else None
+        full_batch = (
+            (run.sampler.x, run.sampler.y) if isinstance(run.sampler, FullBatchSampler) else None
+        )
         metrics = evaluate_batches(
-            run.model, run.data, run.loss_fn, cfg.loss, cfg.trainer.batch_size, cfg.trainer.eval_iters,
-            run.runtime.autocast(), run.head_chunk, run.world, train_windows=full_batch, stop=() if run.world.distributed else stop,
+            run.model,
+            run.data,
+            run.loss_fn,
+            cfg.loss,
+            cfg.trainer.batch_size,
+            cfg.trainer.eval_iters,
+            run.runtime.autocast(),
+            run.head_chunk,
+            run.world,
+            train_windows=full_batch,
+            stop=() if run.world.distributed else stop,
         )
         self.tracker.log(metrics, state.step, state.step * run.tokens_per_step)
-        log.info("step %d: train ce %.4f, val ce %.4f, val acc %.4f", state.step, metrics["train_eval/ce"], metrics["val/ce"], metrics["val/acc"])
+        log.info(
+            "step %d: train ce %.4f, val ce %.4f, val acc %.4f",
+            state.step,
+            metrics["train_eval/ce"],
+            metrics["val/ce"],
+            metrics["val/acc"],
+        )
         improved = metrics["val/ce"] < state.best_val_ce
         if improved:
             state.best_val_ce = metrics["val/ce"]
             self.tracker.update_summary({"best/val/ce": state.best_val_ce, "best/step": state.step})
         objective = metrics.get(cfg.objective)  # val/ce_calibrated exists on rank 0 alone
-        if objective is not None and objective < self.tracker.summary.get(f"best/{cfg.objective}", math.inf):
+        if objective is not None and objective < self.tracker.summary.get(
+            f"best/{cfg.objective}", math.inf
+        ):
             self.tracker.update_summary({f"best/{cfg.objective}": objective})
         self.tracker.update_summary({f"final/{k}": v for k, v in metrics.items()})
         self.update_early_stop(state, objective)
@@ -204,9 +257,16 @@ class Validator:
         else:
             early["evals_without_improvement"] += 1
         stop = early["evals_without_improvement"] >= cfg.patience
-        early["stopped"] = self.run.world.any(stop and self.run.world.main)  # the objective may exist on rank 0 alone
+        # the objective may exist on rank 0 alone
+        early["stopped"] = self.run.world.any(stop and self.run.world.main)
         if early["stopped"]:
-            log.info("step %d: %s has not improved by %g for %d evaluations: stopping early", state.step, self.run.cfg.objective, cfg.min_delta, cfg.patience)
+            log.info(
+                "step %d: %s has not improved by %g for %d evaluations: stopping early",
+                state.step,
+                self.run.cfg.objective,
+                cfg.min_delta,
+                cfg.patience,
+            )
 
 
 class Checkpointer:
@@ -237,7 +297,9 @@ class Checkpointer:
 def requeue_signal() -> int:
     """The signal submitit sends a SLURM job before its time limit (SUBMITIT_PREEMPT_SIGNAL,
     USR2 by default); its handler, installed by submitit, requeues the job."""
-    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+    return getattr(
+        signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2
+    )
 
 
 @contextlib.contextmanager
@@ -254,12 +316,20 @@ def stop_requests() -> Iterator[list[int]]:
         if len(received) == 1:
             log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
         elif len(received) == 2:
-            log.warning("signal %d: already stopping; the checkpoint is written first (a third signal aborts without it)", signum)
+            log.warning(
+                "signal %d: already stopping; the checkpoint is written first (a third signal aborts without it)",
+                signum,
+            )
         else:
-            raise KeyboardInterrupt(f"signal {signum}, the third: aborted without a checkpoint of this step")
+            raise KeyboardInterrupt(
+                f"signal {signum}, the third: aborted without a checkpoint of this step"
+            )
 
     try:
-        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT, requeue_signal())}
+        previous = {
+            sig: signal.signal(sig, request_stop)
+            for sig in (signal.SIGTERM, signal.SIGINT, requeue_signal())
+        }
     except ValueError:  # not the main thread: leave signals to whoever owns them
         previous = {}
     try:
@@ -279,9 +349,20 @@ def build_probe(run: Run) -> SharpnessProbe | None:
         x, y = run.sampler.x, run.sampler.y
     else:
         x, y = probe_windows(
-            run.data.train, cfg.sharpness.probe_tokens, run.model.config.block_size, stream_seed(cfg.seed, PROBE_STREAM), run.data.train_targets
+            run.data.train,
+            cfg.sharpness.probe_tokens,
+            run.model.config.block_size,
+            stream_seed(cfg.seed, PROBE_STREAM),
+            run.data.train_targets,
         )
-    return SharpnessProbe(cfg, run.model, run.loss_fn, x.to(run.runtime.device), y.to(run.runtime.device), seed=cfg.seed)
+    return SharpnessProbe(
+        cfg,
+        run.model,
+        run.loss_fn,
+        x.to(run.runtime.device),
+        y.to(run.runtime.device),
+        seed=cfg.seed,
+    )
 
 
 class Trainer:
@@ -289,14 +370,18 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, world: World, device: torch.device, info: RunInfo) -> None:
         self.cfg, self.info = cfg, info
-        runtime = Runtime.create(device, cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory, cfg.threads)
+        runtime = Runtime.create(
+            device, cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory, cfg.threads
+        )
         path = resume_checkpoint_path(cfg.resume, info.dir)
         self.resume = Checkpoint(path, load_checkpoint(path)) if path else None
         self.resume_changes: list[str] = []
         if path:
             info.dir = path.parent  # continue in the original run directory
             now = OmegaConf.to_container(cfg, resolve=True)
-            self.resume_changes = resume_changes(path, self.resume.state["config"], now, list(cfg.allow_changes))
+            self.resume_changes = resume_changes(
+                path, self.resume.state["config"], now, list(cfg.allow_changes)
+            )
             for change in self.resume_changes:
                 log.warning("resuming with a change allowed by allow_changes: %s", change)
         self.run = build_run(cfg, world, runtime, self.resume)
@@ -310,28 +395,47 @@ class Trainer:
     def data_change(self) -> list[str]:
         """A warning, and an entry for the summary's resume/changes, when the training text
         differs from the one the checkpoint trained on (the same vocabulary, other content)."""
-        saved, now = self.resume.state["data_meta"].get("source_hash"), self.run.data.meta.get("source_hash")
+        saved, now = (
+            self.resume.state["data_meta"].get("source_hash"),
+            self.run.data.meta.get("source_hash"),
+        )
         if saved is None or saved == now:
             return []
         change = f"the training data changed: data hash {saved[:12]} in the checkpoint, {str(now)[:12]} in {self.cfg.data.dir} now"
-        log.warning("resuming on other text than the checkpoint trained on (%s); its metrics will mix both", change)
+        log.warning(
+            "resuming on other text than the checkpoint trained on (%s); its metrics will mix both",
+            change,
+        )
         return [change]
 
     def _describe(self) -> None:
         run, cfg = self.run, self.cfg
         log.info(
             "model %s: %.2fM parameters, %s on %s (%s), %d tokens/step (%d x %d x %d micro-batches x %d processes), head %s, run dir %s",
-            cfg.model.name, run.model.num_params() / 1e6, cfg.loss.name, run.runtime.device, str(run.runtime.dtype).removeprefix("torch."),
-            run.tokens_per_step, cfg.trainer.batch_size, run.model.config.block_size, run.accum, run.world.size,
-            f"in chunks of {run.head_chunk} tokens" if run.head_chunk else "in one piece", self.info.dir,
+            cfg.model.name,
+            run.model.num_params() / 1e6,
+            cfg.loss.name,
+            run.runtime.device,
+            str(run.runtime.dtype).removeprefix("torch."),
+            run.tokens_per_step,
+            cfg.trainer.batch_size,
+            run.model.config.block_size,
+            run.accum,
+            run.world.size,
+            f"in chunks of {run.head_chunk} tokens" if run.head_chunk else "in one piece",
+            self.info.dir,
         )
 
     def resolved(self) -> dict[str, Any]:
         """What setup decided, for the W&B config: the `auto` settings resolved."""
         run = self.run
         return {
-            "device": str(run.runtime.device), "dtype": str(run.runtime.dtype).removeprefix("torch."), "compile": run.runtime.compile,
-            "head_chunk_tokens": run.head_chunk, "tokens_per_step": run.tokens_per_step, "world_size": run.world.size,
+            "device": str(run.runtime.device),
+            "dtype": str(run.runtime.dtype).removeprefix("torch."),
+            "compile": run.runtime.compile,
+            "head_chunk_tokens": run.head_chunk,
+            "tokens_per_step": run.tokens_per_step,
+            "world_size": run.world.size,
             "git": git_state(),
         }
 
@@ -340,14 +444,30 @@ class Trainer:
         run, state = self.run, self.state
         finished = state.step >= self.cfg.trainer.max_iters or state.early_stop["stopped"]
         if self.resume and finished and not state.eval_due:  # a relaunched sweep's finished job
-            log.info("%s: already finished at step %d (trainer.max_iters=%d); nothing to do", self.info.dir, state.step, self.cfg.trainer.max_iters)
+            log.info(
+                "%s: already finished at step %d (trainer.max_iters=%d); nothing to do",
+                self.info.dir,
+                state.step,
+                self.cfg.trainer.max_iters,
+            )
             return self.resume.state["summary"].get(f"best/{self.cfg.objective}", math.nan)
-        size = {"params": run.model.num_params(), "flops_per_token": flops_per_token(run.model)}  # W&B config and summary.json
+        # W&B config and summary.json
+        size = {"params": run.model.num_params(), "flops_per_token": flops_per_token(run.model)}
         self.tracker = Tracker(
-            self.cfg, self.info, state.run_id, resume_step=state.step if self.resume else None, enabled=run.world.main,
+            self.cfg,
+            self.info,
+            state.run_id,
+            resume_step=state.step if self.resume else None,
+            enabled=run.world.main,
             resolved=self.resolved() | size if run.world.main else None,
         )
-        progress = tqdm(total=self.cfg.trainer.max_iters, initial=state.step, unit="step", dynamic_ncols=True, disable=None if run.world.main else True)
+        progress = tqdm(
+            total=self.cfg.trainer.max_iters,
+            initial=state.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=None if run.world.main else True,
+        )
         # Signals are caught until the tracker has closed: one that comes while summary.json is
         # written or W&B finishes is noted and changes nothing, so a finished run stays finished.
         with stop_requests() as self.stop_signals, self.tracker, progress, logging_redirect_tqdm():
@@ -357,7 +477,14 @@ class Trainer:
                 self.tracker.update_summary(self.resume.state["summary"])
                 if self.resume_changes:  # recorded for good: every later segment carries them on
                     earlier = self.tracker.summary.get("resume/changes", [])
-                    self.tracker.update_summary({"resume/changes": [*earlier, *(f"step {state.step}: {c}" for c in self.resume_changes)]})
+                    self.tracker.update_summary(
+                        {
+                            "resume/changes": [
+                                *earlier,
+                                *(f"step {state.step}: {c}" for c in self.resume_changes),
+                            ]
+                        }
+                    )
             self.tracker.update_summary(size)
             self.sharpness = build_probe(run)
             if not self.resume:
@@ -377,7 +504,10 @@ class Trainer:
                 self.metric_logger.step_done(state.step)
                 self.after_step(result, lr)
             if self.cfg.logger.log_checkpoints:
-                self.tracker.log_checkpoint(self.info.dir / "best.pt", aliases=["best", f"step-{self.tracker.summary.get('best/step')}"])
+                self.tracker.log_checkpoint(
+                    self.info.dir / "best.pt",
+                    aliases=["best", f"step-{self.tracker.summary.get('best/step')}"],
+                )
         return self.tracker.summary.get(f"best/{self.cfg.objective}", math.nan)
 
     def after_step(self, result: StepResult, lr: float) -> None:
@@ -398,8 +528,10 @@ class Trainer:
         if self.sharpness and self.sharpness.should_measure(step):
             self.measure_sharpness()
             self.metric_logger.restart_clock(step)
-            stopping = stopping or (not self.run.world.distributed and bool(self.stop_signals))  # one that came meanwhile
-        if validating or stopping:  # a schedule-free optimizer's averaged weights are evaluated and saved
+            # one that came meanwhile
+            stopping = stopping or (not self.run.world.distributed and bool(self.stop_signals))
+        # a schedule-free optimizer's averaged weights are evaluated and saved
+        if validating or stopping:
             set_optimizer_mode(self.run.optimizer, train=False)
         if validating:
             self.validate(save=True)
@@ -415,7 +547,9 @@ class Trainer:
         try:
             improved = self.validator.validate(self.state, self.stop_signals)
         except Abandoned as e:
-            log.warning("step %d: %s; evaluating at this step when the run resumes", self.state.step, e)
+            log.warning(
+                "step %d: %s; evaluating at this step when the run resumes", self.state.step, e
+            )
             self.state.eval_due = True
             self.stop()
         if save:
@@ -434,7 +568,9 @@ class Trainer:
         (that step's measurement is then missing)."""
         step = self.state.step
         try:
-            stats = self.sharpness.measure(self.run.optimizer, self.run.lr_at(step), self.stop_signals)
+            stats = self.sharpness.measure(
+                self.run.optimizer, self.run.lr_at(step), self.stop_signals
+            )
         except Abandoned as e:
             log.warning("step %d: %s; this step's sharpness is not measured", step, e)
             return
@@ -443,8 +579,16 @@ class Trainer:
     def count_skipped_step(self) -> None:
         state = self.state
         state.skipped_steps += 1
-        self.tracker.log({"train/skipped_steps": state.skipped_steps}, state.step, state.step * self.run.tokens_per_step)
-        log.warning("step %d: non-finite loss or gradient norm, update skipped (%d so far)", state.step, state.skipped_steps)
+        self.tracker.log(
+            {"train/skipped_steps": state.skipped_steps},
+            state.step,
+            state.step * self.run.tokens_per_step,
+        )
+        log.warning(
+            "step %d: non-finite loss or gradient norm, update skipped (%d so far)",
+            state.step,
+            state.skipped_steps,
+        )
 
     def stop_requested(self, at_log_step: bool) -> bool:
         """Whether to stop after this step. Ranks receive a signal at different steps, so under
@@ -456,5 +600,11 @@ class Trainer:
     def stop_if_diverged(self, result: StepResult) -> None:
         if not is_finite(result, self.run.scaler):
             step = self.state.step
-            self.tracker.log({"train/loss": result.loss.item(), "train/grad_norm": result.grad_norm.item()}, step, step * self.run.tokens_per_step)
-            raise Diverged(f"non-finite loss ({result.loss.item()}) or gradient norm ({result.grad_norm.item()}) at step {step}")
+            self.tracker.log(
+                {"train/loss": result.loss.item(), "train/grad_norm": result.grad_norm.item()},
+                step,
+                step * self.run.tokens_per_step,
+            )
+            raise Diverged(
+                f"non-finite loss ({result.loss.item()}) or gradient norm ({result.grad_norm.item()}) at step {step}"
+            )

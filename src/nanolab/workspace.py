@@ -29,8 +29,15 @@ PANELS = [
 # The runs table: the report's columns, as W&B names the summary (define_metric keeps the
 # last and the best value of each evaluated metric).
 COLUMNS = [
-    "summary:val/ce.last", "summary:val/ce.min", "summary:val/ce_calibrated.last", "summary:val/temperature",
-    "summary:val/acc.last", "summary:val/ece.last", "summary:perf/tokens_per_s", "summary:wall_time_s", "summary:status",
+    "summary:val/ce.last",
+    "summary:val/ce.min",
+    "summary:val/ce_calibrated.last",
+    "summary:val/temperature",
+    "summary:val/acc.last",
+    "summary:val/ece.last",
+    "summary:perf/tokens_per_s",
+    "summary:wall_time_s",
+    "summary:status",
 ]
 
 
@@ -56,10 +63,20 @@ def build_workspace(sweep: Sweep, entity: str) -> Any:
         import wandb_workspaces.workspaces as ws
         from wandb_workspaces import expr
     except ImportError:
-        raise ConfigError("--wandb-workspace needs the wandb-workspaces package: pip install 'nanolab[workspaces]'") from None
+        raise ConfigError(
+            "--wandb-workspace needs the wandb-workspaces package: pip install 'nanolab[workspaces]'"
+        ) from None
 
     panels = [
-        wr.LinePlot(title=metric, x="tokens", y=[metric], title_x="tokens seen", title_y=title, groupby_aggfunc="mean", groupby_rangefunc="stddev")
+        wr.LinePlot(
+            title=metric,
+            x="tokens",
+            y=[metric],
+            title_x="tokens seen",
+            title_y=title,
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stddev",
+        )
         for metric, title in PANELS
     ]
     return ws.Workspace(
