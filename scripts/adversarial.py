@@ -584,7 +584,7 @@ def _snapshot(path: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def _start_time(pid: int) -> float:
-    from nanolab.tracking import _process_start_time
+    from nanolab.launch import _process_start_time
 
     return _process_start_time(pid)
 

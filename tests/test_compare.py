@@ -360,7 +360,8 @@ def test_evaluated_takes_the_val_metrics_from_each_runs_whole_split_evaluation(t
 
 
 def test_the_interpolation_point_is_the_smallest_size_that_fits_its_training_set():
-    from nanolab.compare import Row, RunResult, interpolation_point
+    from nanolab.plots import interpolation_point
+    from nanolab.results import Row, RunResult
 
     def row(params: float, *train_accs: float) -> Row:
         runs = [

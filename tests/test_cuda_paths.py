@@ -13,13 +13,14 @@ import torch
 from conftest import TINY, compose_train
 from torch.nn import functional as F
 
-from nanolab.checkpoint import Checkpoint, load_checkpoint, upgrade
+from nanolab.checkpoint import load_checkpoint, upgrade
 from nanolab.config import check_config
 from nanolab.distributed import World
+from nanolab.launch import RunInfo
 from nanolab.losses import LOSSES, chunked_head_loss, get_loss
+from nanolab.resume import Resume
 from nanolab.run import build_run
 from nanolab.runtime import Runtime, capture_rng_state, pick_dtype, restore_rng_state
-from nanolab.tracking import RunInfo
 from nanolab.train import train
 
 CPU = torch.device("cpu")
@@ -100,7 +101,7 @@ def _resumed_run(run_dir: Path, *overrides: str):
     check_config(cfg)
     path = run_dir / "last.pt"
     return build_run(
-        cfg, World(), Runtime.create(CPU, cfg.dtype), Checkpoint(path, load_checkpoint(path))
+        cfg, World(), Runtime.create(CPU, cfg.dtype), Resume(path, load_checkpoint(path), [])
     )
 
 

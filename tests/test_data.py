@@ -9,14 +9,10 @@ import tiktoken
 import torch
 from conftest import compose_train
 
-from nanolab.data import (
-    BatchSampler,
-    DataError,
-    TokenData,
-    gpt2_encoding,
-    prepare,
-    tokenizer_from_meta,
-)
+from nanolab import DataError
+from nanolab.data import TokenData, prepare
+from nanolab.dataloader import BatchSampler
+from nanolab.tokenizer import gpt2_encoding, tokenizer_from_meta
 
 
 def data_cfg(name: str, data_root: Path, **overrides):
@@ -183,7 +179,8 @@ def test_block_size_longer_than_a_split_is_refused(tmp_path):
 
 def test_chunked_encoding_equals_encoding_in_one_piece(data_root):
     """Large texts are encoded in ~1M-character chunks; the cuts must not change any token."""
-    from nanolab.data import CharTokenizer, GPT2Tokenizer, _encode
+    from nanolab.data import _encode
+    from nanolab.tokenizer import CharTokenizer, GPT2Tokenizer
 
     shakespeare = (data_root / "shakespeare_char" / "input.txt").read_text()
     # > 2 MB, odd whitespace

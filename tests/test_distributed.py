@@ -194,7 +194,7 @@ def test_sigterm_to_torchrun_saves_a_checkpoint_that_resumes(tmp_path):
 def test_launch_time_is_one_time_for_all_processes_of_a_launch(monkeypatch):
     import time
 
-    from nanolab.tracking import launch_time
+    from nanolab.launch import launch_time
 
     monkeypatch.setenv("NANOLAB_LAUNCH_TIME", "1700000000")  # several nodes: exported before srun
     assert launch_time("%Y-%m-%d %H:%M") == time.strftime(

@@ -14,9 +14,10 @@ from conftest import TINY, compose_train, run_cli
 from nanolab import ConfigError
 from nanolab.compare import compare
 from nanolab.config import check_config
-from nanolab.data import BatchSampler, FullBatchSampler, TokenData
+from nanolab.data import TokenData
+from nanolab.dataloader import BatchSampler, FullBatchSampler
+from nanolab.launch import RunInfo
 from nanolab.model import GPT, GPTConfig
-from nanolab.tracking import RunInfo
 from nanolab.train import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest)

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from nanolab import ConfigError
 from nanolab.config import check_config
+from nanolab.launch import RunInfo
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import (
     NEEDS_EXTRA,
@@ -22,7 +23,6 @@ from nanolab.optim import (
     muon_matrices,
     wsd_multiplier,
 )
-from nanolab.tracking import RunInfo
 from nanolab.train import train
 
 OPTIMIZERS = sorted(p.stem for p in (REPO / "configs" / "optim").glob("*.yaml"))

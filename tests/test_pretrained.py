@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from nanolab import ConfigError
 from nanolab.data import TokenData
 from nanolab.model import GPT, GPTConfig
-from nanolab.pretrained import load_into, read_weights
+from nanolab.weights import load_into, read_weights
 
 GPT2_META = {"tokenizer": "gpt2", "vocab_size": 50257}
 

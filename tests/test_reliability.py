@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from wandb_offline import offline_runs
 
 from nanolab import ConfigError
-from nanolab.tracking import RunInfo
+from nanolab.launch import RunInfo
 from nanolab.train import train
 
 pytestmark = pytest.mark.slow
@@ -181,7 +181,7 @@ def test_a_fresh_run_into_a_directory_holding_a_run_is_refused_before_anything_i
 
 
 def test_runs_launched_in_the_same_second_get_their_own_directories(monkeypatch):
-    from nanolab.tracking import launch_id
+    from nanolab.launch import launch_id
 
     ids = set()
     for pid in (101, 102):

@@ -16,9 +16,9 @@ from wandb_offline import offline_runs
 
 from nanolab import ConfigError
 from nanolab.config import check_config
+from nanolab.launch import RunInfo
 from nanolab.losses import LOSSES
 from nanolab.runtime import use_compile
-from nanolab.tracking import RunInfo
 from nanolab.train import train
 
 GROUPS = ["model", "data", "loss", "optim", "schedule", "logger", "experiment", "hparams_search"]
@@ -227,7 +227,7 @@ def test_loss_comparison_experiment_sweeps_four_losses_over_three_seeds(tmp_path
 
 
 def test_job_directory_names_stay_valid_file_names():
-    from nanolab.tracking import safe_dirname
+    from nanolab.launch import safe_dirname
 
     assert safe_dirname("loss=mse,optim.lr=0.001") == "loss=mse,optim.lr=0.001"
     assert "/" not in safe_dirname("data.path=/home/me/corpus.txt")
@@ -296,9 +296,10 @@ def test_a_model_with_every_option_trains_resumes_exactly_and_loads(tmp_path):
             k: v for k, v in b.items() if not k.startswith(("time", "perf"))
         }
     assert straight[-1]["val/ce"] < straight[0]["val/ce"]
-    from nanolab.checkpoint import load_model
+    from nanolab.weights import model_from_weights, read_weights
 
-    model, state = load_model(tmp_path / "resumed" / "last.pt", torch.device("cpu"))
+    weights = read_weights(str(tmp_path / "resumed" / "last.pt"))
+    model = model_from_weights(weights, weights.run.data_meta, "checkpoint")
     assert (
         model.config.position == "rope"
         and "wpe" not in model.transformer

@@ -19,19 +19,19 @@ from conftest import TINY, compose_train
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from nanolab import Abandoned, ConfigError, StorageError, config_as_data
+from nanolab import Abandoned, ConfigError, DataError, StorageError, config_as_data
 from nanolab.checkpoint import load_checkpoint
 from nanolab.compare import compare, offline_run_folders
 from nanolab.config import check_config
-from nanolab.data import DataError, TokenData, prepare
+from nanolab.data import TokenData, prepare
 from nanolab.evaluate import run as evaluate_run
+from nanolab.launch import RunInfo
 from nanolab.metrics import evaluate_batches
 from nanolab.model import GPT, GPTConfig
-from nanolab.pretrained import read_weights
 from nanolab.prune import prune_run
 from nanolab.sharpness import lanczos, stability_threshold
-from nanolab.tracking import RunInfo
 from nanolab.train import train
+from nanolab.weights import read_weights
 
 RUN = [*TINY, "trainer.max_iters=2", "trainer.eval_interval=2", "logger.mode=disabled"]
 

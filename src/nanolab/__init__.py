@@ -30,6 +30,10 @@ def exit_on_config_error(log: logging.Logger) -> Iterator[None]:
         sys.exit(1)
 
 
+class DataError(ConfigError):
+    """Input data that cannot be used; the message names the file or key and the fix."""
+
+
 class Diverged(RuntimeError):
     """The loss or the gradient norm became non-finite and `trainer.on_nonfinite=stop`."""
 

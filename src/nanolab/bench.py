@@ -48,11 +48,11 @@ from torch.nn import functional as F
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import write_json
 from nanolab.distributed import World
+from nanolab.launch import RunInfo
 from nanolab.losses import chunked_head_loss, get_loss, head_chunk_tokens
 from nanolab.metrics import evaluate_batches, flops_per_token
 from nanolab.run import Run, build_run, train_step
 from nanolab.runtime import Runtime, measure_cpu_matmul_flops, pick_device, sync
-from nanolab.tracking import RunInfo
 from nanolab.trainer import build_probe, train
 
 log = logging.getLogger("nanolab.bench")

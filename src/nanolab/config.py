@@ -12,6 +12,7 @@ reported: one line naming the key and what it must be, exit code 2, before a fil
 from __future__ import annotations
 
 import enum
+import json
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from nanolab import ConfigError
-from nanolab.data import full_batch_windows
+from nanolab.dataloader import full_batch_windows
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.model import GPTConfig
 from nanolab.optim import build_schedule, check_optim
@@ -440,10 +441,67 @@ def _typed(path: str, node: DictConfig, schema: type) -> None:
             node[key] = converted
 
 
+# Keys that do not change what a run computes, with their sub-keys: where it resumes from and
+# what the resume may change, the device and kernels that run it, how it is logged, Hydra's
+# own. Run and sweep-job names leave them out, nanolab.compare does not group by them, the W&B
+# config holds what setup made of them, and a resume may change them.
+CHANGES_NOTHING = (
+    "resume",
+    "allow_changes",
+    "fresh_optimizer",
+    "device",
+    "compile",
+    "optim.fused",
+    "logger",
+    "hydra",
+)
+
+
+def changes_nothing(key: str) -> bool:
+    """Whether the dotted config key (or an override's key: `+`, `~` and `++` are ignored) is
+    one of CHANGES_NOTHING or below one."""
+    key = key.lstrip("+~")
+    return any(key == k or key.startswith(k + ".") for k in CHANGES_NOTHING)
+
+
+def computing_keys(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A (resolved) config tree less the keys that change nothing the run computes."""
+    return {
+        k: computing_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else v
+        for k, v in tree.items()
+        if not changes_nothing(f"{prefix}{k}")
+    }
+
+
+# The configs check_config has passed in this process (as JSON): a single run's config is
+# checked by the Hydra callback before Hydra writes anything, and is not checked again when
+# training starts.
+_checked: set[str] = set()
+
+
+def resolved_tree(cfg: DictConfig) -> dict[str, Any]:
+    """A run's config as plain values, resolved, without Hydra's node: the same for the Hydra
+    callback's config and the task's."""
+    return {
+        k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+        for k, v in cfg.items()
+        if k != "hydra"
+    }
+
+
+def _as_json(cfg: DictConfig) -> str | None:
+    try:
+        return json.dumps(resolved_tree(cfg), sort_keys=True, default=str)
+    except OmegaConfBaseException:  # an interpolation that fails: the checks name it
+        return None
+
+
 def check_config(cfg: DictConfig) -> None:
     """Check a composed training config before anything runs or is written: types against the
     schemas (converting in place), then the values of every group. Raises one ConfigError
     naming the first bad key and what it must be."""
+    if _as_json(cfg) in _checked:
+        return
     missing = missing_keys(cfg)
     if missing:
         raise ConfigError(
@@ -451,6 +509,7 @@ def check_config(cfg: DictConfig) -> None:
         )
     check_types(cfg)
     check_values(cfg)
+    _checked.add(_as_json(cfg))
 
 
 def missing_keys(node: DictConfig, prefix: str = "") -> list[str]:

@@ -16,7 +16,6 @@ Sources (`data.source`):
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -24,119 +23,23 @@ import math
 import os
 import re
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-import tiktoken
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from nanolab import ConfigError
+from nanolab import DataError
 from nanolab.atomic import atomic_path, write_json
+from nanolab.tokenizer import CharTokenizer, GPT2Tokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
 
 # Bump when the on-disk format or the preparation changes, so old data is prepared again.
 FORMAT_VERSION = 1
-
-
-class DataError(ConfigError):
-    """Input data that cannot be used; the message names the file or key and the fix."""
-
-
-# --- tokenizers ----------------------------------------------------------------------------
-
-
-class Tokenizer(Protocol):
-    vocab_size: int
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
-
-
-class CharTokenizer:
-    """One token per character; the vocabulary is the sorted set of characters in the corpus."""
-
-    def __init__(self, chars: list[str]) -> None:
-        self.chars = chars
-        self.vocab_size = len(chars)
-        self.stoi = {ch: i for i, ch in enumerate(chars)}
-
-    def encode(self, text: str) -> list[int]:
-        unknown = set(text) - self.stoi.keys()
-        if unknown:
-            raise DataError(f"characters {sorted(unknown)!r} are not in this dataset's vocabulary")
-        return [self.stoi[c] for c in text]
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [self.encode(t) for t in texts]
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.chars[i] for i in ids)
-
-
-class GPT2Tokenizer:
-    """GPT-2's BPE through tiktoken, built from the files shipped with nanolab (no network)."""
-
-    def __init__(self) -> None:
-        self.encoding = gpt2_encoding()
-        self.vocab_size = self.encoding.n_vocab
-        self.eot = self.encoding.eot_token
-
-    def encode(self, text: str) -> list[int]:
-        return self.encoding.encode_ordinary(text)
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Each text encoded on tiktoken's thread pool (its Rust core releases the GIL)."""
-        return self.encoding.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 1)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.encoding.decode(ids)
-
-
-GPT2_VOCAB = 50257  # GPT-2's BPE tokens, <|endoftext|> last
-
-
-@functools.cache
-def gpt2_encoding() -> tiktoken.Encoding:
-    """tiktoken's `gpt2` encoding from local files; the hashes are the ones tiktoken checks
-    for its own download, so the result is identical to `tiktoken.get_encoding("gpt2")`."""
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
-
-    files = resources.files("nanolab") / "assets" / "gpt2"
-    with (
-        resources.as_file(files / "vocab.bpe") as bpe,
-        resources.as_file(files / "encoder.json") as enc,
-    ):
-        ranks = data_gym_to_mergeable_bpe_ranks(
-            vocab_bpe_file=str(bpe),
-            encoder_json_file=str(enc),
-            vocab_bpe_hash="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-            encoder_json_hash="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-        )
-    return tiktoken.Encoding(
-        name="gpt2",
-        pat_str=r50k_pat_str,
-        mergeable_ranks=ranks,
-        special_tokens={ENDOFTEXT: GPT2_VOCAB - 1},
-        explicit_n_vocab=GPT2_VOCAB,
-    )
-
-
-def tokenizer_from_meta(meta: dict) -> Tokenizer:
-    """The tokenizer a prepared dataset (or a checkpoint, which carries the meta) was made with."""
-    if meta["tokenizer"] == "char":
-        return CharTokenizer(meta["chars"])
-    return GPT2Tokenizer()
 
 
 # --- reading sources -------------------------------------------------------------------------
@@ -564,9 +467,6 @@ def trained_data(wanted: dict, given: str | None, recorded: str | None, what: st
     )
 
 
-# --- sampling batches ------------------------------------------------------------------------
-
-
 @dataclass
 class TokenData:
     """A prepared dataset: both splits as read-only memory maps, and its meta."""
@@ -650,128 +550,3 @@ class TokenData:
                     f"the {split} split of data={self.meta['name']} has {len(getattr(self, split))} tokens, "
                     f"too few for model.block_size={block_size}; lower model.block_size or use more data"
                 )
-
-
-class BatchSampler:
-    """Random (x, y) windows of one split, drawn from seeded generators so that the data order
-    is reproducible and can be checkpointed independently of the model's randomness.
-
-    Each micro-batch of an optimizer step has its own stream: with `streams` = (s0, s1, ...)
-    consecutive calls draw from s0, s1, ... in turn. A single process with grad_accum=A uses
-    streams 0..A-1; under DDP rank r takes its share of them, so a run draws the same batches
-    on any number of processes. Stream 0 is seeded with `seed` itself."""
-
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        batch_size: int,
-        block_size: int,
-        seed: int,
-        device: torch.device,
-        streams: Sequence[int] = (0,),
-        targets: np.ndarray | None = None,
-    ) -> None:
-        self.tokens = tokens
-        self.targets = targets  # the targets when they are not the tokens (label noise)
-        self.batch_size = batch_size
-        self.offsets = np.arange(block_size + 1)
-        self.device = device
-        self.generators = {s: torch.Generator().manual_seed(stream_seed(seed, s)) for s in streams}
-        self.order = list(streams)
-        self.position = 0
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = self.generators[self.order[self.position]]
-        self.position = (self.position + 1) % len(self.order)
-        starts = torch.randint(
-            len(self.tokens) - len(self.offsets) + 1, (self.batch_size,), generator=generator
-        )
-        rows = starts.numpy()[:, None] + self.offsets
-        window = torch.from_numpy(self.tokens[rows].astype(np.int64))
-        if self.targets is not None:  # (inputs, targets) stacked: the inputs stay the clean tokens
-            window = torch.stack(
-                [window[:, :-1], torch.from_numpy(self.targets[rows[:, 1:]].astype(np.int64))]
-            )
-        if self.device.type == "cuda":
-            window = window.pin_memory().to(self.device, non_blocking=True)
-        else:
-            window = window.to(self.device)
-        return (window[:, :-1], window[:, 1:]) if self.targets is None else (window[0], window[1])
-
-    def state_dict(self) -> dict:
-        """The generator state of each stream (taken between optimizer steps)."""
-        return {"streams": {s: g.get_state() for s, g in self.generators.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore this sampler's streams from a state holding them, possibly among others
-        (a DDP checkpoint holds every rank's)."""
-        saved = state["streams"]
-        missing = sorted(set(self.generators) - set(saved))
-        if missing:
-            raise ConfigError(
-                f"the checkpoint has data streams {sorted(saved)} but this run needs {sorted(self.generators)}: "
-                "resume with the trainer.grad_accum (and, with trainer.fix_global_batch=false, the number of processes) it was saved with"
-            )
-        for s, generator in self.generators.items():
-            generator.set_state(saved[s])
-        self.position = 0
-
-
-def full_batch_windows(tokens: int, block_size: int, batch_size: int) -> int:
-    """How many windows of block_size a full batch over `tokens` tokens has; ConfigError unless
-    micro-batches of batch_size windows cover them exactly (each token must weigh the same)."""
-    windows = (tokens - 1) // block_size
-    if windows % batch_size:
-        fits = [b for b in range(1, min(windows, 256) + 1) if windows % b == 0]
-        raise ConfigError(
-            f"trainer.full_batch: data.train_tokens={tokens} makes {windows} windows of model.block_size={block_size}, "
-            f"which trainer.batch_size={batch_size} does not divide; use a batch_size among {fits} or change data.train_tokens"
-        )
-    return windows
-
-
-class FullBatchSampler:
-    """The whole of a (small) token set as consecutive windows, every target once: each call
-    returns the next micro-batch of `batch_size` windows, so `accum` calls make one full
-    batch. It holds no state between optimizer steps."""
-
-    def __init__(
-        self,
-        tokens: np.ndarray,
-        batch_size: int,
-        block_size: int,
-        device: torch.device,
-        targets: np.ndarray | None = None,
-    ) -> None:
-        windows = full_batch_windows(len(tokens), block_size, batch_size)
-        flat = torch.from_numpy(np.asarray(tokens[: windows * block_size + 1]).astype(np.int64))
-        flat_targets = (
-            flat
-            if targets is None
-            else torch.from_numpy(np.asarray(targets[: windows * block_size + 1]).astype(np.int64))
-        )
-        self.x = flat[:-1].view(windows, block_size).to(device)
-        self.y = flat_targets[1:].view(windows, block_size).to(device)
-        self.batch_size, self.position = batch_size, 0
-
-    @property
-    def micro_batches(self) -> int:
-        return len(self.x) // self.batch_size
-
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = slice(self.position * self.batch_size, (self.position + 1) * self.batch_size)
-        self.position = (self.position + 1) % self.micro_batches
-        return self.x[rows], self.y[rows]
-
-    def state_dict(self) -> dict:
-        return {"streams": {}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position = 0
-
-
-def stream_seed(seed: int, stream: int) -> int:
-    """Seed of a data stream: `seed` itself for stream 0, an independent one for the others."""
-    if stream == 0:
-        return seed
-    return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0])

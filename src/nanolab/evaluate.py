@@ -30,13 +30,12 @@ from tqdm.auto import tqdm
 
 from nanolab import ConfigError, StorageError, exit_on_config_error
 from nanolab.atomic import unwritable, write_json
-from nanolab.checkpoint import checkpoint_file, load_model, run_config
 from nanolab.config import EvaluateKeys, check_entry_types
 from nanolab.data import TokenData, trained_data
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.metrics import TokenTotals, update_totals
-from nanolab.pretrained import Weights, foreign_data_dir, foreign_weights, model_from_weights
 from nanolab.runtime import Runtime, pick_device
+from nanolab.weights import foreign_data_dir, model_from_weights, read_weights
 
 log = logging.getLogger("nanolab.evaluate")
 
@@ -86,21 +85,21 @@ class Subject:
     step: int | None
 
 
-def nanolab_subject(cfg: DictConfig, device: torch.device) -> Subject:
-    """A nanolab checkpoint with its run's loss and head chunk, on its run's prepared data
-    (read only: see data.trained_data)."""
-    path = checkpoint_file(cfg.checkpoint)
-    model, state = load_model(path, device)
-    train_cfg = run_config(state)
-    data = trained_data(state["data_meta"], cfg.data.dir, state["data_dir"], f"checkpoint={path}")
-    return Subject(path, model, data, train_cfg.loss, train_cfg.head_chunk_tokens, state["step"])
-
-
-def foreign_subject(weights: Weights, cfg: DictConfig, device: torch.device) -> Subject:
-    """nanoGPT's or GPT-2's weights on the prepared data in data.dir, scored with cross-entropy."""
-    data = TokenData.read(foreign_data_dir(weights, cfg.data.dir, cfg.checkpoint))
+def subject(cfg: DictConfig, device: torch.device) -> Subject:
+    """The weights at checkpoint= and what they are scored on: a nanolab run's own prepared data
+    (read only: data.trained_data), loss and head chunk; nanoGPT's or GPT-2's weights the
+    prepared data in data.dir, with cross-entropy."""
+    weights = read_weights(cfg.checkpoint, "checkpoint")
+    if weights.run:
+        trained = weights.run
+        where = f"checkpoint={weights.path}"
+        data = trained_data(trained.data_meta, cfg.data.dir, trained.data_dir, where)
+        loss, head_chunk = trained.config.loss, trained.config.head_chunk_tokens
+    else:
+        data = TokenData.read(foreign_data_dir(weights, cfg.data.dir, cfg.checkpoint))
+        loss, head_chunk = OmegaConf.create(CE), "auto"
     model = model_from_weights(weights, data.meta, "checkpoint").to(device).eval()
-    return Subject(Path(cfg.checkpoint), model, data, OmegaConf.create(CE), "auto", weights.step)
+    return Subject(weights.path, model, data, loss, head_chunk, weights.step)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -110,24 +109,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.batch_tokens < 1:
         raise ConfigError(f"batch_tokens={cfg.batch_tokens} must be >= 1")
     runtime = Runtime.create(pick_device(cfg.device), cfg.dtype, False, cfg.cpu_keep_freed_memory)
-    foreign = foreign_weights(cfg.checkpoint, "checkpoint")
-    subject = (
-        nanolab_subject(cfg, runtime.device)
-        if foreign is None
-        else foreign_subject(foreign, cfg, runtime.device)
-    )
-    model = subject.model
+    evaluated = subject(cfg, runtime.device)
+    model = evaluated.model
     windows_per_batch = max(1, cfg.batch_tokens // model.config.block_size)
-    head_chunk = head_chunk_tokens(subject.head_chunk_tokens, model.config.vocab_size)
+    head_chunk = head_chunk_tokens(evaluated.head_chunk_tokens, model.config.vocab_size)
     # a Hugging Face directory holds its own
-    out = subject.source if subject.source.is_dir() else subject.source.parent
+    out = evaluated.source if evaluated.source.is_dir() else evaluated.source.parent
     reason = unwritable(out)
     if reason:
         log.warning("%s is not writable (%s): the metrics are printed, not saved", out, reason)
     metrics = evaluate_split(
         model,
-        getattr(subject.data, cfg.split),
-        subject.loss,
+        getattr(evaluated.data, cfg.split),
+        evaluated.loss,
         windows_per_batch,
         head_chunk,
         runtime.autocast(),
@@ -142,7 +136,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if not reason:
         path = out / f"evaluation_{cfg.split}.json"
         try:
-            write_json(path, {"checkpoint": str(subject.source), "step": subject.step, **metrics})
+            write_json(
+                path, {"checkpoint": str(evaluated.source), "step": evaluated.step, **metrics}
+            )
         except OSError as e:
             raise StorageError(
                 f"could not write {path} ({e.strerror or e}); the metrics are printed above"

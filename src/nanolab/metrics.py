@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 from torch.nn import functional as F
 
 from nanolab import Abandoned
-from nanolab.data import BatchSampler, TokenData
+from nanolab.data import TokenData
+from nanolab.dataloader import BatchSampler
 from nanolab.distributed import World
 from nanolab.losses import LossFn
 from nanolab.model import GPT, GPTConfig

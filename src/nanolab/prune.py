@@ -30,7 +30,6 @@ from torch.nn.utils import prune
 
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import atomic_path, unwritable, write_json
-from nanolab.checkpoint import checkpoint_file, load_checkpoint, run_config
 from nanolab.config import PruneKeys, check_entry_types
 from nanolab.data import trained_data
 from nanolab.distributed import World
@@ -38,6 +37,7 @@ from nanolab.metrics import evaluate_batches
 from nanolab.model import GPT
 from nanolab.run import Run, build_run, train_step
 from nanolab.runtime import Runtime, pick_device
+from nanolab.weights import load_into, read_weights
 
 log = logging.getLogger("nanolab.prune")
 
@@ -103,25 +103,32 @@ def prune_run(cfg: DictConfig) -> list[dict[str, Any]]:
         raise ConfigError(
             f"finetune_steps={cfg.finetune_steps} must be >= 0 and finetune_lr={cfg.finetune_lr} > 0"
         )
-    path = checkpoint_file(cfg.checkpoint)
-    state = load_checkpoint(path)
+    weights = read_weights(cfg.checkpoint, "checkpoint")
+    if weights.run is None:
+        raise ConfigError(
+            f"checkpoint={cfg.checkpoint} holds a {weights.source}, not a nanolab run: nanolab.prune "
+            "fine-tunes with the run's own config; give a nanolab run directory or checkpoint"
+        )
+    path = weights.path
     out = Path(cfg.out) if cfg.out else path.parent / "prune"
     reason = unwritable(out)
     if reason:
         raise ConfigError(
             f"the report cannot be written to {out} ({reason}); choose a writable folder with out="
         )
-    train_cfg = run_config(state)
+    train_cfg = weights.run.config
     # Fine-tuning: the checkpoint's setup at a constant finetune_lr, no warmup.
     train_cfg.schedule = {"name": "constant", "warmup_iters": 0}
     train_cfg.optim.lr = cfg.finetune_lr
     train_cfg.init_from = None  # the checkpoint's weights are loaded below
-    data = trained_data(state["data_meta"], cfg.data.dir, state["data_dir"], f"checkpoint={path}")
+    data = trained_data(
+        weights.run.data_meta, cfg.data.dir, weights.run.data_dir, f"checkpoint={path}"
+    )
     runtime = Runtime.create(pick_device(cfg.device), "float32", False)
     results = []
     for amount in amounts:
         run = build_run(train_cfg, World(), runtime, data=data)  # a fresh optimizer for each amount
-        run.model.load_state_dict(state["model"])
+        load_into(run.model, weights, data.meta, "checkpoint")
         modules = prunable(run.model, cfg.prune_embeddings)
         masks = prune_globally(modules, amount)
         result = {"amount": amount, **sparsity(run.model, modules), **_val(run, "pruned")}

@@ -20,14 +20,15 @@ from omegaconf import DictConfig
 from torch.nn.parallel import DistributedDataParallel
 
 from nanolab import ConfigError
-from nanolab.checkpoint import Checkpoint, check_compatible
-from nanolab.data import BatchSampler, FullBatchSampler, TokenData, prepare
+from nanolab.data import TokenData, prepare
+from nanolab.dataloader import BatchSampler, FullBatchSampler
 from nanolab.distributed import World, gradient_sync, local_grad_accum
 from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens, head_loss
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import CombinedOptimizer, build_optimizer, build_schedule, set_optimizer_mode
-from nanolab.pretrained import load_into, read_weights
+from nanolab.resume import Resume, check_compatible
 from nanolab.runtime import Runtime, capture_rng_state, restore_rng_state, seed_everything
+from nanolab.weights import load_into, read_weights
 
 log = logging.getLogger("nanolab.train")
 
@@ -129,7 +130,7 @@ def build_run(
     cfg: DictConfig,
     world: World,
     runtime: Runtime,
-    resume: Checkpoint | None = None,
+    resume: Resume | None = None,
     data: TokenData | None = None,
 ) -> Run:
     """The run's parts from the config, seeded; continued from a checkpoint when `resume` is

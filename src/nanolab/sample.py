@@ -15,11 +15,11 @@ import torch
 from omegaconf import DictConfig
 
 from nanolab import ConfigError, exit_on_config_error
-from nanolab.checkpoint import checkpoint_file, load_model
 from nanolab.config import SampleKeys, check_entry_types
-from nanolab.data import GPT2_VOCAB, TokenData, Tokenizer, tokenizer_from_meta
-from nanolab.pretrained import foreign_data_dir, foreign_weights, model_from_weights
+from nanolab.data import TokenData
 from nanolab.runtime import Runtime, pick_device
+from nanolab.tokenizer import GPT2_VOCAB, Tokenizer, tokenizer_from_meta
+from nanolab.weights import foreign_data_dir, model_from_weights, read_weights
 
 log = logging.getLogger("nanolab.sample")
 
@@ -59,17 +59,15 @@ def sample(cfg: DictConfig) -> list[str]:
 def load_for_sampling(cfg: DictConfig, device: torch.device) -> tuple[torch.nn.Module, Tokenizer]:
     """The model and its tokenizer: a nanolab checkpoint carries its vocabulary; nanoGPT's and
     GPT-2's weights use GPT-2's, or for a nanoGPT character model the one in data.dir."""
-    foreign = foreign_weights(cfg.checkpoint, "checkpoint")
-    if foreign is None:
-        model, state = load_model(checkpoint_file(cfg.checkpoint), device)
-        return model, tokenizer_from_meta(state["data_meta"])
-    if foreign.tokenizer == "gpt2":  # GPT-2's BPE ships with nanolab
+    weights = read_weights(cfg.checkpoint, "checkpoint")
+    if weights.run:
+        meta = weights.run.data_meta
+    elif weights.tokenizer == "gpt2":  # GPT-2's BPE ships with nanolab
         meta = {"tokenizer": "gpt2", "vocab_size": GPT2_VOCAB}
     else:
-        meta = TokenData.read(foreign_data_dir(foreign, cfg.data.dir, cfg.checkpoint)).meta
-    return model_from_weights(foreign, meta, "checkpoint").to(device).eval(), tokenizer_from_meta(
-        meta
-    )
+        meta = TokenData.read(foreign_data_dir(weights, cfg.data.dir, cfg.checkpoint)).meta
+    model = model_from_weights(weights, meta, "checkpoint").to(device).eval()
+    return model, tokenizer_from_meta(meta)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://nanolab.configs", config_name="sample")

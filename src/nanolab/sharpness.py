@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from nanolab import Abandoned, ConfigError
-from nanolab.data import BatchSampler
+from nanolab.dataloader import BatchSampler
 
 PROBE_STREAM = 1 << 20  # the probe set's data stream: apart from every training stream
 Operator = Callable[[torch.Tensor], torch.Tensor]  # a symmetric linear map on flat float64 vectors

@@ -20,15 +20,16 @@ import hydra
 from omegaconf import DictConfig
 
 from nanolab import EXIT_CONFIG_ERROR, ConfigError, Diverged, Interrupted, StorageError
-from nanolab.tracking import (
+from nanolab.launch import (
     RunInfo,
     claim_run_dir,
     hydra_run_info,
-    record_failure,
     record_refusal,
     release,
+    requeue_signal,
 )
-from nanolab.trainer import requeue_signal, train
+from nanolab.tracking import record_failure
+from nanolab.trainer import train
 
 log = logging.getLogger("nanolab.train")
 

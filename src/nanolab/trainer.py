@@ -19,42 +19,34 @@ The loop's own state (step, best val/ce, skipped steps, early stopping, W&B run 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import random
 import signal
 import statistics
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from nanolab import Abandoned, Diverged, Interrupted
-from nanolab.checkpoint import (
-    Checkpoint,
-    load_checkpoint,
-    resume_changes,
-    resume_checkpoint_path,
-    save_checkpoint,
-    saved_config,
-)
+from nanolab.checkpoint import save_checkpoint, saved_config
 from nanolab.config import check_config
-from nanolab.data import FullBatchSampler, stream_seed
+from nanolab.dataloader import FullBatchSampler, stream_seed
 from nanolab.distributed import World, process_group
+from nanolab.launch import RunInfo, stop_requests
 from nanolab.metrics import evaluate_batches, flops_per_token
 from nanolab.optim import set_optimizer_mode
+from nanolab.resume import prepare_resume
 from nanolab.run import Run, StepResult, build_run, is_finite, set_lr, train_step
 from nanolab.runtime import Runtime, pick_device
 from nanolab.sharpness import PROBE_STREAM, SharpnessProbe, probe_windows
-from nanolab.tracking import RunInfo, Tracker, git_state
+from nanolab.tracking import Tracker, git_state
 
 log = logging.getLogger("nanolab.train")
 
@@ -294,51 +286,6 @@ class Checkpointer:
             save_checkpoint(self.directory / "best.pt", checkpoint)
 
 
-def requeue_signal() -> int:
-    """The signal submitit sends a SLURM job before its time limit (SUBMITIT_PREEMPT_SIGNAL,
-    USR2 by default); its handler, installed by submitit, requeues the job."""
-    return getattr(
-        signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2
-    )
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[list[int]]:
-    """Turn SIGTERM and SIGINT (preemption, Ctrl-C) and submitit's requeue signal into a
-    request that the loop honours after the current step, with a checkpoint (nanolab.train then
-    hands the requeue signal to submitit's handler). A second signal (a scheduler and torchrun
-    may each send one) is noted and changes nothing, so the stop checkpoint is always written;
-    a third aborts at once, without it. Yields the list of signals received."""
-    received: list[int] = []
-
-    def request_stop(signum: int, frame: object) -> None:
-        received.append(signum)
-        if len(received) == 1:
-            log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
-        elif len(received) == 2:
-            log.warning(
-                "signal %d: already stopping; the checkpoint is written first (a third signal aborts without it)",
-                signum,
-            )
-        else:
-            raise KeyboardInterrupt(
-                f"signal {signum}, the third: aborted without a checkpoint of this step"
-            )
-
-    try:
-        previous = {
-            sig: signal.signal(sig, request_stop)
-            for sig in (signal.SIGTERM, signal.SIGINT, requeue_signal())
-        }
-    except ValueError:  # not the main thread: leave signals to whoever owns them
-        previous = {}
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def build_probe(run: Run) -> SharpnessProbe | None:
     """The sharpness probe on rank 0 (the others would repeat its work), when sharpness.every
     is set: a full-batch run's whole training set, else a fixed random probe set."""
@@ -373,22 +320,18 @@ class Trainer:
         runtime = Runtime.create(
             device, cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory, cfg.threads
         )
-        path = resume_checkpoint_path(cfg.resume, info.dir)
-        self.resume = Checkpoint(path, load_checkpoint(path)) if path else None
+        self.resume = prepare_resume(cfg, info.dir)
         self.resume_changes: list[str] = []
-        if path:
-            info.dir = path.parent  # continue in the original run directory
-            now = OmegaConf.to_container(cfg, resolve=True)
-            self.resume_changes = resume_changes(
-                path, self.resume.state["config"], now, list(cfg.allow_changes)
-            )
+        if self.resume:
+            info.dir = self.resume.path.parent  # continue in the original run directory
+            self.resume_changes = list(self.resume.changes)
             for change in self.resume_changes:
                 log.warning("resuming with a change allowed by allow_changes: %s", change)
         self.run = build_run(cfg, world, runtime, self.resume)
         self.state = RunState()
         if self.resume:
             self.state.load_state_dict(self.resume.state)
-            log.info("resuming from %s at step %d", path, self.state.step)
+            log.info("resuming from %s at step %d", self.resume.path, self.state.step)
             self.resume_changes += self.data_change()
         self._describe()
 
@@ -473,28 +416,9 @@ class Trainer:
         with stop_requests() as self.stop_signals, self.tracker, progress, logging_redirect_tqdm():
             self.validator = Validator(run, self.tracker)
             self.checkpointer = Checkpointer(run, self.tracker, self.info.dir)
-            if self.resume:
-                self.tracker.update_summary(self.resume.state["summary"])
-                if self.resume_changes:  # recorded for good: every later segment carries them on
-                    earlier = self.tracker.summary.get("resume/changes", [])
-                    self.tracker.update_summary(
-                        {
-                            "resume/changes": [
-                                *earlier,
-                                *(f"step {state.step}: {c}" for c in self.resume_changes),
-                            ]
-                        }
-                    )
-            self.tracker.update_summary(size)
+            self.carry_summary(size)
             self.sharpness = build_probe(run)
-            if not self.resume:
-                if self.sharpness and self.sharpness.should_measure(0):
-                    self.measure_sharpness()
-                set_optimizer_mode(run.optimizer, train=False)
-                self.validate(save=False)  # the untrained baseline (ln V for every loss)
-            elif state.eval_due:  # the evaluation a stop abandoned
-                set_optimizer_mode(run.optimizer, train=False)
-                self.validate(save=True)
+            self.first_measurements()
             self.metric_logger = MetricLogger(run, self.tracker, progress, state.step)
             while state.step < self.cfg.trainer.max_iters and not state.early_stop["stopped"]:
                 lr = set_lr(run, state.step)
@@ -509,6 +433,30 @@ class Trainer:
                     aliases=["best", f"step-{self.tracker.summary.get('best/step')}"],
                 )
         return self.tracker.summary.get(f"best/{self.cfg.objective}", math.nan)
+
+    def carry_summary(self, size: dict[str, int]) -> None:
+        """The summary a resumed run continues, with the changes allow_changes let through
+        recorded for good (every later segment carries them on), and the model's size."""
+        if self.resume:
+            self.tracker.update_summary(self.resume.state["summary"])
+            if self.resume_changes:
+                step = self.state.step
+                earlier = self.tracker.summary.get("resume/changes", [])
+                changes = [*earlier, *(f"step {step}: {c}" for c in self.resume_changes)]
+                self.tracker.update_summary({"resume/changes": changes})
+        self.tracker.update_summary(size)
+
+    def first_measurements(self) -> None:
+        """A fresh run's step-0 sharpness and untrained baseline evaluation (ln V for every
+        loss); a resumed run's evaluation that a stop abandoned."""
+        if not self.resume:
+            if self.sharpness and self.sharpness.should_measure(0):
+                self.measure_sharpness()
+            set_optimizer_mode(self.run.optimizer, train=False)
+            self.validate(save=False)
+        elif self.state.eval_due:
+            set_optimizer_mode(self.run.optimizer, train=False)
+            self.validate(save=True)
 
     def after_step(self, result: StepResult, lr: float) -> None:
         """The periodic concerns, each at its own interval: skipped steps, non-finite values,

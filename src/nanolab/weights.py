@@ -1,6 +1,7 @@
-"""Model weights from elsewhere, for `init_from=` (and for `checkpoint=` of nanolab.evaluate and
-nanolab.sample): a nanolab run, a nanoGPT checkpoint, or a Hugging Face GPT-2 directory, each
-read into nanolab's parameter names and shapes.
+"""The one loader of trained weights, for `init_from=` and for `checkpoint=` of nanolab.evaluate,
+nanolab.sample and nanolab.prune: a nanolab run, a nanoGPT checkpoint, or a Hugging Face GPT-2
+directory, each read into nanolab's parameter names and shapes (`read_weights`), then put into a
+model of their shape (`model_from_weights`) or into a configured one (`load_into`).
 
 - a nanolab run directory (its best.pt, else last.pt) or checkpoint file;
 - nanoGPT's `ckpt.pt` (train.py's keys `model_args` and `model`; the `_orig_mod.` prefix of a
@@ -23,15 +24,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from safetensors.torch import load_file as load_safetensors
 
 from nanolab import ConfigError
-from nanolab.checkpoint import checkpoint_file, load_checkpoint
-from nanolab.data import GPT2_VOCAB
+from nanolab.checkpoint import checkpoint_file, load_checkpoint, run_config
 from nanolab.model import GPT, GPTConfig
+from nanolab.tokenizer import GPT2_VOCAB
 
 # stored in × out by transformers
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+@dataclass
+class TrainedRun:
+    """What a nanolab checkpoint records of the run that trained its weights."""
+
+    config: DictConfig  # its config, as data (checkpoint.run_config)
+    data_meta: dict[str, Any]  # its prepared data's meta.json
+    data_dir: str | None  # where that data was prepared (data.trained_data looks there)
 
 
 @dataclass
@@ -39,11 +50,13 @@ class Weights:
     """Weights in nanolab's names, and what is known of the model they belong to."""
 
     source: str  # what they are, for messages: "nanolab checkpoint x.pt", ...
+    path: Path  # the file read, or the Hugging Face directory
     state_dict: dict[str, torch.Tensor]
     config: dict[str, Any]  # GPTConfig fields the source fixes (shapes, options)
     tokenizer: str  # "gpt2" or "char"
     chars: list[str] | None = None  # a nanolab character vocabulary, when the source holds it
     step: int | None = None  # the training step, when the source records it
+    run: TrainedRun | None = None  # a nanolab checkpoint's run; None for nanoGPT's and GPT-2's
 
 
 def read_weights(location: str, key: str = "init_from") -> Weights:
@@ -56,12 +69,14 @@ def read_weights(location: str, key: str = "init_from") -> Weights:
     state = load_checkpoint(file)
     meta = state["data_meta"]
     return Weights(
-        f"nanolab checkpoint {file}",
-        state["model"],
-        state["model_config"],
-        meta["tokenizer"],
-        meta.get("chars"),
-        state["step"],
+        source=f"nanolab checkpoint {file}",
+        path=file,
+        state_dict=state["model"],
+        config=state["model_config"],
+        tokenizer=meta["tokenizer"],
+        chars=meta.get("chars"),
+        step=state["step"],
+        run=TrainedRun(run_config(state), meta, state["data_dir"]),
     )
 
 
@@ -100,10 +115,11 @@ def _nanogpt(file: Path, raw: dict) -> Weights:
     }
     step = raw.get("iter_num")
     return Weights(
-        f"nanoGPT checkpoint {file}",
-        state,
-        config,
-        "gpt2" if args.get("vocab_size", 0) >= GPT2_VOCAB else "char",
+        source=f"nanoGPT checkpoint {file}",
+        path=file,
+        state_dict=state,
+        config=config,
+        tokenizer="gpt2" if args.get("vocab_size", 0) >= GPT2_VOCAB else "char",
         step=step,
     )
 
@@ -152,7 +168,7 @@ def _huggingface(directory: Path, key: str) -> Weights:
         "bias": True,
         "gelu": "tanh" if hf.get("activation_function", "gelu_new") != "gelu" else "exact",
     }
-    return Weights(f"Hugging Face GPT-2 {directory}", state, config, "gpt2")
+    return Weights(f"Hugging Face GPT-2 {directory}", directory, state, config, "gpt2")
 
 
 def _hf_weights(directory: Path, key: str) -> dict[str, torch.Tensor]:

@@ -1,0 +1,144 @@
+"""The tables of nanolab.compare: report.md (one row per configuration, mean ± sample std over seeds, n), report.csv and runs.csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+
+from nanolab import ENDED_AS_PLANNED
+from nanolab.results import METRICS, SIZE, Row, RunResult
+
+
+def human(value: float, _pos: object = None) -> str:
+    """A count as people write it, to three digits: 816k, 1.5M, 2G (also a tick formatter)."""
+    if math.isnan(value):
+        return ""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def _fmt(fmt: str, mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return ""
+    return fmt.format(mean) if math.isnan(std) else f"{fmt.format(mean)} ± {fmt.format(std)}"
+
+
+def size_columns(rows: list[Row]) -> list[tuple[str, str]]:
+    """The size columns that every row knows (runs from before they were recorded have none)."""
+    return [
+        (k, h) for k, h in SIZE if rows and all(row.stats(k)[2] for row in rows if row.finished)
+    ]
+
+
+def markdown_table(rows: list[Row], keys: list[str]) -> str:
+    sizes = size_columns(rows)
+    head = [
+        *(keys or ["configuration"]),
+        "n",
+        "seeds",
+        *(h for _, h in sizes),
+        *(h for _, h, _, _ in METRICS),
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row.params[k] for k in keys] or ["all runs"]
+        cells += [str(len(row.finished)), ",".join(str(r.seed) for r in row.finished)]
+        cells += [human(row.stats(k)[0]) for k, _ in sizes]
+        cells += [_fmt(fmt, *row.stats(key)[:2]) for key, _, fmt, _ in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(
+    rows: list[Row],
+    keys: list[str],
+    runs: list[RunResult],
+    sort: str,
+    sources: list[str],
+    evaluated_tokens: int = 0,
+) -> str:
+    unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
+    early = [r for r in runs if r.status == "early_stopped"]
+    where = (
+        f"val/ce, its calibrated value, T, val/acc and val/ece are from nanolab.evaluate on the whole val split ({evaluated_tokens:,} tokens) "
+        "at each run's final step (evaluation_val.json), the rest from its last in-training evaluation"
+        if evaluated_tokens
+        else "metrics are from each run's last evaluation"
+    )
+    out = [
+        "# Comparison report\n",
+        f"Runs: {len(runs)} from {', '.join(sources)}; {len(runs) - len(unfinished)} finished. "
+        f"One row per configuration, sorted by {sort}. Cells are mean ± sample standard deviation "
+        f"over the finished seeds (n); {where}; `best val/ce` is "
+        "its lowest in training, tokens/s the median over its log intervals.\n",
+        markdown_table(rows, keys),
+    ]
+    if early:
+        out.append(
+            "\nStopped early (trainer.early_stop; counted as finished, at their last evaluation): "
+            + ", ".join(f"`{r.dir.name}`" for r in early)
+            + "\n"
+        )
+    if unfinished:
+        out.append("\n## Runs that did not finish (left out of the statistics)\n")
+        out += [
+            f"- `{r.dir}` (seed {r.seed}): {r.status}" + (f": {r.error}" if r.error else "")
+            for r in unfinished
+        ]
+        out.append("")
+    out.append("\n## Every run\n")
+    head = ["run", "status", "seed", *(h for _, h, _, _ in METRICS)]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in runs:
+        cells = [r.dir.name, r.status, str(r.seed)]
+        cells += [fmt.format(r.values[k]) if k in r.values else "" for k, _, fmt, _ in METRICS]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def rows_csv(rows: list[Row], keys: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    sizes = size_columns(rows)
+    writer.writerow(
+        [
+            *keys,
+            "n",
+            "seeds",
+            *(k for k, _ in sizes),
+            *(f"{k}_{s}" for k, *_ in METRICS for s in ("mean", "std")),
+        ]
+    )
+    for row in rows:
+        stats = [row.stats(k)[:2] for k, *_ in METRICS]
+        writer.writerow(
+            [
+                *(row.params[k] for k in keys),
+                len(row.finished),
+                " ".join(str(r.seed) for r in row.finished),
+            ]
+            + [repr(row.stats(k)[0]) for k, _ in sizes]
+            + ["" if math.isnan(x) else repr(x) for pair in stats for x in pair]
+        )
+    return buffer.getvalue()
+
+
+def runs_csv(runs: list[RunResult], keys: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["run_dir", "status", "seed", *keys, *(k for k, *_ in METRICS), "error"])
+    for r in runs:
+        writer.writerow(
+            [
+                str(r.dir),
+                r.status,
+                r.seed,
+                *(r.params[k] for k in keys),
+                *(r.values.get(k, "") for k, *_ in METRICS),
+                r.error,
+            ]
+        )
+    return buffer.getvalue()
