@@ -1,15 +1,15 @@
 """Try nanolab the way an adversarial tester would: bad values, bad files, runs that collide.
 
-    python scripts/adversarial.py            # about 5 minutes on 2 cores; prints a table and the counts
+    python scripts/adversarial.py   # about 5 minutes on 2 cores; prints a table and the counts
 
-Each case runs a command line in a fresh directory and is judged as a user would: a refused
-case must exit with 2, print one line that names the key or file, show no traceback and leave
-no files beyond Hydra's own record of the run (`.hydra/`, the log); an accepted case must exit
-with 0; a `failed` one (a sweep whose jobs were refused) with 1 and no traceback. A case may
-also name files that must not appear and folders that must stay as they were: what a
-downloaded checkpoint asks for is never fetched, written or deleted. Progress lines a command logs before it stops (a download it attempts, say) are allowed; the
-error itself must be one line. The data comes from NANOLAB_DATA_DIR, else the repository's
-data/ folder.
+Each case runs a command line in a fresh directory and is judged as a user would: a refused case
+must exit with 2, print one line that names the key or file, show no traceback and leave no files
+beyond Hydra's own record of the run (`.hydra/`, the log); an accepted case must exit with 0; a
+`failed` one (a sweep whose jobs were refused) with 1 and no traceback. A case may also name files
+that must not appear and folders that must stay as they were: what a downloaded checkpoint asks for
+is never fetched, written or deleted. Progress lines a command logs before it stops (a download it
+attempts, say) are allowed; the error itself must be one line. The data comes from NANOLAB_DATA_DIR,
+else the repository's data/ folder.
 """
 
 from __future__ import annotations
@@ -422,7 +422,8 @@ def prepare_scratch(tmp: Path, good: Path) -> None:
     damaged.mkdir(parents=True)
     (damaged / "summary.json").write_text("[1, 2]")
     (damaged / "metrics.jsonl").write_text(
-        '{"step": 0, "time_s": 1.0, "val/ce": 4.0, "val/acc": 0.1}\n\x00\x00\n[3]\n{"step": 2, "val/ce": 3.0}\n'
+        '{"step": 0, "time_s": 1.0, "val/ce": 4.0, "val/acc": 0.1}\n\x00\x00\n[3]\n{"step": 2, '
+        '"val/ce": 3.0}\n'
     )
 
 
@@ -448,7 +449,8 @@ def main() -> int:
     data = Path(os.environ.get("NANOLAB_DATA_DIR", REPO / "data"))
     if not (data / "shakespeare_char" / "input.txt").is_file():
         print(
-            f"the tiny Shakespeare text is needed at {data}/shakespeare_char/input.txt (or set NANOLAB_DATA_DIR)"
+            f"the tiny Shakespeare text is needed at {data}/shakespeare_char/input.txt (or set "
+            "NANOLAB_DATA_DIR)"
         )
         return 2
     env = os.environ | {"NANOLAB_DATA_DIR": str(data), "WANDB_SILENT": "true"}
@@ -564,13 +566,16 @@ def main() -> int:
             )
         results.append((name, expected, proc.returncode, clear, lines[-1][:140] if lines else ""))
         print(
-            f"{'ok ' if clear else 'BAD'} {proc.returncode:>3} {name:<55} {lines[-1][:110] if lines else ''}",
+            f"{'ok ' if clear else 'BAD'} {proc.returncode:>3} {name:<55} "
+            f"{lines[-1][:110] if lines else ''}",
             flush=True,
         )
     refused = [r for r in results if r[1] == "refused"]
     print(
-        f"\n{len(results)} cases: {sum(r[3] for r in refused)} of {len(refused)} refused in one clear line with exit 2 and "
-        f"nothing lost or written; {sum(r[3] for r in results if r[1] != 'refused')} of {len(results) - len(refused)} accepted "
+        f"\n{len(results)} cases: {sum(r[3] for r in refused)} of {len(refused)} refused in one "
+        "clear line with exit 2 and "
+        f"nothing lost or written; {sum(r[3] for r in results if r[1] != 'refused')} of "
+        f"{len(results) - len(refused)} accepted "
         "(or failed with exit 1) as they should be"
     )
     shutil.rmtree(root, ignore_errors=True)

@@ -1,7 +1,7 @@
 """The GPU paths nanolab has never run, measured in one go (scripts/gpu_check.sh calls this).
 
-    bash scripts/gpu_check.sh results/gpu_check            # on a CUDA machine: about 9 minutes on one H100
-    bash scripts/gpu_check.sh --dry-run /tmp/gpu_check      # the same sequence, tiny, on CPU (CI runs it)
+    bash scripts/gpu_check.sh results/gpu_check        # on a CUDA machine: 9 minutes on one H100
+    bash scripts/gpu_check.sh --dry-run /tmp/gpu_check  # the same sequence, tiny, on CPU (in CI)
 
 Each check runs as its own command, with a time limit, and a failing check is recorded (its
 command, exit code and the end of its output) without stopping the others:
@@ -319,7 +319,8 @@ def check_quickstart(out: Path, overrides: list[str], dry_run: bool) -> dict[str
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        f"# GPU check ({'dry run on CPU' if report['dry_run'] else report['environment']['device']})",
+        "# GPU check "
+        f"({'dry run on CPU' if report['dry_run'] else report['environment']['device']})",
         "",
     ]
     lines += [f"- {k}: {v}" for k, v in report["environment"].items()]
@@ -371,7 +372,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     lines += [
         "",
-        f"Total: {report['seconds']:.0f} s. Failed checks: {', '.join(report['failed']) or 'none'}.",
+        f"Total: {report['seconds']:.0f} s. Failed checks: "
+        f"{', '.join(report['failed']) or 'none'}.",
         "",
     ]
     return "\n".join(lines)

@@ -19,6 +19,18 @@ from omegaconf import DictConfig
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 REPO = Path(__file__).resolve().parents[1]
+# The slow tier is a folder: every test in tests/slow/ (subprocess end to end, long runs) is
+# marked slow, so `python -m pytest` (addopts: -m 'not slow') leaves it to `-m slow`.
+SLOW_TIER = Path(__file__).resolve().parent / "slow"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_TIER in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
+
 SHAKESPEARE_COPIES = [
     REPO / "data" / "shakespeare_char" / "input.txt",
     REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt",
@@ -68,7 +80,8 @@ def run_cli(
     check: bool = True,
     env: dict | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run `python -m <module> <args>` in cwd, as a user would (in `env`, default this process's)."""
+    """Run `python -m <module> <args>` in cwd, as a user would (in `env`, default this
+    process's)."""
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
@@ -79,7 +92,8 @@ def run_cli(
     )
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+            "exit "
+            f"{proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
         )
     return proc
 

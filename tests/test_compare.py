@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY, run_cli
-from wandb_offline import offline_runs
+from conftest import compose_train
+from omegaconf import OmegaConf
 
 from nanolab import ConfigError
 from nanolab.compare import compare
@@ -135,40 +135,6 @@ def test_unusable_arguments_are_named(tmp_path):
         compare([str(tmp_path / "run")], sort="val/loss")
 
 
-@pytest.mark.slow
-def test_compare_a_real_two_losses_by_two_seeds_multirun(tmp_path):
-    sweep = tmp_path / "sweep"
-    run_cli(
-        "-m",
-        "loss=ce,mse",
-        "seed=1,2",
-        *TINY,
-        "trainer.max_iters=6",
-        "trainer.eval_interval=3",
-        "logger.mode=disabled",
-        f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )
-    out = run_cli(str(sweep), cwd=tmp_path, module="nanolab.compare")
-
-    finals: dict[str, list[float]] = {"ce": [], "mse": []}
-    for job in sweep.iterdir():
-        if job.is_dir():
-            summary = json.loads((job / "summary.json").read_text())
-            finals[
-                yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["loss"]["name"]
-            ].append(summary["final/val/ce_calibrated"])
-    rows = read_csv(sweep / "report.csv")
-    for loss, (a, b) in finals.items():
-        mean = (a + b) / 2
-        std = math.sqrt(((a - mean) ** 2 + (b - mean) ** 2) / (2 - 1))
-        assert float(rows[loss]["val/ce_calibrated_mean"]) == pytest.approx(mean, rel=1e-12)
-        assert float(rows[loss]["val/ce_calibrated_std"]) == pytest.approx(std, rel=1e-9)
-        assert rows[loss]["n"] == "2" and rows[loss]["seeds"] == "1 2"
-    assert "| loss | n | seeds |" in out.stdout
-    assert (sweep / "curves.png").read_bytes().startswith(PNG_MAGIC)
-
-
 def test_damaged_metrics_are_named_and_a_finished_runs_summary_wins(tmp_path, caplog):
     job = tmp_path / "sweep" / "0_loss=ce,seed=1"
     fake_run(job, ["loss=ce"], 1, {"val/ce": 2.0, "val/acc": 0.5})
@@ -195,54 +161,6 @@ def test_damaged_metrics_are_named_and_a_finished_runs_summary_wins(tmp_path, ca
         f"{job}: metrics.jsonl's last evaluation (step 0) is not summary.json's final one"
         in caplog.text
     )
-
-
-@pytest.mark.slow
-def test_wandb_workspace_definition_of_a_real_two_by_two_sweep(tmp_path, monkeypatch):
-    sweep = tmp_path / "sweep"
-    run_cli(
-        "-m",
-        *TINY,
-        "loss=ce,mse",
-        "optim.lr=1e-3,1e-2",
-        "trainer.max_iters=4",
-        "trainer.eval_interval=2",
-        "logger.mode=offline",
-        f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    out = run_cli(str(sweep), "--wandb-workspace", cwd=tmp_path, module="nanolab.compare")
-    assert (
-        out.stdout.strip()
-        .splitlines()[-1]
-        .startswith(
-            f"W&B is offline: the workspace's definition is in {sweep / 'wandb_workspace.json'}"
-        )
-    )
-
-    view = json.loads((sweep / "wandb_workspace.json").read_text())
-    runset = view["spec"]["section"]["runSets"][0]
-    runs = offline_runs(sweep)
-    assert len(runs) == 4 and {r["group"] for r in runs} == {"sweep"}
-    assert runset["filters"]["filters"] == [
-        {"key": {"section": "run", "name": "group"}, "op": "=", "value": "sweep", "disabled": False}
-    ]
-    # Grouped by what the sweep varies, so the seeds of a configuration are averaged; those
-    # keys exist in every run's W&B config.
-    assert sorted(g["name"] for g in runset["grouping"]) == ["loss.value.name", "optim.value.lr"]
-    assert all({"loss", "optim"} <= set(r["config"]) and "lr" in r["config"]["optim"] for r in runs)
-    panels = view["spec"]["section"]["panelBankConfig"]["sections"][0]["panels"]
-    assert [p["config"]["metrics"] for p in panels] == [
-        ["val/ce_calibrated"],
-        ["val/ce"],
-        ["val/acc"],
-        ["train/loss"],
-    ]
-    assert {
-        (p["config"]["xAxis"], p["config"]["groupAgg"], p["config"]["groupArea"]) for p in panels
-    } == {("tokens", "mean", "stddev")}
-    assert "summary:val/ce_calibrated.last" in runset["runFeed"]["columnOrder"]
 
 
 def test_a_model_size_sweep_gets_sizes_in_the_table_and_a_plot_against_parameters(tmp_path):
@@ -279,7 +197,8 @@ def test_a_model_size_sweep_gets_sizes_in_the_table_and_a_plot_against_parameter
 def test_a_presets_interpolated_value_groups_with_the_same_value_given_on_the_command_line(
     tmp_path,
 ):
-    """Hydra saves config.yaml unresolved: optim.lr: ${tuned_lr.${loss.name}} must read as its value."""
+    """Hydra saves config.yaml unresolved: optim.lr: ${tuned_lr.${loss.name}} must read as its
+    value."""
     fake_run(tmp_path / "sweep" / "0_a", ["loss=ce", "optim.lr=0.003"], 1, {"val/ce": 2.0})
     fake_run(tmp_path / "final" / "0_b", ["loss=ce"], 2, {"val/ce": 2.2})
     config = tmp_path / "final" / "0_b" / ".hydra" / "config.yaml"
@@ -366,7 +285,13 @@ def test_the_interpolation_point_is_the_smallest_size_that_fits_its_training_set
     def row(params: float, *train_accs: float) -> Row:
         runs = [
             RunResult(
-                Path("r"), "finished", "", seed, {}, [], {"params": params, "train_eval/acc": acc}
+                dir=Path("r"),
+                status="finished",
+                error="",
+                seed=seed,
+                params={},
+                records=[],
+                values={"params": params, "train_eval/acc": acc},
             )
             for seed, acc in enumerate(train_accs)
         ]
@@ -378,3 +303,26 @@ def test_the_interpolation_point_is_the_smallest_size_that_fits_its_training_set
         == 2e4
     )
     assert interpolation_point([row(1e3, 0.30), row(1e4, 0.85)]) is None  # never fits: no point
+
+
+def test_keys_that_change_nothing_stay_out_of_names_columns_resume_and_wandb(tmp_path):
+    """config.CHANGES_NOTHING, defined once, decides for the run and sweep-job names, compare's
+    columns, the resume comparison and the W&B config."""
+    from nanolab.config import CHANGES_NOTHING
+    from nanolab.launch import run_name
+    from nanolab.results import read_run
+    from nanolab.resume import resume_changes
+    from nanolab.tracking import wandb_config
+
+    free = ["resume=true", "allow_changes=[x]", "fresh_optimizer=true", "device=cpu"]
+    free += ["compile=true", "optim.fused=true", "logger.mode=offline", "+logger.tags=[a]"]
+    assert run_name(["optim.lr=0.01", *free, "loss=mse"]) == "loss=mse,optim.lr=0.01"
+    fake_run(tmp_path / "0_a", ["loss=mse", *free], 1, {"val/ce": 2.0})
+    assert read_run(tmp_path / "0_a").params == {"loss": "mse"}
+    cfg = compose_train()
+    config = wandb_config(cfg, {})
+    assert not [k for k in CHANGES_NOTHING if k.split(".")[0] in config and "." not in k]
+    assert "fused" not in config["optim"] and config["optim"]["lr"] == cfg.optim.lr
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    now = OmegaConf.to_container(compose_train("device=cpu", "optim.fused=true"), resolve=True)
+    assert resume_changes(tmp_path / "last.pt", saved, now, []) == []

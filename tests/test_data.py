@@ -132,7 +132,8 @@ def test_hf_loader_on_local_files(tmp_path):
     cfg = compose_train(
         "data=tinystories",
         "data.hf_path=json",
-        f"data.data_files={{train: {tmp_path}/train.jsonl, validation: {tmp_path}/validation.jsonl}}",
+        f"data.data_files={{train: {tmp_path}/train.jsonl, validation: "
+        f"{tmp_path}/validation.jsonl}}",
         "data.num_proc=1",
         f"data.dir={tmp_path}/d",
     ).data
@@ -158,8 +159,8 @@ def test_hf_loader_on_local_files(tmp_path):
 
 def test_sampler_is_reproducible_and_resumable():
     tokens = np.arange(1000, dtype=np.uint16)
-    a = BatchSampler(tokens, 4, 8, seed=7, device=torch.device("cpu"))
-    b = BatchSampler(tokens, 4, 8, seed=7, device=torch.device("cpu"))
+    a = BatchSampler(tokens, batch_size=4, block_size=8, seed=7, device=torch.device("cpu"))
+    b = BatchSampler(tokens, batch_size=4, block_size=8, seed=7, device=torch.device("cpu"))
     x, y = a.next_batch()
     assert torch.equal(y, x + 1) and x.shape == (4, 8)
     b.next_batch()
@@ -214,8 +215,10 @@ def test_sharded_split_reads_like_one_file(data_root, tmp_path):
     ).exists()
     assert len(sharded.train) == len(whole.train)
     assert np.array_equal(sharded.train[np.arange(len(whole.train))], whole.train)
-    a = BatchSampler(whole.train, 16, 64, seed=3, device=torch.device("cpu"))
-    b = BatchSampler(sharded.train, 16, 64, seed=3, device=torch.device("cpu"))
+    a = BatchSampler(whole.train, batch_size=16, block_size=64, seed=3, device=torch.device("cpu"))
+    b = BatchSampler(
+        sharded.train, batch_size=16, block_size=64, seed=3, device=torch.device("cpu")
+    )
     for _ in range(20):  # 320 windows, many of them across shard boundaries
         assert torch.equal(a.next_batch()[0], b.next_batch()[0])
 

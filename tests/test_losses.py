@@ -88,7 +88,8 @@ def test_ignored_targets_contribute_nothing(name):
 
 
 def test_every_loss_has_a_yaml_and_every_yaml_a_loss():
-    """Each registered loss has its yaml; a variant yaml (mse_rescaled: mse at other k, M) names a registered loss."""
+    """Each registered loss has its yaml; a variant yaml (mse_rescaled: mse at other k, M) names a
+    registered loss."""
     yamls = {p.stem for p in CONFIGS.glob("*.yaml")}
     assert set(LOSSES) <= yamls
     for name in yamls:
@@ -220,13 +221,29 @@ def test_chunked_head_equals_the_whole_head_in_value_and_gradients(name, softcap
         if chunk is None:
             loss = loss_fn(head(h), targets, cfg)
         else:
-            loss = chunked_head_loss(h, targets, head, [weight], loss_fn, cfg, chunk)
+            loss = chunked_head_loss(
+                h,
+                targets,
+                head=head,
+                head_params=[weight],
+                loss_fn=loss_fn,
+                cfg=cfg,
+                chunk_tokens=chunk,
+            )
         (2 * loss).backward()  # a scaled upstream gradient, as grad accumulation gives
         results.append((loss.detach(), h.grad, weight.grad.clone()))
         with torch.no_grad():
             if chunk is not None:
                 assert torch.allclose(
-                    chunked_head_loss(hidden, targets, head, [weight], loss_fn, cfg, chunk),
+                    chunked_head_loss(
+                        hidden,
+                        targets,
+                        head=head,
+                        head_params=[weight],
+                        loss_fn=loss_fn,
+                        cfg=cfg,
+                        chunk_tokens=chunk,
+                    ),
                     loss.detach(),
                     rtol=1e-6,
                 )

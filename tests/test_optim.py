@@ -4,17 +4,14 @@ gets matrices only, the extra's optimizers say what to install, and WSD has its 
 from __future__ import annotations
 
 import importlib.util
-import json
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, compose_train
+from conftest import REPO, compose_train
 from omegaconf import OmegaConf
 
 from nanolab import ConfigError
 from nanolab.config import check_config
-from nanolab.launch import RunInfo
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import (
     NEEDS_EXTRA,
@@ -23,7 +20,6 @@ from nanolab.optim import (
     muon_matrices,
     wsd_multiplier,
 )
-from nanolab.train import train
 
 OPTIMIZERS = sorted(p.stem for p in (REPO / "configs" / "optim").glob("*.yaml"))
 
@@ -122,35 +118,6 @@ def test_an_optimizer_of_the_extra_without_the_package_is_one_line_naming_the_ex
         with pytest.raises(ConfigError, match=r"nanolab\[optimizers\]"):
             check_config(compose_train(f"optim={name}"))
     check_config(compose_train("optim=muon"))  # built into torch: no extra needed
-
-
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_every_optimizer_resumes_exactly(tmp_path, name):
-    def run(directory: Path, *overrides: str) -> None:
-        cfg = compose_train(
-            *TINY,
-            "logger.mode=disabled",
-            f"optim={name}",
-            "trainer.eval_interval=4",
-            "schedule.warmup_iters=2",
-            "schedule.decay_iters=8",
-            *overrides,
-        )
-        train(cfg, RunInfo(dir=directory, group=None, name=None))
-
-    run(tmp_path / "straight", "trainer.max_iters=8")
-    run(tmp_path / "resumed", "trainer.max_iters=4")
-    run(tmp_path / "resumed", "trainer.max_iters=8", "resume=true")
-    straight, resumed = records(tmp_path / "straight"), records(tmp_path / "resumed")
-    assert [r["step"] for r in straight] == [r["step"] for r in resumed]
-    for a, b in zip(straight, resumed):
-        for key in ("train/loss", "train/grad_norm", "val/ce", "train_eval/ce"):
-            assert a.get(key) == b.get(key), (name, a["step"], key)  # bit for bit
 
 
 def test_wsd_has_its_exact_values():

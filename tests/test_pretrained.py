@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, compose_train, run_cli
+from conftest import compose_train, run_cli
 from torch.nn import functional as F
 
 from nanolab import ConfigError
@@ -57,13 +57,15 @@ def test_hugging_face_weights_need_gpt2s_gelu_and_biases(tmp_path):
     )
     with pytest.raises(
         ConfigError,
-        match=r"bias: Hugging Face GPT-2 .* has True, model.bias=False; gelu: .* has tanh, model.gelu=exact",
+        match=r"bias: Hugging Face GPT-2 .* has True, model.bias=False; "
+        r"gelu: .* has tanh, model.gelu=exact",
     ):
         load_into(model, read_weights(str(tmp_path)), GPT2_META)
 
 
 def test_a_nanogpt_checkpoint_of_a_compiled_model_loads(tmp_path):
-    """nanoGPT's train.py saves {model_args, model, ...}; a compiled model's keys carry _orig_mod."""
+    """nanoGPT's train.py saves {model_args, model, ...}; a compiled model's keys carry
+    _orig_mod."""
     source = nanogpt_char_checkpoint(tmp_path / "ckpt.pt")
     model = GPT(
         GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, bias=False)
@@ -86,38 +88,6 @@ def test_a_nanogpt_checkpoint_of_a_compiled_model_loads(tmp_path):
 def test_a_model_name_without_a_local_directory_is_explained():
     with pytest.raises(ConfigError, match="needs the hub"):
         read_weights("gpt2")
-
-
-@pytest.mark.slow
-def test_init_from_a_run_starts_at_its_weights_with_a_fresh_optimizer(tmp_path):
-    common = [*TINY, "logger.mode=disabled", "trainer.eval_interval=5"]
-    run_cli(*common, "trainer.max_iters=10", f"hydra.run.dir={tmp_path}/source", cwd=tmp_path)
-    source = json.loads((tmp_path / "source" / "summary.json").read_text())
-    run_cli(
-        *common,
-        "trainer.max_iters=5",
-        f"init_from={tmp_path}/source",
-        f"hydra.run.dir={tmp_path}/tuned",
-        cwd=tmp_path,
-    )
-    first = json.loads((tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["step"] == 0 and first["val/ce"] == pytest.approx(source["best/val/ce"], abs=1e-6)
-    # its own count from 0
-    assert torch.load(tmp_path / "tuned" / "last.pt", weights_only=False)["step"] == 5
-
-    mismatch = run_cli(
-        *common,
-        "trainer.max_iters=5",
-        "model.n_layer=3",
-        f"init_from={tmp_path}/source",
-        f"hydra.run.dir={tmp_path}/bad",
-        cwd=tmp_path,
-        check=False,
-    )
-    output = mismatch.stdout + mismatch.stderr
-    errors = [line for line in output.splitlines() if "init_from:" in line]
-    assert mismatch.returncode == 2 and "Traceback" not in output and len(errors) == 1
-    assert "n_layer: nanolab checkpoint" in errors[0] and "has 2, model.n_layer=3" in errors[0]
 
 
 def nanogpt_char_checkpoint(path, block: int = 32) -> GPT:

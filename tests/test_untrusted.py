@@ -166,7 +166,8 @@ def test_data_of_another_vocabulary_is_refused_and_left_as_it_is(tmp_path, train
     before = snapshot(other)
     with pytest.raises(
         DataError,
-        match=rf"data.dir={other} does not fit checkpoint=.*: another character set \(5 characters, the model's 65\)",
+        match=rf"data.dir={other} does not fit checkpoint=.*: "
+        r"another character set \(5 characters, the model's 65\)",
     ):
         evaluate_run(compose_entry("evaluate", f"checkpoint={trained}", f"data.dir={other}"))
     with pytest.raises(DataError, match="does not fit"):
@@ -432,7 +433,14 @@ def test_a_stop_request_abandons_an_evaluation_and_a_lanczos_run():
 
     with pytest.raises(Abandoned, match="signal 15 arrived during an evaluation"):
         evaluate_batches(
-            model, data, get_loss(cfg), cfg, 2, 3, torch.autocast("cpu", enabled=False), stop=[15]
+            model,
+            data,
+            loss_fn=get_loss(cfg),
+            loss_cfg=cfg,
+            batch_size=2,
+            eval_iters=3,
+            autocast=torch.autocast("cpu", enabled=False),
+            stop=[15],
         )
     assert model.training  # put back in training mode
     with pytest.raises(Abandoned, match="sharpness"):
@@ -458,7 +466,8 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_earlier_check
     monkeypatch.setattr(nanolab.checkpoint.torch, "save", save)
     with pytest.raises(
         StorageError,
-        match=rf"could not write the checkpoint {tmp_path / 'last.pt'} \(.*No space left on device; \d+ MiB free there\)",
+        match=rf"could not write the checkpoint {tmp_path / 'last.pt'} "
+        r"\(.*No space left on device; \d+ MiB free there\)",
     ):
         train_in_process(tmp_path, "trainer.max_iters=4")
     monkeypatch.setattr(nanolab.checkpoint.torch, "save", real_save)
@@ -473,7 +482,8 @@ def test_prune_checks_its_output_folder_before_any_work(tmp_path, trained):
     blocker.write_text("")
     with pytest.raises(
         ConfigError,
-        match=f"the report cannot be written to {blocker / 'out'}.*choose a writable folder with out=",
+        match=f"the report cannot be written to {blocker / 'out'}"
+        ".*choose a writable folder with out=",
     ):
         prune_run(compose_entry("prune", f"checkpoint={trained}", f"out={blocker / 'out'}"))
 

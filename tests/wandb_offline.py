@@ -1,4 +1,5 @@
-"""Read an offline W&B run back with wandb's own reader, `wandb leet inspect --json` (tests only)."""
+"""Read an offline W&B run back with wandb's own reader, `wandb leet inspect --json` (tests
+only)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 
 def read_run(wandb_file: Path) -> dict:
-    """{"id", "group", "name", "tags", "config", "history": [row], "summary", "metrics": [definition], "files": [path], "artifacts"}
+    """{"id", "group", "name", "tags", "config", "history": [row], "summary", "metrics":
+    [definition], "files": [path], "artifacts"}
     of one .wandb file (one segment of a run: a resumed run writes one file per segment)."""
     wandb_cli = Path(sys.executable).with_name("wandb")
     out = subprocess.run(

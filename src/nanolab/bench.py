@@ -1,11 +1,11 @@
 """Measure training speed and memory for any model / loss / data config (the groups of train).
 
-    python -m nanolab.bench                            # nano, ce: step, time split, MFU, harness cost
+    python -m nanolab.bench                           # nano, ce: step, time split, MFU, harness
     python -m nanolab.bench model=baby loss=mse
-    python -m nanolab.bench bench.what=head loss=mse   # the chunked output head against the whole one
+    python -m nanolab.bench bench.what=head loss=mse  # the chunked output head against the whole
     python -m nanolab.bench bench.what=compile model=baby
-    python -m nanolab.bench bench.what=profile         # where a step's time goes (torch.profiler)
-    python -m nanolab.bench bench.what=sharpness       # one sharpness measurement (sharpness.*) against a step
+    python -m nanolab.bench bench.what=profile        # where a step's time goes (torch.profiler)
+    python -m nanolab.bench bench.what=sharpness      # one sharpness measurement against a step
 
 `step` times the same training step three ways, alternating them `bench.repeats` times so that
 a change in the machine's speed hits all of them alike:
@@ -125,12 +125,12 @@ def eval_seconds(run: Run) -> float:
     evaluate_batches(
         run.model,
         run.data,
-        run.loss_fn,
-        run.cfg.loss,
-        t.batch_size,
-        t.eval_iters,
-        run.runtime.autocast(),
-        run.head_chunk,
+        loss_fn=run.loss_fn,
+        loss_cfg=run.cfg.loss,
+        batch_size=t.batch_size,
+        eval_iters=t.eval_iters,
+        autocast=run.runtime.autocast(),
+        head_chunk=run.head_chunk,
     )
     sync(run.runtime.device)
     return time.perf_counter() - t0
@@ -369,7 +369,15 @@ def _measure_head(spec: dict[str, Any]) -> dict[str, float]:
         weight.grad = None
         with runtime.autocast():
             if spec["chunk"]:
-                loss = chunked_head_loss(h, targets, head, [weight], loss_fn, cfg, spec["chunk"])
+                loss = chunked_head_loss(
+                    h,
+                    targets,
+                    head=head,
+                    head_params=[weight],
+                    loss_fn=loss_fn,
+                    cfg=cfg,
+                    chunk_tokens=spec["chunk"],
+                )
             else:
                 loss = loss_fn(head(h), targets, cfg)
         loss.backward()
@@ -537,7 +545,8 @@ def main(cfg: DictConfig) -> None:
             or cfg.bench.warmup % cfg.trainer.log_interval
         ):
             raise ConfigError(
-                f"bench.steps and bench.warmup must be multiples of trainer.log_interval={cfg.trainer.log_interval}"
+                "bench.steps and bench.warmup must be multiples of "
+                f"trainer.log_interval={cfg.trainer.log_interval}"
             )
         result = describe(cfg) | BENCHES[cfg.bench.what](cfg)
     path = Path(HydraConfig.get().runtime.output_dir) / "bench.json"

@@ -134,7 +134,8 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     except (OSError, RuntimeError) as e:
         free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
         raise StorageError(
-            f"could not write the checkpoint {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}; "
+            f"could not write the checkpoint {path} "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}; "
             f"{free / 2**20:.0f} MiB free there); the previous {path.name}, if any, is intact"
         ) from None
     for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a process killed mid-write
@@ -186,9 +187,11 @@ def checkpoint_file(path: str | Path, key: str = "checkpoint") -> Path:
         weights = [name for name in HF_WEIGHTS if (p / name).is_file()]
         if weights:
             raise ConfigError(
-                f"{key}={path} holds {weights[0]} but no config.json: a Hugging Face GPT-2 directory needs both"
+                f"{key}={path} holds {weights[0]} but no config.json: a Hugging Face GPT-2 "
+                "directory needs both"
             )
         raise ConfigError(
-            f"{key}={path} is a directory without best.pt or last.pt (nor a Hugging Face config.json)"
+            f"{key}={path} is a directory without best.pt or last.pt (nor a Hugging Face "
+            "config.json)"
         )
     return p

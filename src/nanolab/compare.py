@@ -1,7 +1,7 @@
 """Compare runs: one row per configuration, seeds aggregated, from local files only (no W&B).
 
     python -m nanolab.compare multirun/2026-11-23_21-04-23
-    python -m nanolab.compare outputs/2026-11-23/10-00-00 outputs/2026-11-24/09-12-40 --out reports/lr
+    python -m nanolab.compare outputs/2026-11-23/10-00-00 outputs/2026-11-24/09-12-40 --out lr
     python -m nanolab.compare multirun/2026-11-23_21-04-23 --sort val/acc
 
 Reads each run's metrics.jsonl, summary.json and .hydra/ files, then writes into the sweep
@@ -27,7 +27,8 @@ gaps. The curves stay the in-training evaluations.
 With --wandb-workspace it also saves the sweep's W&B workspace (nanolab/workspace.py), or
 writes its definition to wandb_workspace.json when W&B is offline. It prints the table too.
 A configuration is a run's overrides without its seed and without
-keys that do not change what a run computes (resume, allow_changes, fresh_optimizer, device, compile, logger.*, hydra.*).
+keys that do not change what a run computes (resume, allow_changes, fresh_optimizer, device,
+compile, logger.*, hydra.*).
 Only finished (or early-stopped) runs enter the statistics; the others are listed with their
 status and error.
 """
@@ -86,7 +87,8 @@ def wandb_sweep(runs: list[RunResult], keys: list[str]) -> Sweep:
         places.add((logger.get("entity"), logger.get("project", "nanolab"), group))
     if len(places) != 1 or next(iter(places))[2] is None:
         raise ConfigError(
-            f"--wandb-workspace needs the runs of one W&B group (one sweep); these are in {sorted(map(str, places))}"
+            "--wandb-workspace needs the runs of one W&B group (one sweep); these are in "
+            f"{sorted(map(str, places))}"
         )
     entity, project, group = places.pop()
     return Sweep(entity, project, group, [config_key(k, choices) for k in keys])
@@ -175,22 +177,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        help="where to write the report (default: the directory given, or the common parent of several)",
+        help="where to write the report (default: the directory given, or the common parent of "
+        "several)",
     )
     parser.add_argument(
         "--sort",
         default="val/ce_calibrated",
-        help="the metric rows are sorted by, and plotted against swept numbers (default: %(default)s)",
+        help="the metric rows are sorted by, and plotted against swept numbers "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--evaluated",
         action="store_true",
-        help="val metrics from each run's evaluation_val.json (python -m nanolab.evaluate checkpoint=<run>/last.pt: the whole val split) instead of its last in-training evaluation",
+        help="val metrics from each run's evaluation_val.json (python -m nanolab.evaluate "
+        "checkpoint=<run>/last.pt: the whole val split) instead of its last in-training evaluation",
     )
     parser.add_argument(
         "--wandb-workspace",
         action="store_true",
-        help="also save a W&B workspace for the sweep's group (offline: write its definition to wandb_workspace.json)",
+        help="also save a W&B workspace for the sweep's group (offline: write its definition to "
+        "wandb_workspace.json)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -65,7 +65,8 @@ def _read_shakespeare(cfg: DictConfig) -> str:
         except OSError as e:
             raise DataError(
                 f"the tiny Shakespeare text is not at {path} and could not be downloaded from "
-                f"{cfg.url} ({e}). Fix: copy input.txt to {path}, point data.raw_path=... at a local copy, "
+                f"{cfg.url} ({e}). Fix: copy input.txt to {path}, point data.raw_path=... at a "
+                "local copy, "
                 "or set NANOLAB_DATA_DIR to the data folder that holds shakespeare_char/input.txt."
             ) from None
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -363,7 +364,8 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
         # prepared data whose source is gone: usable as it is
         if meta is not None and meta.get("name") == cfg.name:
             log.warning(
-                "%s: the source text is unreachable, so the prepared data is used unchecked against it",
+                "%s: the source text is unreachable, so the prepared data is used unchecked "
+                "against it",
                 directory,
             )
             return meta
@@ -373,7 +375,8 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
         return meta
     if not allowed:
         raise DataError(
-            f"{directory} holds no prepared {cfg.name} data for this process, and another rank prepared it: "
+            f"{directory} holds no prepared {cfg.name} data for this process, and another rank "
+            "prepared it: "
             "if the nodes of this run do not share a filesystem, set data.shared_filesystem=false"
         )
 
@@ -388,7 +391,8 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
         (directory / PREPARING).unlink()
     except OSError as e:
         raise DataError(
-            f"data.dir={directory} cannot be written ({e.strerror or e}: {e.filename or directory}); "
+            f"data.dir={directory} cannot be written ({e.strerror or e}: "
+            f"{e.filename or directory}); "
             "give data.dir=<a writable folder> (or set NANOLAB_DATA_DIR) to prepare the data there"
         ) from None
     log.info(
@@ -414,12 +418,17 @@ def data_root() -> Path:
 def same_vocabulary(found: dict, wanted: dict) -> str | None:
     """None when prepared data with meta `found` has the tokens of `wanted` (a checkpoint's
     data meta), else what differs."""
-    if found.get("tokenizer") != wanted.get("tokenizer"):
-        return f"{found.get('tokenizer')} tokens where the model was trained on {wanted.get('tokenizer')} tokens"
-    if wanted.get("tokenizer") == "char" and found.get("chars") != wanted.get("chars"):
-        return f"another character set ({len(found.get('chars') or [])} characters, the model's {len(wanted.get('chars') or [])})"
+    tokenizer, trained_on = found.get("tokenizer"), wanted.get("tokenizer")
+    if tokenizer != trained_on:
+        return f"{tokenizer} tokens where the model was trained on {trained_on} tokens"
+    chars, trained_chars = found.get("chars") or [], wanted.get("chars") or []
+    if trained_on == "char" and chars != trained_chars:
+        return f"another character set ({len(chars)} characters, the model's {len(trained_chars)})"
     if found.get("vocab_size") != wanted.get("vocab_size"):
-        return f"a vocabulary of {found.get('vocab_size')} tokens, the model's {wanted.get('vocab_size')}"
+        return (
+            f"a vocabulary of {found.get('vocab_size')} tokens, "
+            f"the model's {wanted.get('vocab_size')}"
+        )
     return None
 
 
@@ -458,12 +467,15 @@ def trained_data(wanted: dict, given: str | None, recorded: str | None, what: st
         tried.append(f"{directory}: {differs}")
     if given is not None:
         raise DataError(
-            f"data.dir={given} does not fit {what}: {tried[0].split(': ', 1)[1]}; give the folder its run prepared"
+            f"data.dir={given} does not fit {what}: {tried[0].split(': ', 1)[1]}; give the folder "
+            "its run prepared"
         )
     raise DataError(
-        f"no prepared data for {what} (data {wanted.get('name')!r}, {wanted.get('tokenizer')} tokens) was found"
+        f"no prepared data for {what} (data {wanted.get('name')!r}, {wanted.get('tokenizer')} "
+        "tokens) was found"
         + (f" ({'; '.join(tried)})" if tried else "")
-        + ": give data.dir=<the folder its run prepared>, or prepare it with a training run on the same data"
+        + ": give data.dir=<the folder its run prepared>, or prepare it with a training run on "
+        "the same data"
     )
 
 
@@ -489,8 +501,10 @@ class TokenData:
         meta = meta or _read_meta(directory)
         if meta is None:
             raise DataError(
-                f"{directory} holds no complete prepared data (meta.json, train and val bins): give the folder a nanolab run "
-                "prepared, e.g. data/shakespeare_char (any run on data=shakespeare_char prepares it)"
+                f"{directory} holds no complete prepared data (meta.json, train and val bins): "
+                "give the folder a nanolab run "
+                "prepared, e.g. data/shakespeare_char (any run on data=shakespeare_char prepares "
+                "it)"
             )
         splits = {}
         for split in ("train", "val"):
@@ -512,7 +526,8 @@ class TokenData:
             return
         if tokens > len(self.train):
             raise DataError(
-                f"data.train_tokens={tokens} is more than the {len(self.train)} training tokens of data={self.meta['name']}"
+                f"data.train_tokens={tokens} is more than the {len(self.train)} training tokens "
+                f"of data={self.meta['name']}"
             )
         self.train = (
             self.train[:tokens]
@@ -529,8 +544,10 @@ class TokenData:
             return
         if self.vocab_size < 2:
             raise DataError(
-                f"data.label_noise={fraction} needs at least two tokens to replace a target by another; "
-                f"data={self.meta['name']} has a vocabulary of {self.vocab_size}: use data.label_noise=0 or more varied text"
+                f"data.label_noise={fraction} needs at least two tokens to replace a target by "
+                "another; "
+                f"data={self.meta['name']} has a vocabulary of {self.vocab_size}: use "
+                "data.label_noise=0 or more varied text"
             )
         rng = np.random.default_rng(seed)
         targets = np.array(self.train)
@@ -547,6 +564,8 @@ class TokenData:
         for split in ("train", "val"):
             if len(getattr(self, split)) <= block_size:
                 raise DataError(
-                    f"the {split} split of data={self.meta['name']} has {len(getattr(self, split))} tokens, "
-                    f"too few for model.block_size={block_size}; lower model.block_size or use more data"
+                    f"the {split} split of data={self.meta['name']} has "
+                    f"{len(getattr(self, split))} tokens, "
+                    f"too few for model.block_size={block_size}; lower model.block_size or use "
+                    "more data"
                 )

@@ -24,6 +24,7 @@ class BatchSampler:
     def __init__(
         self,
         tokens: np.ndarray,
+        *,
         batch_size: int,
         block_size: int,
         seed: int,
@@ -69,8 +70,10 @@ class BatchSampler:
         missing = sorted(set(self.generators) - set(saved))
         if missing:
             raise ConfigError(
-                f"the checkpoint has data streams {sorted(saved)} but this run needs {sorted(self.generators)}: "
-                "resume with the trainer.grad_accum (and, with trainer.fix_global_batch=false, the number of processes) it was saved with"
+                f"the checkpoint has data streams {sorted(saved)} but this run needs "
+                f"{sorted(self.generators)}: "
+                "resume with the trainer.grad_accum (and, with trainer.fix_global_batch=false, "
+                "the number of processes) it was saved with"
             )
         for s, generator in self.generators.items():
             generator.set_state(saved[s])
@@ -84,8 +87,10 @@ def full_batch_windows(tokens: int, block_size: int, batch_size: int) -> int:
     if windows % batch_size:
         fits = [b for b in range(1, min(windows, 256) + 1) if windows % b == 0]
         raise ConfigError(
-            f"trainer.full_batch: data.train_tokens={tokens} makes {windows} windows of model.block_size={block_size}, "
-            f"which trainer.batch_size={batch_size} does not divide; use a batch_size among {fits} or change data.train_tokens"
+            f"trainer.full_batch: data.train_tokens={tokens} makes {windows} windows of "
+            f"model.block_size={block_size}, "
+            f"which trainer.batch_size={batch_size} does not divide; use a batch_size among "
+            f"{fits} or change data.train_tokens"
         )
     return windows
 

@@ -1,8 +1,9 @@
-"""Evaluate a checkpoint on a whole split, the same way for every training loss.
+r"""Evaluate a checkpoint on a whole split, the same way for every training loss.
 
     python -m nanolab.evaluate checkpoint=outputs/2026-11-23/21-00-00
-    python -m nanolab.evaluate checkpoint=../nanoGPT/out-shakespeare-char/ckpt.pt data.dir=data/shakespeare_char
-    python -m nanolab.evaluate checkpoint=path/to/gpt2 data.dir=data/shakespeare   # a Hugging Face GPT-2 directory
+    python -m nanolab.evaluate checkpoint=../nanoGPT/out-shakespeare-char/ckpt.pt \
+        data.dir=data/shakespeare_char
+    python -m nanolab.evaluate checkpoint=path/to/gpt2 data.dir=data/shakespeare  # Hugging Face's
 
 The split is cut into consecutive windows of the model's context (every token is predicted
 once; the first tokens of a window see a shorter context). Prints the metrics and writes them
@@ -63,7 +64,13 @@ def evaluate_split(
         window = torch.from_numpy(tokens[rows + np.arange(block + 1)].astype(np.int64)).to(device)
         with autocast or contextlib.nullcontext():
             update_totals(
-                totals, model, window[:, :-1], window[:, 1:], loss_fn, loss_cfg, head_chunk
+                totals,
+                model,
+                window[:, :-1],
+                window[:, 1:],
+                loss_fn=loss_fn,
+                loss_cfg=loss_cfg,
+                head_chunk=head_chunk,
             )
     return totals.compute(device) | {"tokens": totals.tokens}
 

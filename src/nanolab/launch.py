@@ -147,7 +147,8 @@ def launch_time(fmt: str) -> str:
             t = float(os.environ["NANOLAB_LAUNCH_TIME"])
         except ValueError:
             raise ValueError(
-                f"NANOLAB_LAUNCH_TIME={os.environ['NANOLAB_LAUNCH_TIME']!r} must be Unix seconds: export NANOLAB_LAUNCH_TIME=$(date +%s)"
+                f"NANOLAB_LAUNCH_TIME={os.environ['NANOLAB_LAUNCH_TIME']!r} must be Unix seconds: "
+                "export NANOLAB_LAUNCH_TIME=$(date +%s)"
             ) from None
     elif "TORCHELASTIC_RUN_ID" in os.environ and Path(f"/proc/{os.getppid()}/stat").exists():
         t = _process_start_time(os.getppid())
@@ -248,7 +249,8 @@ def claim_run_dir(directory: Path, resume: object, key: str = "hydra.run.dir") -
             status = "unfinished"
         where = f"{key}={directory}" if key == "hydra.run.dir" else f"{directory}"
         raise ConfigError(
-            f"{where} already holds a run ({status}); continue it with resume=true, or start a new one in another {key}"
+            f"{where} already holds a run ({status}); continue it with resume=true, or start a "
+            f"new one in another {key}"
         )
     return take_lock(directory / LOCK, key, "run")
 
@@ -275,7 +277,8 @@ def take_lock(lock: Path, key: str, what: str) -> tuple[Path, dict]:
         requeued = me["slurm_job"] is not None and owner.get("slurm_job") == me["slurm_job"]
         if _alive(owner) is not False and not requeued:
             raise ConfigError(
-                f"{lock.parent} is in use by another {what} (pid {owner.get('pid')} on {owner.get('host')}); "
+                f"{lock.parent} is in use by another {what} (pid {owner.get('pid')} on "
+                f"{owner.get('host')}); "
                 f"choose another {key}, or delete {lock} if that {what} is gone"
             ) from None
         log.warning(
@@ -290,7 +293,8 @@ def take_lock(lock: Path, key: str, what: str) -> tuple[Path, dict]:
 
 
 def latest_record(run_dir: Path) -> Path:
-    """The newest Hydra record of a run directory: .hydra/resume-<n> of the latest segment, else .hydra."""
+    """The newest Hydra record of a run directory: .hydra/resume-<n> of the latest segment, else
+    .hydra."""
     segments = [
         p for p in (run_dir / ".hydra").glob("resume-*") if p.is_dir() and p.name[7:].isdigit()
     ]
@@ -334,10 +338,11 @@ def _check_writable(config: DictConfig, key: str) -> None:
 
 class RunCallbacks(Callback):
     """Hydra callbacks. Before anything runs, the config must hold (`check_config`: a bad value
-    is one line and exit 2, with nothing written), the output directory must be writable
-    (Hydra would otherwise fail later with a stack trace) and this run's (`claim_run_dir`). After a multirun, each job's status is listed and
-    the exit code is 1 if any job did not finish: one failed job never stops the others, but it
-    never goes unnoticed either."""
+    is one line and exit 2, with nothing written), the output directory must be writable (Hydra
+    would otherwise fail later with a stack trace) and this run's (`claim_run_dir`), and a resume
+    must be allowed (`prepare_resume`). After a multirun, each job's status is listed and the
+    exit code is 1 if any job did not finish: one failed job never stops the others, but it never
+    goes unnoticed either."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -434,7 +439,8 @@ def stop_requests() -> Iterator[list[int]]:
             log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
         elif len(received) == 2:
             log.warning(
-                "signal %d: already stopping; the checkpoint is written first (a third signal aborts without it)",
+                "signal %d: already stopping; the checkpoint is written first (a third signal "
+                "aborts without it)",
                 signum,
             )
         else:

@@ -140,7 +140,8 @@ def _check_focal(cfg: DictConfig) -> None:
 
 @register("focal", check=_check_focal)
 def focal(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
-    """Focal loss (Lin et al., ICCV 2017): -(1 - p_y)^gamma * log p_y; gamma = 0 is cross-entropy."""
+    """Focal loss (Lin et al., ICCV 2017): -(1 - p_y)^gamma * log p_y; gamma = 0 is
+    cross-entropy."""
     log_p_y = -F.cross_entropy(logits.float(), targets.clamp(min=0), reduction="none")
     return _masked_mean(-((1 - log_p_y.exp()) ** cfg.gamma) * log_p_y, targets, cfg.ignore_index)
 
@@ -219,7 +220,8 @@ def head_chunk_tokens(setting: int | str, vocab_size: int) -> int:
         return AUTO_HEAD_CHUNK_TOKENS if vocab_size >= CHUNKED_HEAD_MIN_VOCAB else 0
     if not isinstance(setting, int) or isinstance(setting, bool) or setting < 0:
         raise ConfigError(
-            f"head_chunk_tokens={setting!r} must be auto, 0 (no chunks) or a number of tokens per chunk"
+            f"head_chunk_tokens={setting!r} must be auto, 0 (no chunks) or a number of tokens per "
+            "chunk"
         )
     return setting
 
@@ -243,6 +245,7 @@ def head_loss(
 def chunked_head_loss(
     hidden: torch.Tensor,
     targets: torch.Tensor,
+    *,
     head: Callable[[torch.Tensor], torch.Tensor],
     head_params: list[torch.Tensor],
     loss_fn: LossFn,

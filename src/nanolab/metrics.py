@@ -293,6 +293,7 @@ def update_totals(
     model: GPT,
     x: torch.Tensor,
     y: torch.Tensor,
+    *,
     loss_fn: LossFn,
     loss_cfg: DictConfig,
     head_chunk: int,
@@ -310,6 +311,7 @@ def update_totals(
 def evaluate_batches(
     model: GPT,
     data: TokenData,
+    *,
     loss_fn: LossFn,
     loss_cfg: DictConfig,
     batch_size: int,
@@ -339,15 +341,23 @@ def evaluate_batches(
                 for x, y in zip(*(t.split(batch_size) for t in train_windows)):
                     _check_stop(stop)
                     with autocast:
-                        update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
+                        update_totals(
+                            totals,
+                            model,
+                            x,
+                            y,
+                            loss_fn=loss_fn,
+                            loss_cfg=loss_cfg,
+                            head_chunk=head_chunk,
+                        )
             else:
                 targets = data.train_targets if split == "train" else None
                 sampler = BatchSampler(
                     getattr(data, split),
-                    batch_size,
-                    model.config.block_size,
-                    EVAL_SEED,
-                    device,
+                    batch_size=batch_size,
+                    block_size=model.config.block_size,
+                    seed=EVAL_SEED,
+                    device=device,
                     targets=targets,
                 )
                 for i in range(mine.stop):
@@ -356,7 +366,15 @@ def evaluate_batches(
                     if i in mine:
                         _check_stop(stop)
                         with autocast:
-                            update_totals(totals, model, x, y, loss_fn, loss_cfg, head_chunk)
+                            update_totals(
+                                totals,
+                                model,
+                                x,
+                                y,
+                                loss_fn=loss_fn,
+                                loss_cfg=loss_cfg,
+                                head_chunk=head_chunk,
+                            )
             totals.combine(world, device)
             metrics |= {f"{prefix}/{k}": v for k, v in totals.compute(device).items()}
     finally:

@@ -23,7 +23,7 @@ from nanolab import ConfigError
 VOCAB_MULTIPLE = 64
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GPTConfig:
     block_size: int = 1024
     vocab_size: int = 50257
@@ -76,7 +76,8 @@ class GPTConfig:
             raise ConfigError(f"model.gelu={self.gelu} applies to model.mlp=gelu, not {self.mlp}")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(
-                f"model.position=rope needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}"
+                "model.position=rope needs an even head size; n_embd/n_head = "
+                f"{self.n_embd // self.n_head}"
             )
         if not self.rope_base > 1:
             raise ConfigError(f"model.rope_base={self.rope_base} must be > 1")
@@ -260,7 +261,8 @@ class GPT(nn.Module):
         _, T = idx.size()
         if T > self.config.block_size:
             raise ConfigError(
-                f"sequence length {T} exceeds the model's context model.block_size={self.config.block_size}"
+                f"sequence length {T} exceeds the model's context "
+                f"model.block_size={self.config.block_size}"
             )
         x = self.transformer.wte(idx)
         if "wpe" in self.transformer:  # with rotary embeddings, positions enter in attention

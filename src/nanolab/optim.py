@@ -210,7 +210,8 @@ def check_optim(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.name={cfg.name!r} is not one of {sorted(OPTIMIZERS)}")
     if cfg.name in NEEDS_EXTRA and importlib.util.find_spec("pytorch_optimizer") is None:
         raise ConfigError(
-            f"optim={cfg.name} needs the pytorch-optimizer package: pip install 'nanolab[optimizers]' (or pip install 'pytorch-optimizer>=4,<5')"
+            f"optim={cfg.name} needs the pytorch-optimizer package: pip install "
+            "'nanolab[optimizers]' (or pip install 'pytorch-optimizer>=4,<5')"
         )
     for key in ("lr", "adamw_lr"):
         if key in cfg and not cfg[key] > 0:
@@ -332,7 +333,8 @@ def _wsd(cfg: DictConfig, base_lr: float) -> Callable[[int], float]:
     """Linear warmup, flat, then a decay over the last `decay_frac` of the run to `final_frac`."""
     if not cfg.total_iters > 0:
         raise ConfigError(
-            f"schedule.total_iters={cfg.total_iters} must be > 0 (the steps the schedule spans; by default trainer.max_iters)"
+            f"schedule.total_iters={cfg.total_iters} must be > 0 (the steps the schedule spans; "
+            "by default trainer.max_iters)"
         )
     if not 0 <= cfg.decay_frac <= 1:
         raise ConfigError(f"schedule.decay_frac={cfg.decay_frac} must be in [0, 1]")

@@ -1,4 +1,5 @@
-"""The figures of nanolab.compare: curves against tokens, final values, metric against a swept value, against model size, sharpness against step."""
+"""The figures of nanolab.compare: curves against tokens, final values, metric against a swept
+value, against model size, sharpness against step."""
 
 from __future__ import annotations
 

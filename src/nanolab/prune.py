@@ -101,12 +101,14 @@ def prune_run(cfg: DictConfig) -> list[dict[str, Any]]:
         raise ConfigError(f"amounts={amounts} must be fractions in [0, 1)")
     if cfg.finetune_steps < 0 or not cfg.finetune_lr > 0:
         raise ConfigError(
-            f"finetune_steps={cfg.finetune_steps} must be >= 0 and finetune_lr={cfg.finetune_lr} > 0"
+            f"finetune_steps={cfg.finetune_steps} must be >= 0 and finetune_lr={cfg.finetune_lr} "
+            "> 0"
         )
     weights = read_weights(cfg.checkpoint, "checkpoint")
     if weights.run is None:
         raise ConfigError(
-            f"checkpoint={cfg.checkpoint} holds a {weights.source}, not a nanolab run: nanolab.prune "
+            f"checkpoint={cfg.checkpoint} holds a {weights.source}, not a nanolab run: "
+            "nanolab.prune "
             "fine-tunes with the run's own config; give a nanolab run directory or checkpoint"
         )
     path = weights.path
@@ -157,12 +159,12 @@ def _val(run: Run, prefix: str) -> dict[str, float]:
     metrics = evaluate_batches(
         run.model,
         run.data,
-        run.loss_fn,
-        run.cfg.loss,
-        run.cfg.trainer.batch_size,
-        run.cfg.trainer.eval_iters,
-        run.runtime.autocast(),
-        run.head_chunk,
+        loss_fn=run.loss_fn,
+        loss_cfg=run.cfg.loss,
+        batch_size=run.cfg.trainer.batch_size,
+        eval_iters=run.cfg.trainer.eval_iters,
+        autocast=run.runtime.autocast(),
+        head_chunk=run.head_chunk,
     )
     return {f"{prefix}/{k}": metrics[k] for k in ("val/ce", "val/ce_calibrated", "val/acc")}
 
@@ -197,7 +199,8 @@ def write_report(
     ]
     lines = [
         f"# Pruning {checkpoint}\n",
-        f"Global magnitude pruning of the linear weights; fine-tuning: {finetune_steps} steps with the mask kept.\n",
+        f"Global magnitude pruning of the linear weights; fine-tuning: {finetune_steps} steps "
+        "with the mask kept.\n",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]

@@ -1,4 +1,5 @@
-"""The tables of nanolab.compare: report.md (one row per configuration, mean ± sample std over seeds, n), report.csv and runs.csv."""
+"""The tables of nanolab.compare: report.md (one row per configuration, mean ± sample std over
+seeds, n), report.csv and runs.csv."""
 
 from __future__ import annotations
 
@@ -63,8 +64,10 @@ def report_markdown(
     unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
     early = [r for r in runs if r.status == "early_stopped"]
     where = (
-        f"val/ce, its calibrated value, T, val/acc and val/ece are from nanolab.evaluate on the whole val split ({evaluated_tokens:,} tokens) "
-        "at each run's final step (evaluation_val.json), the rest from its last in-training evaluation"
+        "val/ce, its calibrated value, T, val/acc and val/ece are from nanolab.evaluate on the "
+        f"whole val split ({evaluated_tokens:,} tokens) "
+        "at each run's final step (evaluation_val.json), the rest from its last in-training "
+        "evaluation"
         if evaluated_tokens
         else "metrics are from each run's last evaluation"
     )

@@ -1,4 +1,6 @@
-"""Reading runs back from their local files (metrics.jsonl, summary.json, .hydra/, evaluation_val.json) and grouping them into configurations, seeds aggregated: what nanolab.compare reports."""
+"""Reading runs back from their local files (metrics.jsonl, summary.json, .hydra/,
+evaluation_val.json) and grouping them into configurations, seeds aggregated: what nanolab.compare
+reports."""
 
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ TRAIN_EVAL = ("train_eval/ce", "train_eval/acc")
 EVALUATED = ("ce", "ce_calibrated", "temperature", "acc", "ece")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunResult:
     """One training run as its directory records it."""
 
@@ -81,7 +83,8 @@ def find_run_dirs(paths: list[str]) -> list[Path]:
         jobs = [d for d in path.iterdir() if d.is_dir() and is_run_dir(d)]
         if not jobs:
             raise ConfigError(
-                f"{path} holds no runs: no metrics.jsonl, summary.json or .hydra/ in it or its subdirectories"
+                f"{path} holds no runs: no metrics.jsonl, summary.json or .hydra/ in it or its "
+                "subdirectories"
             )
         found += sorted(jobs, key=_job_order)
     return found
@@ -141,7 +144,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         )
         if key in seen:
             log.warning(
-                "%s line %d logs step %d again (first at line %d): two runs wrote here? the first is kept",
+                "%s line %d logs step %d again (first at line %d): two runs wrote here? the first "
+                "is kept",
                 path,
                 number,
                 key[0],
@@ -179,13 +183,13 @@ def read_run(path: Path) -> RunResult:
     seed = config.get("seed", params.get("seed"))
     params = {k: v for k, v in params.items() if k != "seed" and not changes_nothing(k)}
     return RunResult(
-        path,
-        summary.get("status", "unknown"),
-        summary.get("error", ""),
-        seed,
-        params,
-        records,
-        run_values(records, summary, path),
+        dir=path,
+        status=summary.get("status", "unknown"),
+        error=summary.get("error", ""),
+        seed=seed,
+        params=params,
+        records=records,
+        values=run_values(records, summary, path),
     )
 
 
@@ -202,7 +206,8 @@ def run_values(
         final = {k: summary[f"final/{k}"] for k in values if _numeric(summary.get(f"final/{k}"))}
         if any(final[k] != values[k] for k in final):
             log.warning(
-                "%s: metrics.jsonl's last evaluation (step %d) is not summary.json's final one: the summary's is reported",
+                "%s: metrics.jsonl's last evaluation (step %d) is not summary.json's final one: "
+                "the summary's is reported",
                 where,
                 evals[-1]["step"],
             )
@@ -237,12 +242,15 @@ def use_evaluations(runs: list[RunResult]) -> int:
         tokens.add(evaluation["tokens"])
     if missing:
         raise ConfigError(
-            f"--evaluated: {len(missing)} finished run(s) have no evaluation_val.json of their final step; write them with "
-            f"`python -m nanolab.evaluate checkpoint=<run>/last.pt`, for: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+            f"--evaluated: {len(missing)} finished run(s) have no evaluation_val.json of their "
+            "final step; write them with "
+            "`python -m nanolab.evaluate checkpoint=<run>/last.pt`, for: "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
         )
     if len(tokens) > 1:
         raise ConfigError(
-            f"--evaluated: the runs' evaluation_val.json files score different numbers of tokens ({sorted(tokens)}): evaluate them on the same data"
+            "--evaluated: the runs' evaluation_val.json files score different numbers of tokens "
+            f"({sorted(tokens)}): evaluate them on the same data"
         )
     return tokens.pop() if tokens else 0
 

@@ -39,7 +39,7 @@ log = logging.getLogger("nanolab.train")
 RUNNING_GROUP_KEYS = ("step", "train_mode", "weight_sum", "lr_max")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
     """Everything a training step touches."""
 
@@ -119,7 +119,8 @@ class Run:
             self.optimizer.load_state_dict(saved)
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(
-                f"the checkpoint's optimizer state does not fit optim={self.cfg.optim.name} ({str(e).splitlines()[0]}); resume with its "
+                f"the checkpoint's optimizer state does not fit optim={self.cfg.optim.name} "
+                f"({str(e).splitlines()[0]}); resume with its "
                 "optimizer settings, or start the optimizer state afresh with fresh_optimizer=true"
             ) from None
         for group, values in zip(self.optimizer.param_groups, configured):
@@ -138,7 +139,8 @@ def build_run(
     configured data, prepared if needed."""
     if cfg.schedule.warmup_iters >= cfg.trainer.max_iters and world.main:
         log.warning(
-            "schedule.warmup_iters=%d is not shorter than trainer.max_iters=%d: the learning rate never reaches "
+            "schedule.warmup_iters=%d is not shorter than trainer.max_iters=%d: the learning rate "
+            "never reaches "
             "optim.lr=%g (the whole run is warmup); lower schedule.warmup_iters",
             cfg.schedule.warmup_iters,
             cfg.trainer.max_iters,
@@ -198,7 +200,8 @@ def build_sampler(
             )
         if cfg.trainer.grad_accum != 1:
             raise ConfigError(
-                f"trainer.full_batch=true sets the micro-batches itself; leave trainer.grad_accum at 1 (it is {cfg.trainer.grad_accum})"
+                "trainer.full_batch=true sets the micro-batches itself; leave trainer.grad_accum "
+                f"at 1 (it is {cfg.trainer.grad_accum})"
             )
         sampler = FullBatchSampler(
             data.train, cfg.trainer.batch_size, cfg.model.block_size, device, data.train_targets
@@ -208,12 +211,12 @@ def build_sampler(
     streams = range(world.rank * accum, (world.rank + 1) * accum)
     return BatchSampler(
         data.train,
-        cfg.trainer.batch_size,
-        cfg.model.block_size,
-        cfg.seed,
-        device,
-        streams,
-        data.train_targets,
+        batch_size=cfg.trainer.batch_size,
+        block_size=cfg.model.block_size,
+        seed=cfg.seed,
+        device=device,
+        streams=streams,
+        targets=data.train_targets,
     ), accum
 
 
@@ -241,9 +244,12 @@ def check_activation_memory(cfg: DictConfig, runtime: Runtime) -> None:
     available = runtime.memory_bytes()
     if needed > available:
         raise ConfigError(
-            f"model.block_size={m.block_size} with trainer.batch_size={batch} needs at least {needed / 2**30:.0f} GiB of "
-            f"activations ({m.n_layer} layers of width {m.n_embd}), more than the {available / 2**30:.0f} GiB of this "
-            f"{runtime.device.type}; lower model.block_size or trainer.batch_size (trainer.grad_accum keeps the batch)"
+            f"model.block_size={m.block_size} with trainer.batch_size={batch} needs at least "
+            f"{needed / 2**30:.0f} GiB of "
+            f"activations ({m.n_layer} layers of width {m.n_embd}), more than the "
+            f"{available / 2**30:.0f} GiB of this "
+            f"{runtime.device.type}; lower model.block_size or trainer.batch_size "
+            "(trainer.grad_accum keeps the batch)"
         )
 
 
@@ -277,13 +283,13 @@ def batch_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return chunked_head_loss(
         hidden.flatten(0, 1),
         y.flatten(),
-        run.model.head,
-        head_params,
-        run.loss_fn,
-        run.cfg.loss,
-        run.head_chunk,
-        grad_scale,
-        run.chunk_loss,
+        head=run.model.head,
+        head_params=head_params,
+        loss_fn=run.loss_fn,
+        cfg=run.cfg.loss,
+        chunk_tokens=run.head_chunk,
+        grad_scale=grad_scale,
+        chunk_loss=run.chunk_loss,
         all_counted=run.cfg.loss.ignore_index < 0,
     )
 

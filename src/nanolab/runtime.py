@@ -1,6 +1,7 @@
-"""Where and how a process computes: device, dtype, autocast, compile, seeds and the RNG states
-a checkpoint captures, the CPU allocator setting and the device's peak FLOPs. Every entry point (train, evaluate, sample, bench) sets
-itself up through `Runtime.create`, so they all run with the same settings.
+"""Where and how a process computes: device, dtype, autocast, compile, seeds and the RNG states a
+checkpoint captures, the CPU allocator setting and the device's peak FLOPs. Every entry point
+(train, evaluate, sample, bench) sets itself up through `Runtime.create`, so they all run with the
+same settings.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ConfigError(f"dtype={name!r} is not one of {['auto', *DTYPES]}")
     if name == "bfloat16" and device.type == "cuda" and not native_bfloat16(device):
         raise ConfigError(
-            f"dtype=bfloat16 but {torch.cuda.get_device_name(device)} has no bfloat16 in hardware (only a slow emulation); use dtype=float16"
+            f"dtype=bfloat16 but {torch.cuda.get_device_name(device)} has no bfloat16 in hardware "
+            "(only a slow emulation); use dtype=float16"
         )
     return DTYPES[name]
 
@@ -209,7 +211,8 @@ GPU_PEAKS = [
 
 
 def measure_cpu_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
-    """Best observed float32 matmul throughput of this CPU (FLOP/s), in about a tenth of a second."""
+    """Best observed float32 matmul throughput of this CPU (FLOP/s), in about a tenth of a
+    second."""
     g = torch.Generator().manual_seed(0)  # never touch the global RNG: resumed runs restore it
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
     a @ b  # warm-up: thread pool and caches

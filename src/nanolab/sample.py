@@ -1,8 +1,9 @@
-"""Sample text from a trained checkpoint: a nanolab run, nanoGPT's ckpt.pt or a Hugging Face
+r"""Sample text from a trained checkpoint: a nanolab run, nanoGPT's ckpt.pt or a Hugging Face
 GPT-2 directory.
 
     python -m nanolab.sample checkpoint=outputs/2026-01-01/12-00-00 prompt="ROMEO:" num_samples=2
-    python -m nanolab.sample checkpoint=../nanoGPT/out-shakespeare-char/ckpt.pt data.dir=data/shakespeare_char
+    python -m nanolab.sample checkpoint=../nanoGPT/out-shakespeare-char/ckpt.pt \
+        data.dir=data/shakespeare_char
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def sample(cfg: DictConfig) -> list[str]:
     check_entry_types(cfg, SampleKeys)
     if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
         raise ConfigError(
-            f"max_new_tokens={cfg.max_new_tokens} must be >= 0 and num_samples={cfg.num_samples} >= 1"
+            f"max_new_tokens={cfg.max_new_tokens} must be >= 0 and num_samples={cfg.num_samples} "
+            ">= 1"
         )
     if cfg.temperature < 0:
         raise ConfigError(f"temperature={cfg.temperature} must be >= 0")
@@ -43,7 +45,8 @@ def sample(cfg: DictConfig) -> list[str]:
             prompt = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(
-                f"prompt=FILE:{path} cannot be read as UTF-8 text ({getattr(e, 'strerror', None) or e}); give a readable file"
+                f"prompt=FILE:{path} cannot be read as UTF-8 text "
+                f"({getattr(e, 'strerror', None) or e}); give a readable file"
             ) from None
     ids = tokenizer.encode(prompt)
     if not ids:

@@ -45,7 +45,8 @@ def check_sharpness(cfg: DictConfig) -> None:
             raise ConfigError(f"sharpness.{key}={cfg[key]} must be > 0")
     if cfg.k > cfg.lanczos_iters:
         raise ConfigError(
-            f"sharpness.k={cfg.k} eigenvalues need sharpness.lanczos_iters >= {cfg.k} (it is {cfg.lanczos_iters})"
+            f"sharpness.k={cfg.k} eigenvalues need sharpness.lanczos_iters >= {cfg.k} (it is "
+            f"{cfg.lanczos_iters})"
         )
 
 
@@ -204,9 +205,9 @@ def probe_windows(
     streams are untouched)."""
     return BatchSampler(
         tokens,
-        max(1, probe_tokens // block_size),
-        block_size,
-        seed,
-        torch.device("cpu"),
+        batch_size=max(1, probe_tokens // block_size),
+        block_size=block_size,
+        seed=seed,
+        device=torch.device("cpu"),
         targets=targets,
     ).next_batch()

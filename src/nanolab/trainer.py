@@ -116,8 +116,10 @@ class SlowdownWatch:
             return None
         self.warned = True
         return (
-            f"steps take {statistics.median(recent):.0f} ms against {baseline:.0f} ms early in this run: the CPU looks "
-            f"shared with another busy process; {torch.get_num_threads()} threads then compete with it, and threads=1 is "
+            f"steps take {statistics.median(recent):.0f} ms against {baseline:.0f} ms early in "
+            "this run: the CPU looks "
+            f"shared with another busy process; {torch.get_num_threads()} threads then compete "
+            "with it, and threads=1 is "
             "often faster (docs/benchmarks.md)"
         )
 
@@ -143,7 +145,8 @@ class MetricLogger:
             self.restart_clock(step)
 
     def restart_clock(self, step: int) -> None:
-        """Time the steps after `step` (restarted after an evaluation, so it stays out of tokens/s)."""
+        """Time the steps after `step` (restarted after an evaluation, so it stays out of
+        tokens/s)."""
         self.interval_start, self.interval_first_step = time.perf_counter(), step
 
     def should_log(self, step: int) -> bool:
@@ -207,13 +210,13 @@ class Validator:
         metrics = evaluate_batches(
             run.model,
             run.data,
-            run.loss_fn,
-            cfg.loss,
-            cfg.trainer.batch_size,
-            cfg.trainer.eval_iters,
-            run.runtime.autocast(),
-            run.head_chunk,
-            run.world,
+            loss_fn=run.loss_fn,
+            loss_cfg=cfg.loss,
+            batch_size=cfg.trainer.batch_size,
+            eval_iters=cfg.trainer.eval_iters,
+            autocast=run.runtime.autocast(),
+            head_chunk=run.head_chunk,
+            world=run.world,
             train_windows=full_batch,
             stop=() if run.world.distributed else stop,
         )
@@ -344,7 +347,10 @@ class Trainer:
         )
         if saved is None or saved == now:
             return []
-        change = f"the training data changed: data hash {saved[:12]} in the checkpoint, {str(now)[:12]} in {self.cfg.data.dir} now"
+        change = (
+            f"the training data changed: data hash {saved[:12]} in the checkpoint, "
+            f"{str(now)[:12]} in {self.cfg.data.dir} now"
+        )
         log.warning(
             "resuming on other text than the checkpoint trained on (%s); its metrics will mix both",
             change,
@@ -354,7 +360,8 @@ class Trainer:
     def _describe(self) -> None:
         run, cfg = self.run, self.cfg
         log.info(
-            "model %s: %.2fM parameters, %s on %s (%s), %d tokens/step (%d x %d x %d micro-batches x %d processes), head %s, run dir %s",
+            "model %s: %.2fM parameters, %s on %s (%s), %d tokens/step (%d x %d x %d "
+            "micro-batches x %d processes), head %s, run dir %s",
             cfg.model.name,
             run.model.num_params() / 1e6,
             cfg.loss.name,
@@ -554,5 +561,6 @@ class Trainer:
                 step * self.run.tokens_per_step,
             )
             raise Diverged(
-                f"non-finite loss ({result.loss.item()}) or gradient norm ({result.grad_norm.item()}) at step {step}"
+                f"non-finite loss ({result.loss.item()}) or gradient norm "
+                f"({result.grad_norm.item()}) at step {step}"
             )

@@ -45,7 +45,7 @@ class TrainedRun:
     data_dir: str | None  # where that data was prepared (data.trained_data looks there)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Weights:
     """Weights in nanolab's names, and what is known of the model they belong to."""
 
@@ -86,8 +86,10 @@ def foreign_weights(location: str, key: str) -> Weights | None:
     path = Path(location)
     if not path.exists():
         raise ConfigError(
-            f"{key}={location} does not exist: give a nanolab run directory or .pt file, a nanoGPT ckpt.pt or a local "
-            "Hugging Face GPT-2 directory (a model name such as gpt2 needs the hub: download it and give its directory)"
+            f"{key}={location} does not exist: give a nanolab run directory or .pt file, a "
+            "nanoGPT ckpt.pt or a local "
+            "Hugging Face GPT-2 directory (a model name such as gpt2 needs the hub: download it "
+            "and give its directory)"
         )
     if path.is_dir() and (path / "config.json").is_file():
         return _huggingface(path, key)
@@ -139,12 +141,14 @@ def _huggingface(directory: Path, key: str) -> Weights:
     if not isinstance(hf, dict) or hf.get("model_type", "gpt2") != "gpt2":
         kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
         raise ConfigError(
-            f"{key}={directory} holds a {kind} model; nanolab reads GPT-2 (GPT2LMHeadModel) directories"
+            f"{key}={directory} holds a {kind} model; nanolab reads GPT-2 (GPT2LMHeadModel) "
+            "directories"
         )
     lacking = [k for k in HF_CONFIG_KEYS if not isinstance(hf.get(k), int)]
     if lacking:
         raise ConfigError(
-            f"{key}={directory}: {config_file} lacks {', '.join(lacking)} (a whole number each); download it again"
+            f"{key}={directory}: {config_file} lacks {', '.join(lacking)} (a whole number each); "
+            "download it again"
         )
     raw = _hf_weights(directory, key)
     eps = hf.get("layer_norm_epsilon", 1e-5)
@@ -168,7 +172,13 @@ def _huggingface(directory: Path, key: str) -> Weights:
         "bias": True,
         "gelu": "tanh" if hf.get("activation_function", "gelu_new") != "gelu" else "exact",
     }
-    return Weights(f"Hugging Face GPT-2 {directory}", directory, state, config, "gpt2")
+    return Weights(
+        source=f"Hugging Face GPT-2 {directory}",
+        path=directory,
+        state_dict=state,
+        config=config,
+        tokenizer="gpt2",
+    )
 
 
 def _hf_weights(directory: Path, key: str) -> dict[str, torch.Tensor]:
@@ -186,7 +196,8 @@ def _hf_weights(directory: Path, key: str) -> dict[str, torch.Tensor]:
             raw = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # safetensors and torch raise many types for a damaged file
         raise ConfigError(
-            f"{key}={directory}: {file} is unreadable (truncated or damaged: {str(e).splitlines()[0]}); download it again"
+            f"{key}={directory}: {file} is unreadable (truncated or damaged: "
+            f"{str(e).splitlines()[0]}); download it again"
         ) from None
     if not isinstance(raw, dict) or "wte.weight" not in {
         k.removeprefix("transformer.") for k in raw
@@ -200,8 +211,10 @@ def foreign_data_dir(weights: Weights, data_dir: str | None, location: str) -> P
     record neither their data nor (nanoGPT's character models: meta.pkl) their vocabulary."""
     if data_dir is None:
         raise ConfigError(
-            f"checkpoint={location}: {weights.source} records neither its data nor its vocabulary; give data.dir=<a folder a nanolab run "
-            "prepared with the same tokens>, e.g. data.dir=data/shakespeare_char for nanoGPT's shakespeare_char (the same sorted characters)"
+            f"checkpoint={location}: {weights.source} records neither its data nor its "
+            "vocabulary; give data.dir=<a folder a nanolab run "
+            "prepared with the same tokens>, e.g. data.dir=data/shakespeare_char for nanoGPT's "
+            "shakespeare_char (the same sorted characters)"
         )
     return Path(data_dir)
 
@@ -236,7 +249,8 @@ def load_into(
                 if weights.tokenizer == data_meta["tokenizer"]
                 else ""
             )
-            + f", this run's data on {data_meta['tokenizer']} tokens ({data_meta['vocab_size']}): choose data= to match"
+            + f", this run's data on {data_meta['tokenizer']} tokens ({data_meta['vocab_size']}): "
+            "choose data= to match"
         )
     diffs = [
         f"{k}: {weights.source} has {v}, model.{k}={getattr(mine, k)}"
@@ -258,12 +272,14 @@ def load_into(
     ]
     if weights.config.get("block_size", mine.block_size) < mine.block_size:
         diffs.append(
-            f"block_size: {weights.source} has {weights.config['block_size']}, model.block_size={mine.block_size} (at most that)"
+            f"block_size: {weights.source} has {weights.config['block_size']}, "
+            f"model.block_size={mine.block_size} (at most that)"
         )
     source_vocab = weights.config.get("vocab_size")
     if source_vocab is not None and source_vocab not in (mine.vocab_size, mine.padded_vocab_size):
         diffs.append(
-            f"vocabulary: {weights.source} has {source_vocab} tokens, this run's data {mine.vocab_size}"
+            f"vocabulary: {weights.source} has {source_vocab} tokens, this run's data "
+            f"{mine.vocab_size}"
         )
     if diffs:
         raise ConfigError(
@@ -290,7 +306,8 @@ def load_into(
             tensor = tensor[: want.shape[0]]
         if tensor.shape != want.shape:
             raise ConfigError(
-                f"{key}: {name} is {tuple(tensor.shape)} in {weights.source}, {tuple(want.shape)} in the configured model"
+                f"{key}: {name} is {tuple(tensor.shape)} in {weights.source}, {tuple(want.shape)} "
+                "in the configured model"
             )
         state[name] = tensor.to(want.dtype)
     missing = sorted(
@@ -298,6 +315,7 @@ def load_into(
     )
     if missing:
         raise ConfigError(
-            f"{key}: {weights.source} lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+            f"{key}: {weights.source} lacks "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
     model.load_state_dict(state, strict=False)

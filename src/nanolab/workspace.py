@@ -1,4 +1,5 @@
-"""A sweep's comparison view on W&B, as code (`python -m nanolab.compare <sweep> --wandb-workspace`).
+"""A sweep's comparison view on W&B, as code (`python -m nanolab.compare <sweep>
+--wandb-workspace`).
 
 The saved workspace shows the sweep's W&B group only, its runs grouped by the keys the sweep
 varies (so seeds are averaged, with a band of one standard deviation), line panels of calibrated
@@ -64,7 +65,8 @@ def build_workspace(sweep: Sweep, entity: str) -> Any:
         from wandb_workspaces import expr
     except ImportError:
         raise ConfigError(
-            "--wandb-workspace needs the wandb-workspaces package: pip install 'nanolab[workspaces]'"
+            "--wandb-workspace needs the wandb-workspaces package: pip install "
+            "'nanolab[workspaces]'"
         ) from None
 
     panels = [
@@ -120,7 +122,10 @@ def publish(sweep: Sweep, out: Path, command: str, offline_runs: str) -> str:
             return f"W&B workspace: {saved.url}"
         except Exception as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            return f"W&B workspace not saved ({reason}); its definition is in {path}: run `{command}` again once W&B is reachable"
+            return (
+                f"W&B workspace not saved ({reason}); its definition is in {path}: "
+                f"run `{command}` again once W&B is reachable"
+            )
     return (
         f"W&B is offline: the workspace's definition is in {path}. To create it, upload the runs "
         f"(`wandb sync {offline_runs}`) and run `{command}` again with W&B online"

@@ -26,8 +26,6 @@ from nanolab import ConfigError
 from nanolab.launch import RunInfo
 from nanolab.train import train
 
-pytestmark = pytest.mark.slow
-
 DRIVER = Path(__file__).with_name("kill_driver.py")
 # Long enough (200 steps, a checkpoint every 20) that kills land mid-run, short enough for CI.
 RUN = [
@@ -271,14 +269,15 @@ SAMPLE_BAD = [
     ("num_samples=abc", "num_samples='abc' must be an integer"),
     (
         "prompt=FILE:/nonexistent/prompt.txt",
-        "prompt=FILE:/nonexistent/prompt.txt cannot be read as UTF-8 text (No such file or directory)",
+        "prompt=FILE:/nonexistent/prompt.txt cannot be read as UTF-8 text (No such file or "
+        "directory)",
     ),
 ]
 
 
 @pytest.mark.parametrize("override,message", SAMPLE_BAD, ids=[o for o, _ in SAMPLE_BAD])
 def test_bad_sampling_input_is_one_line_and_exit_2(tmp_path, override, message):
-    checkpoint = Path(__file__).with_name("data") / "checkpoint_507db7a.pt"
+    checkpoint = Path(__file__).parents[1] / "data" / "checkpoint_507db7a.pt"
     proc = run_cli(
         f"checkpoint={checkpoint}", override, cwd=tmp_path, module="nanolab.sample", check=False
     )
@@ -645,7 +644,10 @@ def test_a_cpu_shared_with_a_busy_process_is_named_once():
 
 
 def test_threads_setting_applies_and_bad_values_are_named(tmp_path):
-    code = "import torch; from nanolab.runtime import Runtime; Runtime.create(torch.device('cpu'), threads=1); print(torch.get_num_threads())"
+    code = (
+        "import torch; from nanolab.runtime import Runtime; "
+        "Runtime.create(torch.device('cpu'), threads=1); print(torch.get_num_threads())"
+    )
     assert (
         subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -848,7 +850,8 @@ def test_a_relaunched_sweep_keeps_each_jobs_first_record(tmp_path):
 
 
 def wandb_history(run_dir: Path) -> list[dict]:
-    """The metric rows of every W&B segment of a run, read back from its offline files, oldest first."""
+    """The metric rows of every W&B segment of a run, read back from its offline files, oldest
+    first."""
     return [
         {k: v for k, v in row.items() if not k.startswith("_")}
         for run in offline_runs(run_dir / "wandb")

@@ -6,11 +6,9 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import pytest
 from conftest import REPO, TINY
 
 
-@pytest.mark.slow
 def test_wheel_installs_and_trains_with_console_script(tmp_path):
     subprocess.run(
         [

@@ -1,7 +1,7 @@
 """Run nanolab-train, but send this process SIGTERM N times from inside each checkpoint write:
 signals that arrive while the stop checkpoint is being saved.
 
-    python tests/signal_driver.py N [overrides...]
+    python tests/slow/signal_driver.py N [overrides...]
 """
 
 import os

@@ -3,7 +3,7 @@ hydra/launcher=slurm runs: submitit's handler of its requeue signal (USR2) check
 job's callable and requeues it. Here `scontrol requeue` is replaced by writing requeued.json
 (with the step of last.pt at that moment) into the run directory.
 
-    python tests/submitit_driver.py RUN_DIR [overrides...]
+    python tests/slow/submitit_driver.py RUN_DIR [overrides...]
 """
 
 import json

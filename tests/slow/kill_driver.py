@@ -1,6 +1,6 @@
 """Run nanolab-train, but SIGKILL this process halfway through its Nth checkpoint write.
 
-    python tests/kill_driver.py N [overrides...]
+    python tests/slow/kill_driver.py N [overrides...]
 
 The checkpoint is fully written to its temporary file, cut to half its size, and then the
 process kills itself: exactly what a preemption in the middle of torch.save leaves behind.
