@@ -422,8 +422,8 @@ def prepare_scratch(tmp: Path, good: Path) -> None:
     damaged.mkdir(parents=True)
     (damaged / "summary.json").write_text("[1, 2]")
     (damaged / "metrics.jsonl").write_text(
-        '{"step": 0, "time_s": 1.0, "val/ce": 4.0, "val/acc": 0.1}\n\x00\x00\n[3]\n{"step": 2, '
-        '"val/ce": 3.0}\n'
+        '{"step": 0, "time_s": 1.0, "val/ce": 4.0, "val/acc": '
+        '0.1}\n\x00\x00\n[3]\n{"step": 2, "val/ce": 3.0}\n'
     )
 
 
@@ -449,8 +449,8 @@ def main() -> int:
     data = Path(os.environ.get("NANOLAB_DATA_DIR", REPO / "data"))
     if not (data / "shakespeare_char" / "input.txt").is_file():
         print(
-            f"the tiny Shakespeare text is needed at {data}/shakespeare_char/input.txt (or set "
-            "NANOLAB_DATA_DIR)"
+            "the tiny Shakespeare text is needed at "
+            f"{data}/shakespeare_char/input.txt (or set NANOLAB_DATA_DIR)"
         )
         return 2
     env = os.environ | {"NANOLAB_DATA_DIR": str(data), "WANDB_SILENT": "true"}
@@ -566,17 +566,16 @@ def main() -> int:
             )
         results.append((name, expected, proc.returncode, clear, lines[-1][:140] if lines else ""))
         print(
-            f"{'ok ' if clear else 'BAD'} {proc.returncode:>3} {name:<55} "
-            f"{lines[-1][:110] if lines else ''}",
+            f"{'ok ' if clear else 'BAD'} {proc.returncode:>3} "
+            f"{name:<55} {lines[-1][:110] if lines else ''}",
             flush=True,
         )
     refused = [r for r in results if r[1] == "refused"]
     print(
         f"\n{len(results)} cases: {sum(r[3] for r in refused)} of {len(refused)} refused in one "
-        "clear line with exit 2 and "
-        f"nothing lost or written; {sum(r[3] for r in results if r[1] != 'refused')} of "
-        f"{len(results) - len(refused)} accepted "
-        "(or failed with exit 1) as they should be"
+        "clear line with exit 2 and nothing lost or written; "
+        f"{sum(r[3] for r in results if r[1] != 'refused')} of {len(results) - len(refused)} "
+        "accepted (or failed with exit 1) as they should be"
     )
     shutil.rmtree(root, ignore_errors=True)
     return 0 if all(r[3] for r in results) else 1

@@ -132,8 +132,8 @@ def test_hf_loader_on_local_files(tmp_path):
     cfg = compose_train(
         "data=tinystories",
         "data.hf_path=json",
-        f"data.data_files={{train: {tmp_path}/train.jsonl, validation: "
-        f"{tmp_path}/validation.jsonl}}",
+        f"data.data_files={{train: {tmp_path}/train.jsonl, "
+        f"validation: {tmp_path}/validation.jsonl}}",
         "data.num_proc=1",
         f"data.dir={tmp_path}/d",
     ).data

@@ -187,11 +187,11 @@ def checkpoint_file(path: str | Path, key: str = "checkpoint") -> Path:
         weights = [name for name in HF_WEIGHTS if (p / name).is_file()]
         if weights:
             raise ConfigError(
-                f"{key}={path} holds {weights[0]} but no config.json: a Hugging Face GPT-2 "
-                "directory needs both"
+                f"{key}={path} holds {weights[0]} but no config.json: "
+                "a Hugging Face GPT-2 directory needs both"
             )
         raise ConfigError(
-            f"{key}={path} is a directory without best.pt or last.pt (nor a Hugging Face "
-            "config.json)"
+            f"{key}={path} is a directory without best.pt "
+            "or last.pt (nor a Hugging Face config.json)"
         )
     return p

@@ -87,8 +87,8 @@ def wandb_sweep(runs: list[RunResult], keys: list[str]) -> Sweep:
         places.add((logger.get("entity"), logger.get("project", "nanolab"), group))
     if len(places) != 1 or next(iter(places))[2] is None:
         raise ConfigError(
-            "--wandb-workspace needs the runs of one W&B group (one sweep); these are in "
-            f"{sorted(map(str, places))}"
+            "--wandb-workspace needs the runs of one W&B group "
+            f"(one sweep); these are in {sorted(map(str, places))}"
         )
     entity, project, group = places.pop()
     return Sweep(entity, project, group, [config_key(k, choices) for k in keys])

@@ -505,8 +505,8 @@ def check_config(cfg: DictConfig) -> None:
     missing = missing_keys(cfg)
     if missing:
         raise ConfigError(
-            f"{', '.join(missing)}: no value given (the config has ???); set it on the command "
-            f"line, e.g. {missing[0]}=..."
+            f"{', '.join(missing)}: no value given (the config has "
+            f"???); set it on the command line, e.g. {missing[0]}=..."
         )
     check_types(cfg)
     check_values(cfg)
@@ -556,21 +556,21 @@ def check_values(cfg: DictConfig) -> None:
         )
     if cfg.data.train_tokens is not None and not cfg.data.train_tokens > cfg.model.block_size:
         raise ConfigError(
-            f"data.train_tokens={cfg.data.train_tokens} must be null (all) or more than "
-            f"model.block_size={cfg.model.block_size}"
+            f"data.train_tokens={cfg.data.train_tokens} must be null "
+            f"(all) or more than model.block_size={cfg.model.block_size}"
         )
     if not 0 <= cfg.data.label_noise < 1:
         raise ConfigError(
-            f"data.label_noise={cfg.data.label_noise} must be a fraction in [0, 1): the share of "
-            "training targets replaced by random wrong tokens"
+            f"data.label_noise={cfg.data.label_noise} must be a fraction in [0, "
+            "1): the share of training targets replaced by random wrong tokens"
         )
     if trainer.full_batch and cfg.data.train_tokens is not None:
         full_batch_windows(cfg.data.train_tokens, cfg.model.block_size, trainer.batch_size)
     check_sharpness(cfg.sharpness)
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(
-            f"objective={cfg.objective!r} must be one of {', '.join(OBJECTIVES)} (sweepers "
-            "minimise it)"
+            f"objective={cfg.objective!r} must be one of "
+            f"{', '.join(OBJECTIVES)} (sweepers minimise it)"
         )
     use_compile(cfg.compile, torch.device("cpu"))
     thread_count(cfg.threads)

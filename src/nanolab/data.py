@@ -64,10 +64,10 @@ def _read_shakespeare(cfg: DictConfig) -> str:
                 raw = response.read()
         except OSError as e:
             raise DataError(
-                f"the tiny Shakespeare text is not at {path} and could not be downloaded from "
-                f"{cfg.url} ({e}). Fix: copy input.txt to {path}, point data.raw_path=... at a "
-                "local copy, "
-                "or set NANOLAB_DATA_DIR to the data folder that holds shakespeare_char/input.txt."
+                f"the tiny Shakespeare text is not at {path} and could not be "
+                f"downloaded from {cfg.url} ({e}). Fix: copy input.txt to {path}, "
+                "point data.raw_path=... at a local copy, or set NANOLAB_DATA_DIR "
+                "to the data folder that holds shakespeare_char/input.txt."
             ) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -364,8 +364,8 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
         # prepared data whose source is gone: usable as it is
         if meta is not None and meta.get("name") == cfg.name:
             log.warning(
-                "%s: the source text is unreachable, so the prepared data is used unchecked "
-                "against it",
+                "%s: the source text is unreachable, so the "
+                "prepared data is used unchecked against it",
                 directory,
             )
             return meta
@@ -375,9 +375,9 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
         return meta
     if not allowed:
         raise DataError(
-            f"{directory} holds no prepared {cfg.name} data for this process, and another rank "
-            "prepared it: "
-            "if the nodes of this run do not share a filesystem, set data.shared_filesystem=false"
+            f"{directory} holds no prepared {cfg.name} data for this "
+            "process, and another rank prepared it: if the nodes of this "
+            "run do not share a filesystem, set data.shared_filesystem=false"
         )
 
     log.info("preparing %s in %s", cfg.name, directory)
@@ -392,8 +392,8 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
     except OSError as e:
         raise DataError(
             f"data.dir={directory} cannot be written ({e.strerror or e}: "
-            f"{e.filename or directory}); "
-            "give data.dir=<a writable folder> (or set NANOLAB_DATA_DIR) to prepare the data there"
+            f"{e.filename or directory}); give data.dir=<a writable "
+            "folder> (or set NANOLAB_DATA_DIR) to prepare the data there"
         ) from None
     log.info(
         "%s: %d train / %d val tokens, vocabulary %d",
@@ -467,12 +467,12 @@ def trained_data(wanted: dict, given: str | None, recorded: str | None, what: st
         tried.append(f"{directory}: {differs}")
     if given is not None:
         raise DataError(
-            f"data.dir={given} does not fit {what}: {tried[0].split(': ', 1)[1]}; give the folder "
-            "its run prepared"
+            f"data.dir={given} does not fit {what}: "
+            f"{tried[0].split(': ', 1)[1]}; give the folder its run prepared"
         )
     raise DataError(
-        f"no prepared data for {what} (data {wanted.get('name')!r}, {wanted.get('tokenizer')} "
-        "tokens) was found"
+        f"no prepared data for {what} (data {wanted.get('name')!r}, "
+        f"{wanted.get('tokenizer')} tokens) was found"
         + (f" ({'; '.join(tried)})" if tried else "")
         + ": give data.dir=<the folder its run prepared>, or prepare it with a training run on "
         "the same data"
@@ -501,10 +501,9 @@ class TokenData:
         meta = meta or _read_meta(directory)
         if meta is None:
             raise DataError(
-                f"{directory} holds no complete prepared data (meta.json, train and val bins): "
-                "give the folder a nanolab run "
-                "prepared, e.g. data/shakespeare_char (any run on data=shakespeare_char prepares "
-                "it)"
+                f"{directory} holds no complete prepared data (meta.json, train and "
+                "val bins): give the folder a nanolab run prepared, e.g. "
+                "data/shakespeare_char (any run on data=shakespeare_char prepares it)"
             )
         splits = {}
         for split in ("train", "val"):
@@ -526,8 +525,8 @@ class TokenData:
             return
         if tokens > len(self.train):
             raise DataError(
-                f"data.train_tokens={tokens} is more than the {len(self.train)} training tokens "
-                f"of data={self.meta['name']}"
+                f"data.train_tokens={tokens} is more than the "
+                f"{len(self.train)} training tokens of data={self.meta['name']}"
             )
         self.train = (
             self.train[:tokens]
@@ -544,10 +543,9 @@ class TokenData:
             return
         if self.vocab_size < 2:
             raise DataError(
-                f"data.label_noise={fraction} needs at least two tokens to replace a target by "
-                "another; "
-                f"data={self.meta['name']} has a vocabulary of {self.vocab_size}: use "
-                "data.label_noise=0 or more varied text"
+                f"data.label_noise={fraction} needs at least two tokens to replace "
+                f"a target by another; data={self.meta['name']} has a vocabulary "
+                f"of {self.vocab_size}: use data.label_noise=0 or more varied text"
             )
         rng = np.random.default_rng(seed)
         targets = np.array(self.train)
@@ -565,7 +563,6 @@ class TokenData:
             if len(getattr(self, split)) <= block_size:
                 raise DataError(
                     f"the {split} split of data={self.meta['name']} has "
-                    f"{len(getattr(self, split))} tokens, "
-                    f"too few for model.block_size={block_size}; lower model.block_size or use "
-                    "more data"
+                    f"{len(getattr(self, split))} tokens, too few for "
+                    f"model.block_size={block_size}; lower model.block_size or use more data"
                 )

@@ -47,6 +47,8 @@ class BatchSampler:
         starts = torch.randint(
             len(self.tokens) - len(self.offsets) + 1, (self.batch_size,), generator=generator
         )
+        # One gather of every window from the memory map (numpy fancy indexing), then one copy
+        # to the device: no Python loop over the batch's rows.
         rows = starts.numpy()[:, None] + self.offsets
         window = torch.from_numpy(self.tokens[rows].astype(np.int64))
         if self.targets is not None:  # (inputs, targets) stacked: the inputs stay the clean tokens
@@ -71,9 +73,8 @@ class BatchSampler:
         if missing:
             raise ConfigError(
                 f"the checkpoint has data streams {sorted(saved)} but this run needs "
-                f"{sorted(self.generators)}: "
-                "resume with the trainer.grad_accum (and, with trainer.fix_global_batch=false, "
-                "the number of processes) it was saved with"
+                f"{sorted(self.generators)}: resume with the trainer.grad_accum (and, with "
+                "trainer.fix_global_batch=false, the number of processes) it was saved with"
             )
         for s, generator in self.generators.items():
             generator.set_state(saved[s])
@@ -88,9 +89,8 @@ def full_batch_windows(tokens: int, block_size: int, batch_size: int) -> int:
         fits = [b for b in range(1, min(windows, 256) + 1) if windows % b == 0]
         raise ConfigError(
             f"trainer.full_batch: data.train_tokens={tokens} makes {windows} windows of "
-            f"model.block_size={block_size}, "
-            f"which trainer.batch_size={batch_size} does not divide; use a batch_size among "
-            f"{fits} or change data.train_tokens"
+            f"model.block_size={block_size}, which trainer.batch_size={batch_size} does not "
+            f"divide; use a batch_size among {fits} or change data.train_tokens"
         )
     return windows
 

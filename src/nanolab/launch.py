@@ -147,8 +147,8 @@ def launch_time(fmt: str) -> str:
             t = float(os.environ["NANOLAB_LAUNCH_TIME"])
         except ValueError:
             raise ValueError(
-                f"NANOLAB_LAUNCH_TIME={os.environ['NANOLAB_LAUNCH_TIME']!r} must be Unix seconds: "
-                "export NANOLAB_LAUNCH_TIME=$(date +%s)"
+                f"NANOLAB_LAUNCH_TIME={os.environ['NANOLAB_LAUNCH_TIME']!r} "
+                "must be Unix seconds: export NANOLAB_LAUNCH_TIME=$(date +%s)"
             ) from None
     elif "TORCHELASTIC_RUN_ID" in os.environ and Path(f"/proc/{os.getppid()}/stat").exists():
         t = _process_start_time(os.getppid())
@@ -249,8 +249,8 @@ def claim_run_dir(directory: Path, resume: object, key: str = "hydra.run.dir") -
             status = "unfinished"
         where = f"{key}={directory}" if key == "hydra.run.dir" else f"{directory}"
         raise ConfigError(
-            f"{where} already holds a run ({status}); continue it with resume=true, or start a "
-            f"new one in another {key}"
+            f"{where} already holds a run ({status}); continue it "
+            f"with resume=true, or start a new one in another {key}"
         )
     return take_lock(directory / LOCK, key, "run")
 
@@ -277,9 +277,9 @@ def take_lock(lock: Path, key: str, what: str) -> tuple[Path, dict]:
         requeued = me["slurm_job"] is not None and owner.get("slurm_job") == me["slurm_job"]
         if _alive(owner) is not False and not requeued:
             raise ConfigError(
-                f"{lock.parent} is in use by another {what} (pid {owner.get('pid')} on "
-                f"{owner.get('host')}); "
-                f"choose another {key}, or delete {lock} if that {what} is gone"
+                f"{lock.parent} is in use by another {what} (pid "
+                f"{owner.get('pid')} on {owner.get('host')}); choose "
+                f"another {key}, or delete {lock} if that {what} is gone"
             ) from None
         log.warning(
             "%s was left by pid %s, which has ended: taking it over", lock, owner.get("pid")
@@ -439,8 +439,8 @@ def stop_requests() -> Iterator[list[int]]:
             log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
         elif len(received) == 2:
             log.warning(
-                "signal %d: already stopping; the checkpoint is written first (a third signal "
-                "aborts without it)",
+                "signal %d: already stopping; the checkpoint is "
+                "written first (a third signal aborts without it)",
                 signum,
             )
         else:

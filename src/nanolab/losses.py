@@ -220,8 +220,8 @@ def head_chunk_tokens(setting: int | str, vocab_size: int) -> int:
         return AUTO_HEAD_CHUNK_TOKENS if vocab_size >= CHUNKED_HEAD_MIN_VOCAB else 0
     if not isinstance(setting, int) or isinstance(setting, bool) or setting < 0:
         raise ConfigError(
-            f"head_chunk_tokens={setting!r} must be auto, 0 (no chunks) or a number of tokens per "
-            "chunk"
+            f"head_chunk_tokens={setting!r} must be auto, "
+            "0 (no chunks) or a number of tokens per chunk"
         )
     return setting
 

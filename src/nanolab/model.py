@@ -76,8 +76,8 @@ class GPTConfig:
             raise ConfigError(f"model.gelu={self.gelu} applies to model.mlp=gelu, not {self.mlp}")
         if self.position == "rope" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(
-                "model.position=rope needs an even head size; n_embd/n_head = "
-                f"{self.n_embd // self.n_head}"
+                "model.position=rope needs an even head size; "
+                f"n_embd/n_head = {self.n_embd // self.n_head}"
             )
         if not self.rope_base > 1:
             raise ConfigError(f"model.rope_base={self.rope_base} must be > 1")

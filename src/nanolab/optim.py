@@ -333,8 +333,8 @@ def _wsd(cfg: DictConfig, base_lr: float) -> Callable[[int], float]:
     """Linear warmup, flat, then a decay over the last `decay_frac` of the run to `final_frac`."""
     if not cfg.total_iters > 0:
         raise ConfigError(
-            f"schedule.total_iters={cfg.total_iters} must be > 0 (the steps the schedule spans; "
-            "by default trainer.max_iters)"
+            f"schedule.total_iters={cfg.total_iters} must be > 0 (the "
+            "steps the schedule spans; by default trainer.max_iters)"
         )
     if not 0 <= cfg.decay_frac <= 1:
         raise ConfigError(f"schedule.decay_frac={cfg.decay_frac} must be in [0, 1]")

@@ -101,15 +101,15 @@ def prune_run(cfg: DictConfig) -> list[dict[str, Any]]:
         raise ConfigError(f"amounts={amounts} must be fractions in [0, 1)")
     if cfg.finetune_steps < 0 or not cfg.finetune_lr > 0:
         raise ConfigError(
-            f"finetune_steps={cfg.finetune_steps} must be >= 0 and finetune_lr={cfg.finetune_lr} "
-            "> 0"
+            f"finetune_steps={cfg.finetune_steps} must be "
+            f">= 0 and finetune_lr={cfg.finetune_lr} > 0"
         )
     weights = read_weights(cfg.checkpoint, "checkpoint")
     if weights.run is None:
         raise ConfigError(
-            f"checkpoint={cfg.checkpoint} holds a {weights.source}, not a nanolab run: "
-            "nanolab.prune "
-            "fine-tunes with the run's own config; give a nanolab run directory or checkpoint"
+            f"checkpoint={cfg.checkpoint} holds a {weights.source}, not "
+            "a nanolab run: nanolab.prune fine-tunes with the run's "
+            "own config; give a nanolab run directory or checkpoint"
         )
     path = weights.path
     out = Path(cfg.out) if cfg.out else path.parent / "prune"
@@ -199,8 +199,8 @@ def write_report(
     ]
     lines = [
         f"# Pruning {checkpoint}\n",
-        f"Global magnitude pruning of the linear weights; fine-tuning: {finetune_steps} steps "
-        "with the mask kept.\n",
+        "Global magnitude pruning of the linear weights; "
+        f"fine-tuning: {finetune_steps} steps with the mask kept.\n",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]

@@ -65,18 +65,17 @@ def report_markdown(
     early = [r for r in runs if r.status == "early_stopped"]
     where = (
         "val/ce, its calibrated value, T, val/acc and val/ece are from nanolab.evaluate on the "
-        f"whole val split ({evaluated_tokens:,} tokens) "
-        "at each run's final step (evaluation_val.json), the rest from its last in-training "
-        "evaluation"
+        f"whole val split ({evaluated_tokens:,} tokens) at each run's final step "
+        "(evaluation_val.json), the rest from its last in-training evaluation"
         if evaluated_tokens
         else "metrics are from each run's last evaluation"
     )
     out = [
         "# Comparison report\n",
-        f"Runs: {len(runs)} from {', '.join(sources)}; {len(runs) - len(unfinished)} finished. "
-        f"One row per configuration, sorted by {sort}. Cells are mean ± sample standard deviation "
-        f"over the finished seeds (n); {where}; `best val/ce` is "
-        "its lowest in training, tokens/s the median over its log intervals.\n",
+        f"Runs: {len(runs)} from {', '.join(sources)}; {len(runs) - len(unfinished)} "
+        f"finished. One row per configuration, sorted by {sort}. Cells are mean ± "
+        f"sample standard deviation over the finished seeds (n); {where}; `best val/ce` "
+        "is its lowest in training, tokens/s the median over its log intervals.\n",
         markdown_table(rows, keys),
     ]
     if early:

@@ -83,8 +83,8 @@ def find_run_dirs(paths: list[str]) -> list[Path]:
         jobs = [d for d in path.iterdir() if d.is_dir() and is_run_dir(d)]
         if not jobs:
             raise ConfigError(
-                f"{path} holds no runs: no metrics.jsonl, summary.json or .hydra/ in it or its "
-                "subdirectories"
+                f"{path} holds no runs: no metrics.jsonl, "
+                "summary.json or .hydra/ in it or its subdirectories"
             )
         found += sorted(jobs, key=_job_order)
     return found
@@ -144,8 +144,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         )
         if key in seen:
             log.warning(
-                "%s line %d logs step %d again (first at line %d): two runs wrote here? the first "
-                "is kept",
+                "%s line %d logs step %d again (first at line "
+                "%d): two runs wrote here? the first is kept",
                 path,
                 number,
                 key[0],
@@ -206,8 +206,8 @@ def run_values(
         final = {k: summary[f"final/{k}"] for k in values if _numeric(summary.get(f"final/{k}"))}
         if any(final[k] != values[k] for k in final):
             log.warning(
-                "%s: metrics.jsonl's last evaluation (step %d) is not summary.json's final one: "
-                "the summary's is reported",
+                "%s: metrics.jsonl's last evaluation (step %d) is not "
+                "summary.json's final one: the summary's is reported",
                 where,
                 evals[-1]["step"],
             )
@@ -243,14 +243,13 @@ def use_evaluations(runs: list[RunResult]) -> int:
     if missing:
         raise ConfigError(
             f"--evaluated: {len(missing)} finished run(s) have no evaluation_val.json of their "
-            "final step; write them with "
-            "`python -m nanolab.evaluate checkpoint=<run>/last.pt`, for: "
-            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+            "final step; write them with `python -m nanolab.evaluate checkpoint=<run>/last.pt`, "
+            f"for: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
         )
     if len(tokens) > 1:
         raise ConfigError(
-            "--evaluated: the runs' evaluation_val.json files score different numbers of tokens "
-            f"({sorted(tokens)}): evaluate them on the same data"
+            "--evaluated: the runs' evaluation_val.json files score different "
+            f"numbers of tokens ({sorted(tokens)}): evaluate them on the same data"
         )
     return tokens.pop() if tokens else 0
 

@@ -148,9 +148,9 @@ def resume_changes(path: Path, saved: dict, now: dict, allowed: list[str]) -> li
     if refused:
         diffs = "; ".join(f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}" for k in refused)
         raise ConfigError(
-            f"resume from {path} would change what the run computes: {diffs}. Resume with the "
-            "checkpoint's values, "
-            f"or name the keys to change on purpose: allow_changes=[{','.join(refused)}]"
+            f"resume from {path} would change what the run computes: "
+            f"{diffs}. Resume with the checkpoint's values, or name the "
+            f"keys to change on purpose: allow_changes=[{','.join(refused)}]"
         )
     fresh = bool(new.get("fresh_optimizer"))
     if (
@@ -159,11 +159,10 @@ def resume_changes(path: Path, saved: dict, now: dict, allowed: list[str]) -> li
         and not fresh
     ):
         raise ConfigError(
-            f"resume from {path} with optim.name={new.get('optim.name')}: the checkpoint holds "
-            f"{old.get('optim.name')}'s state, which "
-            f"{new.get('optim.name')} cannot continue from; add fresh_optimizer=true to start its "
-            "state afresh, or resume with "
-            f"optim={old.get('optim.name')}"
+            f"resume from {path} with optim.name={new.get('optim.name')}: the "
+            f"checkpoint holds {old.get('optim.name')}'s state, which "
+            f"{new.get('optim.name')} cannot continue from; add fresh_optimizer=true "
+            f"to start its state afresh, or resume with optim={old.get('optim.name')}"
         )
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed] + (
         ["the optimizer state started afresh (fresh_optimizer=true)"] if fresh else []

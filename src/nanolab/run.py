@@ -139,15 +139,17 @@ def build_run(
     configured data, prepared if needed."""
     if cfg.schedule.warmup_iters >= cfg.trainer.max_iters and world.main:
         log.warning(
-            "schedule.warmup_iters=%d is not shorter than trainer.max_iters=%d: the learning rate "
-            "never reaches "
-            "optim.lr=%g (the whole run is warmup); lower schedule.warmup_iters",
+            "schedule.warmup_iters=%d is not shorter than "
+            "trainer.max_iters=%d: the learning rate never reaches optim.lr=%g "
+            "(the whole run is warmup); lower schedule.warmup_iters",
             cfg.schedule.warmup_iters,
             cfg.trainer.max_iters,
             cfg.optim.lr,
         )
     loss_fn = get_loss(cfg.loss)
     lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
+    # Seeded before anything random is built: the seed alone fixes the initial weights, the
+    # dropout masks and (through the sampler's own streams) the batches.
     seed_everything(cfg.seed)
     data = data or load_data(cfg.data, world)
     data.limit_train(cfg.data.train_tokens)
@@ -200,8 +202,8 @@ def build_sampler(
             )
         if cfg.trainer.grad_accum != 1:
             raise ConfigError(
-                "trainer.full_batch=true sets the micro-batches itself; leave trainer.grad_accum "
-                f"at 1 (it is {cfg.trainer.grad_accum})"
+                "trainer.full_batch=true sets the micro-batches itself; leave "
+                f"trainer.grad_accum at 1 (it is {cfg.trainer.grad_accum})"
             )
         sampler = FullBatchSampler(
             data.train, cfg.trainer.batch_size, cfg.model.block_size, device, data.train_targets
@@ -245,11 +247,9 @@ def check_activation_memory(cfg: DictConfig, runtime: Runtime) -> None:
     if needed > available:
         raise ConfigError(
             f"model.block_size={m.block_size} with trainer.batch_size={batch} needs at least "
-            f"{needed / 2**30:.0f} GiB of "
-            f"activations ({m.n_layer} layers of width {m.n_embd}), more than the "
-            f"{available / 2**30:.0f} GiB of this "
-            f"{runtime.device.type}; lower model.block_size or trainer.batch_size "
-            "(trainer.grad_accum keeps the batch)"
+            f"{needed / 2**30:.0f} GiB of activations ({m.n_layer} layers of width {m.n_embd}), "
+            f"more than the {available / 2**30:.0f} GiB of this {runtime.device.type}; lower "
+            "model.block_size or trainer.batch_size (trainer.grad_accum keeps the batch)"
         )
 
 
@@ -324,6 +324,9 @@ def train_step(run: Run, lap: Callable[[str], None] = _no_lap) -> StepResult:
     trainer = run.cfg.trainer
     set_optimizer_mode(run.optimizer, train=True)
     total = torch.zeros((), device=run.runtime.device)
+    # Each micro-batch's loss is divided by their number, so the accumulated gradient is the
+    # mean over the step's batch whatever grad_accum and the number of processes; DDP syncs
+    # the gradients once, on the last micro-batch.
     for micro in range(run.accum):
         x, y = run.sampler.next_batch()
         lap("data")

@@ -72,8 +72,8 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ConfigError(f"dtype={name!r} is not one of {['auto', *DTYPES]}")
     if name == "bfloat16" and device.type == "cuda" and not native_bfloat16(device):
         raise ConfigError(
-            f"dtype=bfloat16 but {torch.cuda.get_device_name(device)} has no bfloat16 in hardware "
-            "(only a slow emulation); use dtype=float16"
+            f"dtype=bfloat16 but {torch.cuda.get_device_name(device)} has no "
+            "bfloat16 in hardware (only a slow emulation); use dtype=float16"
         )
     return DTYPES[name]
 

@@ -29,8 +29,8 @@ def sample(cfg: DictConfig) -> list[str]:
     check_entry_types(cfg, SampleKeys)
     if cfg.max_new_tokens < 0 or cfg.num_samples < 1:
         raise ConfigError(
-            f"max_new_tokens={cfg.max_new_tokens} must be >= 0 and num_samples={cfg.num_samples} "
-            ">= 1"
+            f"max_new_tokens={cfg.max_new_tokens} must be "
+            f">= 0 and num_samples={cfg.num_samples} >= 1"
         )
     if cfg.temperature < 0:
         raise ConfigError(f"temperature={cfg.temperature} must be >= 0")

@@ -45,8 +45,8 @@ def check_sharpness(cfg: DictConfig) -> None:
             raise ConfigError(f"sharpness.{key}={cfg[key]} must be > 0")
     if cfg.k > cfg.lanczos_iters:
         raise ConfigError(
-            f"sharpness.k={cfg.k} eigenvalues need sharpness.lanczos_iters >= {cfg.k} (it is "
-            f"{cfg.lanczos_iters})"
+            f"sharpness.k={cfg.k} eigenvalues need sharpness.lanczos_iters "
+            f">= {cfg.k} (it is {cfg.lanczos_iters})"
         )
 
 

@@ -116,8 +116,8 @@ class Tracker:
             return offline_rows(self.dir / "wandb", run_id, before=self.run)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
             log.warning(
-                "could not read the earlier W&B segments (%s); assuming they hold the %d records "
-                "kept",
+                "could not read the earlier W&B segments "
+                "(%s); assuming they hold the %d records kept",
                 e,
                 len(self.kept),
             )

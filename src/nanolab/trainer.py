@@ -117,10 +117,8 @@ class SlowdownWatch:
         self.warned = True
         return (
             f"steps take {statistics.median(recent):.0f} ms against {baseline:.0f} ms early in "
-            "this run: the CPU looks "
-            f"shared with another busy process; {torch.get_num_threads()} threads then compete "
-            "with it, and threads=1 is "
-            "often faster (docs/benchmarks.md)"
+            f"this run: the CPU looks shared with another busy process; {torch.get_num_threads()} "
+            "threads then compete with it, and threads=1 is often faster (docs/benchmarks.md)"
         )
 
 
@@ -204,6 +202,8 @@ class Validator:
         val/ce improved on the best so far. Abandoned once a stop is requested (`stop`), in one
         process: under DDP the ranks finish it together and agree on the stop afterwards."""
         run, cfg = self.run, self.run.cfg
+        # A full-batch run's train_eval/* scores its own training windows: the training set's
+        # error, which double descent reads, rather than random windows of the split.
         full_batch = (
             (run.sampler.x, run.sampler.y) if isinstance(run.sampler, FullBatchSampler) else None
         )
@@ -348,8 +348,8 @@ class Trainer:
         if saved is None or saved == now:
             return []
         change = (
-            f"the training data changed: data hash {saved[:12]} in the checkpoint, "
-            f"{str(now)[:12]} in {self.cfg.data.dir} now"
+            f"the training data changed: data hash {saved[:12]} in the "
+            f"checkpoint, {str(now)[:12]} in {self.cfg.data.dir} now"
         )
         log.warning(
             "resuming on other text than the checkpoint trained on (%s); its metrics will mix both",

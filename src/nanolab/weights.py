@@ -86,10 +86,9 @@ def foreign_weights(location: str, key: str) -> Weights | None:
     path = Path(location)
     if not path.exists():
         raise ConfigError(
-            f"{key}={location} does not exist: give a nanolab run directory or .pt file, a "
-            "nanoGPT ckpt.pt or a local "
-            "Hugging Face GPT-2 directory (a model name such as gpt2 needs the hub: download it "
-            "and give its directory)"
+            f"{key}={location} does not exist: give a nanolab run directory or .pt "
+            "file, a nanoGPT ckpt.pt or a local Hugging Face GPT-2 directory (a model "
+            "name such as gpt2 needs the hub: download it and give its directory)"
         )
     if path.is_dir() and (path / "config.json").is_file():
         return _huggingface(path, key)
@@ -141,14 +140,14 @@ def _huggingface(directory: Path, key: str) -> Weights:
     if not isinstance(hf, dict) or hf.get("model_type", "gpt2") != "gpt2":
         kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
         raise ConfigError(
-            f"{key}={directory} holds a {kind} model; nanolab reads GPT-2 (GPT2LMHeadModel) "
-            "directories"
+            f"{key}={directory} holds a {kind} model; nanolab "
+            "reads GPT-2 (GPT2LMHeadModel) directories"
         )
     lacking = [k for k in HF_CONFIG_KEYS if not isinstance(hf.get(k), int)]
     if lacking:
         raise ConfigError(
-            f"{key}={directory}: {config_file} lacks {', '.join(lacking)} (a whole number each); "
-            "download it again"
+            f"{key}={directory}: {config_file} lacks {', '.join(lacking)} "
+            "(a whole number each); download it again"
         )
     raw = _hf_weights(directory, key)
     eps = hf.get("layer_norm_epsilon", 1e-5)
@@ -278,8 +277,8 @@ def load_into(
     source_vocab = weights.config.get("vocab_size")
     if source_vocab is not None and source_vocab not in (mine.vocab_size, mine.padded_vocab_size):
         diffs.append(
-            f"vocabulary: {weights.source} has {source_vocab} tokens, this run's data "
-            f"{mine.vocab_size}"
+            f"vocabulary: {weights.source} has {source_vocab} "
+            f"tokens, this run's data {mine.vocab_size}"
         )
     if diffs:
         raise ConfigError(
@@ -306,8 +305,8 @@ def load_into(
             tensor = tensor[: want.shape[0]]
         if tensor.shape != want.shape:
             raise ConfigError(
-                f"{key}: {name} is {tuple(tensor.shape)} in {weights.source}, {tuple(want.shape)} "
-                "in the configured model"
+                f"{key}: {name} is {tuple(tensor.shape)} in {weights.source}, "
+                f"{tuple(want.shape)} in the configured model"
             )
         state[name] = tensor.to(want.dtype)
     missing = sorted(

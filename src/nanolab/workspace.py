@@ -65,8 +65,8 @@ def build_workspace(sweep: Sweep, entity: str) -> Any:
         from wandb_workspaces import expr
     except ImportError:
         raise ConfigError(
-            "--wandb-workspace needs the wandb-workspaces package: pip install "
-            "'nanolab[workspaces]'"
+            "--wandb-workspace needs the wandb-workspaces "
+            "package: pip install 'nanolab[workspaces]'"
         ) from None
 
     panels = [
@@ -123,8 +123,8 @@ def publish(sweep: Sweep, out: Path, command: str, offline_runs: str) -> str:
         except Exception as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             return (
-                f"W&B workspace not saved ({reason}); its definition is in {path}: "
-                f"run `{command}` again once W&B is reachable"
+                f"W&B workspace not saved ({reason}); its definition is "
+                f"in {path}: run `{command}` again once W&B is reachable"
             )
     return (
         f"W&B is offline: the workspace's definition is in {path}. To create it, upload the runs "

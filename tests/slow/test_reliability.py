@@ -172,8 +172,8 @@ def test_a_fresh_run_into_a_directory_holding_a_run_is_refused_before_anything_i
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"hydra.run.dir={tmp_path} already holds a run (finished); continue it with resume=true, "
-        "or start a new one in another hydra.run.dir"
+        f"hydra.run.dir={tmp_path} already holds a run (finished); continue "
+        "it with resume=true, or start a new one in another hydra.run.dir"
     )
     assert {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
@@ -269,8 +269,8 @@ SAMPLE_BAD = [
     ("num_samples=abc", "num_samples='abc' must be an integer"),
     (
         "prompt=FILE:/nonexistent/prompt.txt",
-        "prompt=FILE:/nonexistent/prompt.txt cannot be read as UTF-8 text (No such file or "
-        "directory)",
+        "prompt=FILE:/nonexistent/prompt.txt cannot be "
+        "read as UTF-8 text (No such file or directory)",
     ),
 ]
 
