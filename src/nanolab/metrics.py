@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -337,49 +337,62 @@ def evaluate_batches(
     try:
         for split, prefix in (("train", "train_eval"), ("val", "val")):
             totals = TokenTotals(calibrate=split == "val")
-            if split == "train" and train_windows is not None:
-                for x, y in zip(*(t.split(batch_size) for t in train_windows)):
-                    _check_stop(stop)
-                    with autocast:
-                        update_totals(
-                            totals,
-                            model,
-                            x,
-                            y,
-                            loss_fn=loss_fn,
-                            loss_cfg=loss_cfg,
-                            head_chunk=head_chunk,
-                        )
-            else:
-                targets = data.train_targets if split == "train" else None
-                sampler = BatchSampler(
-                    getattr(data, split),
-                    batch_size=batch_size,
-                    block_size=model.config.block_size,
-                    seed=EVAL_SEED,
-                    device=device,
-                    targets=targets,
-                )
-                for i in range(mine.stop):
-                    # drawn on every rank, so each rank's share is the same batches
-                    x, y = sampler.next_batch()
-                    if i in mine:
-                        _check_stop(stop)
-                        with autocast:
-                            update_totals(
-                                totals,
-                                model,
-                                x,
-                                y,
-                                loss_fn=loss_fn,
-                                loss_cfg=loss_cfg,
-                                head_chunk=head_chunk,
-                            )
+            batches = _my_batches(
+                data,
+                split,
+                windows=train_windows if split == "train" else None,
+                batch_size=batch_size,
+                block_size=model.config.block_size,
+                mine=mine,
+                device=device,
+            )
+            for x, y in batches:
+                _check_stop(stop)
+                with autocast:
+                    update_totals(
+                        totals,
+                        model,
+                        x,
+                        y,
+                        loss_fn=loss_fn,
+                        loss_cfg=loss_cfg,
+                        head_chunk=head_chunk,
+                    )
             totals.combine(world, device)
             metrics |= {f"{prefix}/{k}": v for k, v in totals.compute(device).items()}
     finally:
         model.train()
     return metrics
+
+
+def _my_batches(
+    data: TokenData,
+    split: str,
+    *,
+    windows: tuple[torch.Tensor, torch.Tensor] | None,
+    batch_size: int,
+    block_size: int,
+    mine: range,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's evaluation batches of a split: the given windows in turn, else batches
+    drawn from the fixed EVAL_SEED stream (every rank draws them all, so that each rank's share
+    is the same batches whatever the number of ranks)."""
+    if windows is not None:
+        yield from zip(*(t.split(batch_size) for t in windows))
+        return
+    sampler = BatchSampler(
+        getattr(data, split),
+        batch_size=batch_size,
+        block_size=block_size,
+        seed=EVAL_SEED,
+        device=device,
+        targets=data.train_targets if split == "train" else None,
+    )
+    for i in range(mine.stop):
+        x, y = sampler.next_batch()
+        if i in mine:
+            yield x, y
 
 
 def _check_stop(stop: Sequence[int]) -> None:

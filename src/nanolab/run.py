@@ -148,8 +148,7 @@ def build_run(
         )
     loss_fn = get_loss(cfg.loss)
     lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
-    # Seeded before anything random is built: the seed alone fixes the initial weights, the
-    # dropout masks and (through the sampler's own streams) the batches.
+    # Seeded first: the seed alone fixes the initial weights, dropout masks and batches.
     seed_everything(cfg.seed)
     data = data or load_data(cfg.data, world)
     data.limit_train(cfg.data.train_tokens)
