@@ -326,3 +326,84 @@ def test_keys_that_change_nothing_stay_out_of_names_columns_resume_and_wandb(tmp
     saved = OmegaConf.to_container(cfg, resolve=True)
     now = OmegaConf.to_container(compose_train("device=cpu", "optim.fused=true"), resolve=True)
     assert resume_changes(tmp_path / "last.pt", saved, now, []) == []
+
+
+def write_evals(job: Path, points: list[tuple[int, float, float]], per_step: int = 64) -> None:
+    """A run's metrics.jsonl holding only evaluations (step, val/ce, val/acc)."""
+    records = [
+        {"step": s, "tokens": per_step * s, "time_s": 1.0 + s, "val/ce": ce, "val/acc": acc}
+        for s, ce, acc in points
+    ]
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_steps_and_tokens_to_a_target_are_interpolated_between_evaluations(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, loss, seed, points in [
+        # 2.0 lies halfway between step 10 (2.5) and step 20 (1.5): step 15, 960 tokens
+        ("0_a", "ce", 1, [(0, 4.0, 0.1), (10, 2.5, 0.3), (20, 1.5, 0.6)]),
+        # reached exactly at step 20
+        ("1_b", "ce", 2, [(0, 4.0, 0.1), (10, 3.0, 0.2), (20, 2.0, 0.4)]),
+        ("2_c", "mse", 1, [(0, 4.0, 0.1), (10, 3.0, 0.2), (20, 2.5, 0.3)]),  # never
+    ]:
+        fake_run(sweep / job, [f"loss={loss}"], seed, {})
+        write_evals(sweep / job, points)
+    compare([str(sweep)], sort="val/ce", target="val/ce=2.0")
+    rows = read_csv(sweep / "report.csv")
+    assert float(rows["ce"]["target/steps_mean"]) == pytest.approx(17.5)
+    assert float(rows["ce"]["target/steps_std"]) == pytest.approx(math.sqrt(12.5))
+    assert float(rows["ce"]["target/tokens_mean"]) == pytest.approx(64 * 17.5)
+    assert (rows["ce"]["target_reached"], rows["mse"]["target_reached"]) == ("2", "0")
+    assert rows["mse"]["target/steps_mean"] == ""
+    report = (sweep / "report.md").read_text()
+    assert "## Steps and tokens to val/ce <= 2" in report
+    assert "| mse | 0 of 1 | not reached | not reached |" in report
+    # an accuracy counts up: 0.5 is reached at step 10 + 10 * (0.5 - 0.3) / 0.3 by seed 1 only
+    compare([str(sweep)], sort="val/ce", target="val/acc=0.5")
+    rows = read_csv(sweep / "report.csv")
+    assert float(rows["ce"]["target/steps_mean"]) == pytest.approx(10 + 10 * 0.2 / 0.3)
+    assert rows["ce"]["target_reached"] == "1"
+
+
+def test_a_bad_or_unreachable_target_is_named(tmp_path, caplog):
+    fake_run(tmp_path / "0_a", ["loss=ce"], 1, {"val/ce": 2.0})
+    with pytest.raises(ConfigError, match=r"--target val/xyz=1: no run logs val/xyz; they log"):
+        compare([str(tmp_path)], target="val/xyz=1")
+    with pytest.raises(ConfigError, match=r"--target val/ce: give <metric>=<number>"):
+        compare([str(tmp_path)], target="val/ce")
+    compare([str(tmp_path)], target="val/ce=0.5")
+    assert "no finished run reaches val/ce <= 0.5" in caplog.text
+
+
+def test_the_critical_batch_size_of_a_known_trade_off_is_recovered():
+    from nanolab.critical_batch import bootstrap, fit
+
+    # S = 100·(1 + 2000/B) at B = 256 .. 16384 tokens per step, seeds off by ±2%
+    seeds = {
+        b: [100 * (1 + 2000 / b) * f for f in (0.98, 1.0, 1.02)] for b in (256, 1024, 4096, 16384)
+    }
+    fitted = fit([(b, sum(s) / 3) for b, s in seeds.items()])
+    assert fitted.b_crit == pytest.approx(2000, rel=0.02) and fitted.s_min == pytest.approx(
+        100, rel=0.02
+    )
+    low, high = bootstrap(seeds)
+    assert low < 2000 < high and high / low < 1.5
+    assert bootstrap({b: s[:1] for b, s in seeds.items()}) is None
+
+
+def test_a_batch_size_sweep_reports_its_critical_batch_size(tmp_path):
+    """Per batch size, the learning rate with the fewest steps to the target is the point."""
+    sweep = tmp_path / "sweep"
+    for n, (batch, lr, steps) in enumerate(
+        [(256, "1e-3", 900), (256, "3e-3", 850), (1024, "3e-3", 300), (4096, "3e-3", 160)]
+        + [(4096, "1e-2", 149), (16384, "1e-2", 113)]
+    ):
+        job = sweep / f"{n}_b{batch}_lr{lr}"
+        fake_run(job, [f"trainer.batch_size={batch // 64}", f"optim.lr={lr}"], 1, {})
+        write_evals(job, [(0, 4.0, 0.0), (steps, 2.0, 0.5)], per_step=batch)
+    compare([str(sweep)], sort="val/ce", target="val/ce=2.0")
+    report = (sweep / "report.md").read_text()
+    assert "## Critical batch size (to val/ce <= 2)" in report
+    assert "one seed per batch size: no interval" in report
+    assert "| 256 | 4 | 3e-3 | 850 |" in report and "| 4096 | 64 | 1e-2 | 149 |" in report
+    assert (sweep / "steps_vs_tokens.png").read_bytes()[:8] == PNG_MAGIC

@@ -230,6 +230,27 @@ def test_early_stopping_ends_the_run_keeps_best_and_is_final(tmp_path):
     assert "Stopped early" in report and "early_stopped" in report and "1 finished" in report
 
 
+def test_a_run_ends_at_its_target_and_compare_counts_its_steps(tmp_path):
+    """trainer.early_stop.target: the first evaluation at or below it ends the run."""
+    run(tmp_path / "free", "trainer.max_iters=20", "trainer.eval_interval=5")
+    evals = {r["step"]: r["val/ce"] for r in records(tmp_path / "free") if "val/ce" in r}
+    target = (evals[5] + evals[10]) / 2  # first reached at step 10
+    run(
+        tmp_path / "target",
+        "trainer.max_iters=20",
+        "trainer.eval_interval=5",
+        f"trainer.early_stop.target={target}",
+    )
+    summary = json.loads((tmp_path / "target" / "summary.json").read_text())
+    assert summary["status"] == "early_stopped"
+    assert [r["step"] for r in records(tmp_path / "target") if "val/ce" in r] == [0, 5, 10]
+    compare([str(tmp_path / "target")], out=tmp_path / "report", target=f"val/ce={target}")
+    # halfway between steps 5 and 10 on val/ce: step 7.5
+    row = (tmp_path / "report" / "report.csv").read_text().splitlines()
+    values = dict(zip(row[0].split(","), row[1].split(",")))
+    assert float(values["target/steps_mean"]) == pytest.approx(7.5)
+
+
 @pytest.mark.parametrize(
     "experiment,choice",
     [

@@ -6,6 +6,7 @@
     python -m nanolab.bench bench.what=compile model=baby
     python -m nanolab.bench bench.what=profile        # where a step's time goes (torch.profiler)
     python -m nanolab.bench bench.what=sharpness      # one sharpness measurement against a step
+    python -m nanolab.bench bench.what=noise_scale trainer.grad_accum=2   # its cost in a step
 
 `step` times the same training step three ways, alternating them `bench.repeats` times so that
 a change in the machine's speed hits all of them alike:
@@ -51,9 +52,10 @@ from nanolab.distributed import World
 from nanolab.launch import RunInfo
 from nanolab.losses import chunked_head_loss, get_loss, head_chunk_tokens
 from nanolab.metrics import evaluate_batches, flops_per_token
+from nanolab.noise import NoiseScale
 from nanolab.run import Run, build_run, train_step
 from nanolab.runtime import Runtime, measure_cpu_matmul_flops, pick_device, sync
-from nanolab.trainer import build_probe, train
+from nanolab.trainer import build_noise_scale, build_probe, train
 
 log = logging.getLogger("nanolab.bench")
 
@@ -483,12 +485,54 @@ def bench_head(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def measured_steps(run: Run, noise: NoiseScale, n: int) -> float:
+    """Seconds per step over n training steps whose gradient noise scale is measured, its
+    averages folded at the end as the trainer does at a log."""
+    sync(run.runtime.device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        result = train_step(run)
+        noise.observe(result.first_micro_sq, result.grad_norm.square())
+    noise.metrics()
+    sync(run.runtime.device)
+    return (time.perf_counter() - t0) / n
+
+
+def bench_noise_scale(cfg: DictConfig) -> dict[str, Any]:
+    """The training step with the gradient noise scale measured against the same step without
+    it, in one process: blocks of trainer.log_interval steps of each in turn, bench.steps of
+    each per repeat; the medians and the measurement's share."""
+    plain_cfg = cfg.copy()
+    OmegaConf.update(plain_cfg, "noise_scale.enabled", False)
+    OmegaConf.update(cfg, "noise_scale.enabled", True)
+    plain, measured = setup(plain_cfg), setup(cfg)
+    noise = build_noise_scale(measured)
+    block = cfg.trainer.log_interval
+    bare_steps(plain, cfg.bench.warmup)
+    measured_steps(measured, noise, cfg.bench.warmup)
+    plain_s, measured_s = [], []
+    for repeat in range(cfg.bench.repeats):
+        log.info("repeat %d/%d: without, with the noise scale", repeat + 1, cfg.bench.repeats)
+        for _ in range(cfg.bench.steps // block):
+            plain_s.append(bare_steps(plain, block))
+            measured_s.append(measured_steps(measured, noise, block))
+    plain_ms, measured_ms = 1000 * statistics.median(plain_s), 1000 * statistics.median(measured_s)
+    return {
+        "what": "noise_scale",
+        "plain_ms": plain_ms,
+        "measured_ms": measured_ms,
+        "overhead": measured_ms / plain_ms - 1,
+        "samples": len(plain_s),
+    }
+
+
 BENCHES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "step": bench_step,
     "compile": bench_compile,
     "head": bench_head,
     "profile": bench_profile,
     "sharpness": bench_sharpness,
+    "noise_scale": bench_noise_scale,
 }
 
 

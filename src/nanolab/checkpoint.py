@@ -55,6 +55,7 @@ CONFIG_KEYS_ADDED = {
     "trainer.full_batch": False,
     "trainer.early_stop.patience": 0,
     "trainer.early_stop.min_delta": 0.0,
+    "trainer.early_stop.target": None,
     "data.train_tokens": None,
     "data.label_noise": 0.0,
     "data.label_noise_seed": 0,
@@ -63,6 +64,8 @@ CONFIG_KEYS_ADDED = {
     "sharpness.k": 1,
     "sharpness.probe_tokens": 4096,
     "sharpness.lanczos_iters": 20,
+    "noise_scale.enabled": False,
+    "noise_scale.ema": 0.99,
     **{f"model.{k}": v for k, v in MODEL_OPTIONS_ADDED.items()},
 }
 
@@ -91,6 +94,7 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
         state["model_config"].setdefault(key, value)
     state.setdefault("skipped_steps", 0)
     state.setdefault("eval_due", False)
+    state.setdefault("noise_scale", None)
     state.setdefault(
         "early_stop", {"best": math.inf, "evals_without_improvement": 0, "stopped": False}
     )

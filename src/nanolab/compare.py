@@ -24,6 +24,9 @@ evaluation_val.json (every token of the val split, scored by the run's final che
 instead of its last in-training evaluation (a few batches): the axis for comparisons at a
 large vocabulary, where a few batches leave the seeds' noise larger than the configurations'
 gaps. The curves stay the in-training evaluations.
+With --target val/ce=1.9 (any logged metric; accuracies count up, the rest down) report.md gains
+each configuration's steps and tokens to reach it: the first evaluation that does, interpolated
+from the one before, mean ± std over the seeds that reach it ("not reached" otherwise).
 With --wandb-workspace it also saves the sweep's W&B workspace (nanolab/workspace.py), or
 writes its definition to wandb_workspace.json when W&B is offline. It prints the table too.
 A configuration is a run's overrides without its seed and without
@@ -49,15 +52,25 @@ from nanolab.plots import (
     plot_final_values,
     plot_metric_vs_value,
     plot_sharpness,
+    plot_steps_vs_tokens,
 )
-from nanolab.report import markdown_table, report_markdown, rows_csv, runs_csv, size_columns
+from nanolab.report import (
+    markdown_table,
+    report_markdown,
+    rows_csv,
+    runs_csv,
+    size_columns,
+    target_table,
+)
 from nanolab.results import (
     METRICS,
     RunResult,
+    add_target,
     fill_missing_params,
     find_run_dirs,
     group_rows,
     is_number,
+    parse_target,
     read_run,
     read_yaml,
     use_evaluations,
@@ -109,14 +122,19 @@ def compare(
     sort: str = "val/ce_calibrated",
     wandb_workspace: bool = False,
     evaluated: bool = False,
+    target: str | None = None,
 ) -> Path:
     """Write the report of the runs under `paths` into `out` (default: the one directory given,
     or the common parent of several) and print its table; returns the report's path. With
-    `evaluated`, the val metrics are those of each run's evaluation_val.json."""
+    `evaluated`, the val metrics are those of each run's evaluation_val.json; with `target`
+    (`val/ce=1.9`), each configuration's steps and tokens to it."""
     if sort not in [k for k, *_ in METRICS]:
         raise ConfigError(f"--sort {sort} is not one of {', '.join(k for k, *_ in METRICS)}")
     runs = [read_run(d) for d in find_run_dirs(paths)]
     evaluated_tokens = use_evaluations(runs) if evaluated else 0
+    goal = parse_target(target, runs) if target else None
+    if goal and not add_target(runs, goal):
+        log.warning("no finished run reaches %s: the table says 'not reached' for each", goal)
     keys = fill_missing_params(runs)
     rows = group_rows(runs, keys, sort)
     if out is None:
@@ -128,9 +146,18 @@ def compare(
     try:
         out.mkdir(parents=True, exist_ok=True)
         _write_text(
-            out / "report.md", report_markdown(rows, keys, runs, sort, paths, evaluated_tokens)
+            out / "report.md",
+            report_markdown(
+                rows,
+                keys,
+                runs,
+                sort,
+                sources=paths,
+                evaluated_tokens=evaluated_tokens,
+                target=goal,
+            ),
         )
-        _write_text(out / "report.csv", rows_csv(rows, keys))
+        _write_text(out / "report.csv", rows_csv(rows, keys, goal))
         _write_text(out / "runs.csv", runs_csv(runs, keys))
         import matplotlib
 
@@ -140,6 +167,8 @@ def compare(
         plot_curves(rows, keys, out / "curves.png")
         plot_final_values(rows, keys, out / "final.png")
         plot_sharpness(runs, keys, out / "sharpness.png")
+        if goal:
+            plot_steps_vs_tokens(rows, goal, out / "steps_vs_tokens.png")
         if any(k.startswith("model.") for k in keys) and size_columns(rows):
             plot_against_size(rows, keys, out / "metrics_vs_params.png")
         for key in keys:
@@ -152,6 +181,8 @@ def compare(
             f"cannot write the report to {out} ({e.strerror}); choose another --out"
         ) from e
     print(markdown_table(rows, keys))
+    if goal:
+        print(target_table(rows, keys, goal))
     unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
     for r in unfinished:
         print(f"not finished, left out: {r.dir} ({r.status}{': ' + r.error if r.error else ''})")
@@ -193,6 +224,12 @@ def main(argv: list[str] | None = None) -> None:
         "checkpoint=<run>/last.pt: the whole val split) instead of its last in-training evaluation",
     )
     parser.add_argument(
+        "--target",
+        metavar="METRIC=VALUE",
+        help="also report each configuration's steps and tokens to reach VALUE of a logged "
+        "metric, e.g. val/ce=1.9 (accuracies: at least VALUE; the rest: at most)",
+    )
+    parser.add_argument(
         "--wandb-workspace",
         action="store_true",
         help="also save a W&B workspace for the sweep's group (offline: write its definition to "
@@ -201,7 +238,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with exit_on_config_error(log):
-        compare(args.paths, args.out, args.sort, args.wandb_workspace, args.evaluated)
+        compare(
+            args.paths,
+            args.out,
+            args.sort,
+            wandb_workspace=args.wandb_workspace,
+            evaluated=args.evaluated,
+            target=args.target,
+        )
 
 
 if __name__ == "__main__":

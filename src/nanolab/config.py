@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from nanolab import ConfigError
 from nanolab.dataloader import full_batch_windows
 from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.model import GPTConfig
+from nanolab.noise import check_noise_scale
 from nanolab.optim import build_schedule, check_optim
 from nanolab.runtime import thread_count, use_compile
 from nanolab.sharpness import check_sharpness
@@ -142,6 +144,7 @@ class TrainerKeys:
 class EarlyStop:
     patience: int = MISSING
     min_delta: float = MISSING
+    target: float | None = MISSING
 
 
 @dataclass
@@ -150,6 +153,12 @@ class Sharpness:
     k: int = MISSING
     probe_tokens: int = MISSING
     lanczos_iters: int = MISSING
+
+
+@dataclass
+class NoiseScaleKeys:
+    enabled: bool = MISSING
+    ema: float = MISSING
 
 
 @dataclass
@@ -334,6 +343,7 @@ class Logger:
 SCHEMAS: dict[str, tuple[str | None, dict[str, type]]] = {
     "trainer": (None, {"default": TrainerKeys}),
     "sharpness": (None, {"default": Sharpness}),
+    "noise_scale": (None, {"default": NoiseScaleKeys}),
     "model": (None, {"gpt": Model}),
     "logger": (None, {"wandb": Logger}),
     "optim": (
@@ -442,7 +452,8 @@ def _typed(path: str, node: DictConfig, schema: type) -> None:
 
 
 # Keys that do not change what a run computes, with their sub-keys: where it resumes from and
-# what the resume may change, the device and kernels that run it, how it is logged, Hydra's
+# what the resume may change, the device and kernels that run it, what it measures besides
+# (the gradient noise scale reads gradients, never changes them), how it is logged, Hydra's
 # own. Run and sweep-job names leave them out, nanolab.compare does not group by them, the W&B
 # config holds what setup made of them, and a resume may change them.
 CHANGES_NOTHING = (
@@ -452,6 +463,7 @@ CHANGES_NOTHING = (
     "device",
     "compile",
     "optim.fused",
+    "noise_scale",
     "logger",
     "hydra",
 )
@@ -554,6 +566,12 @@ def check_values(cfg: DictConfig) -> None:
             f"trainer.early_stop.patience={trainer.early_stop.patience} and "
             f"min_delta={trainer.early_stop.min_delta} must be >= 0 (patience 0: off)"
         )
+    target = trainer.early_stop.target
+    if target is not None and not math.isfinite(target):
+        raise ConfigError(
+            f"trainer.early_stop.target={target} must be a number (the `objective` to reach) "
+            "or null"
+        )
     if cfg.data.train_tokens is not None and not cfg.data.train_tokens > cfg.model.block_size:
         raise ConfigError(
             f"data.train_tokens={cfg.data.train_tokens} must be null "
@@ -567,6 +585,7 @@ def check_values(cfg: DictConfig) -> None:
     if trainer.full_batch and cfg.data.train_tokens is not None:
         full_batch_windows(cfg.data.train_tokens, cfg.model.block_size, trainer.batch_size)
     check_sharpness(cfg.sharpness)
+    check_noise_scale(cfg.noise_scale, trainer.full_batch)
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(
             f"objective={cfg.objective!r} must be one of "

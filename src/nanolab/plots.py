@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from nanolab.atomic import atomic_path
+from nanolab.critical_batch import best_per_batch, fit
 from nanolab.report import human
-from nanolab.results import Row, RunResult, is_number
+from nanolab.results import Row, RunResult, Target, is_number
 
 
 def _log_axis(axis: Any, fmt: Callable[[float, Any], str] = lambda v, _pos=None: f"{v:g}") -> None:
@@ -334,3 +335,43 @@ def _natural(label: str) -> list[Any]:
         float(part) if is_number(part) else part
         for part in re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", label)
     ]
+
+
+def plot_steps_vs_tokens(rows: list[Row], target: Target, path: Path) -> bool:
+    """Steps against tokens to the target, one point per batch size at its best configuration
+    (Shallue et al. 2019, Fig. 1), with the fitted S = S_min·(1 + B_crit/B); False (and no
+    file) when fewer than three batch sizes reach the target."""
+    import matplotlib.pyplot as plt
+
+    best = best_per_batch(rows)
+    if len(best) < 3:
+        return False
+    fitted = fit([(b, row.stats("target/steps")[0]) for b, row in best.items()])
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for batch, row in best.items():
+        steps, steps_std, _ = row.stats("target/steps")
+        ax.errorbar(
+            batch * steps,
+            steps,
+            yerr=None if math.isnan(steps_std) else steps_std,
+            fmt="o",
+            color="C0",
+            capsize=3,
+        )
+        ax.annotate(
+            f"B={batch:g}", (batch * steps, steps), textcoords="offset points", xytext=(5, 5)
+        )
+    batches = [min(best) / 4 * (16 * max(best) / min(best)) ** (i / 99) for i in range(100)]
+    ax.plot(
+        [b * fitted.steps(b) for b in batches],
+        [fitted.steps(b) for b in batches],
+        color="C1",
+        label=f"S = S_min(1 + B_crit/B), B_crit = {fitted.b_crit:.3g} tokens",
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"tokens to {target}")
+    ax.set_ylabel(f"steps to {target}")
+    ax.legend()
+    _save_figure(fig, path)
+    return True

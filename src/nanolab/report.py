@@ -8,7 +8,8 @@ import io
 import math
 
 from nanolab import ENDED_AS_PLANNED
-from nanolab.results import METRICS, SIZE, Row, RunResult
+from nanolab.critical_batch import best_per_batch, bootstrap, fit
+from nanolab.results import METRICS, SIZE, Row, RunResult, Target
 
 
 def human(value: float, _pos: object = None) -> str:
@@ -58,8 +59,10 @@ def report_markdown(
     keys: list[str],
     runs: list[RunResult],
     sort: str,
+    *,
     sources: list[str],
     evaluated_tokens: int = 0,
+    target: Target | None = None,
 ) -> str:
     unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
     early = [r for r in runs if r.status == "early_stopped"]
@@ -91,6 +94,11 @@ def report_markdown(
             for r in unfinished
         ]
         out.append("")
+    if target:
+        out.append("\n" + target_table(rows, keys, target))
+        critical = critical_batch_section(rows, keys, target)
+        if critical:
+            out.append("\n" + critical)
     out.append("\n## Every run\n")
     head = ["run", "status", "seed", *(h for _, h, _, _ in METRICS)]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -101,7 +109,66 @@ def report_markdown(
     return "\n".join(out) + "\n"
 
 
-def rows_csv(rows: list[Row], keys: list[str]) -> str:
+# A run's steps and tokens to compare --target, when it reaches it.
+TARGET_VALUES = [("target/steps", "steps", "{:.0f}"), ("target/tokens", "tokens", "{:.3g}")]
+
+
+def target_table(rows: list[Row], keys: list[str], target: Target) -> str:
+    """Steps and tokens to the target per configuration: mean ± sample std over the finished
+    seeds that reach it, and how many of them do."""
+    lines = [
+        f"## Steps and tokens to {target}\n",
+        "The first evaluation that reaches it, interpolated linearly from the one before; "
+        "mean ± sample standard deviation over the seeds that reach it.\n",
+        "| " + " | ".join([*(keys or ["configuration"]), "reached", "steps", "tokens"]) + " |",
+        "|" + "---|" * (len(keys or [0]) + 3),
+    ]
+    for row in rows:
+        reached = sum("target/steps" in r.values for r in row.finished)
+        cells = [row.params[k] for k in keys] or ["all runs"]
+        cells.append(f"{reached} of {len(row.finished)}")
+        cells += [
+            _fmt(fmt, *row.stats(key)[:2]) if reached else "not reached"
+            for key, _, fmt in TARGET_VALUES
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def critical_batch_section(rows: list[Row], keys: list[str], target: Target) -> str:
+    """The critical batch size fitted to each batch size's fewest steps to the target, when
+    three or more batch sizes reach it; else nothing."""
+    best = best_per_batch(rows)
+    if len(best) < 3:
+        return ""
+    fitted = fit([(b, row.stats("target/steps")[0]) for b, row in best.items()])
+    interval = bootstrap(
+        {b: [r.values["target/steps"] for r in row.finished] for b, row in best.items()}
+    )
+    spread = (
+        f"95% interval {interval[0]:.3g} to {interval[1]:.3g}"
+        if interval
+        else "one seed per batch size: no interval"
+    )
+    lines = [
+        f"## Critical batch size (to {target})\n",
+        "Each batch size (tokens per step) at its configuration with the fewest steps to the "
+        "target, and S = S_min·(1 + B_crit/B) (McCandlish et al. 2018, eq. 2.11) fitted by "
+        "least squares on log S; the interval resamples each batch size's seeds (1000 times).\n",
+        f"B_crit = {fitted.b_crit:.3g} tokens per step ({spread}); S_min = "
+        f"{fitted.s_min:.3g} steps; E_min = {fitted.e_min:.3g} tokens.\n",
+        "| tokens/step | " + " | ".join(keys or ["configuration"]) + " | steps | tokens | fit |",
+        "|" + "---|" * (len(keys or [0]) + 4),
+    ]
+    for batch, row in best.items():
+        cells = [f"{batch:g}", *([row.params[k] for k in keys] or ["all runs"])]
+        cells += [_fmt(fmt, *row.stats(key)[:2]) for key, _, fmt in TARGET_VALUES]
+        cells.append(f"{fitted.steps(batch):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rows_csv(rows: list[Row], keys: list[str], target: Target | None = None) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     sizes = size_columns(rows)
@@ -112,10 +179,13 @@ def rows_csv(rows: list[Row], keys: list[str]) -> str:
             "seeds",
             *(k for k, _ in sizes),
             *(f"{k}_{s}" for k, *_ in METRICS for s in ("mean", "std")),
+            *(["target_reached"] if target else []),
+            *(f"{k}_{s}" for k, *_ in (TARGET_VALUES if target else []) for s in ("mean", "std")),
         ]
     )
     for row in rows:
-        stats = [row.stats(k)[:2] for k, *_ in METRICS]
+        metrics = [k for k, *_ in METRICS] + [k for k, *_ in (TARGET_VALUES if target else [])]
+        stats = [row.stats(k)[:2] for k in metrics]
         writer.writerow(
             [
                 *(row.params[k] for k in keys),
@@ -123,7 +193,9 @@ def rows_csv(rows: list[Row], keys: list[str]) -> str:
                 " ".join(str(r.seed) for r in row.finished),
             ]
             + [repr(row.stats(k)[0]) for k, _ in sizes]
-            + ["" if math.isnan(x) else repr(x) for pair in stats for x in pair]
+            + ["" if math.isnan(x) else repr(x) for pair in stats[: len(METRICS)] for x in pair]
+            + ([sum("target/steps" in r.values for r in row.finished)] if target else [])
+            + ["" if math.isnan(x) else repr(x) for pair in stats[len(METRICS) :] for x in pair]
         )
     return buffer.getvalue()
 

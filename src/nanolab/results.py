@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from nanolab import ENDED_AS_PLANNED, ConfigError, config_as_data
 from nanolab.config import changes_nothing
+from nanolab.tracking import HIGHER_IS_BETTER
 
 log = logging.getLogger("nanolab.compare")
 
@@ -223,6 +224,73 @@ def run_values(
     )
     values |= {k: float(summary[k]) for k, _ in SIZE if _numeric(summary.get(k))}
     return values
+
+
+@dataclass(frozen=True)
+class Target:
+    """A value of a logged metric for runs to reach (compare --target val/ce=1.9): lower is
+    better unless the metric is an accuracy."""
+
+    metric: str
+    value: float
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric.rsplit("/", 1)[-1] in HIGHER_IS_BETTER
+
+    def __str__(self) -> str:
+        return f"{self.metric} {'>=' if self.higher_is_better else '<='} {self.value:g}"
+
+    def met(self, value: float) -> bool:
+        return value >= self.value if self.higher_is_better else value <= self.value
+
+
+def parse_target(text: str, runs: list[RunResult]) -> Target:
+    """--target <metric>=<number>; ConfigError unless it parses and some run logs the metric."""
+    metric, _, number = text.partition("=")
+    try:
+        target = Target(metric.strip(), float(number))
+    except ValueError:
+        raise ConfigError(
+            f"--target {text}: give <metric>=<number>, e.g. --target val/ce=1.9"
+        ) from None
+    logged = {k for run in runs for r in run.records for k in r if "/" in k}
+    if target.metric not in logged:
+        evaluated = sorted(k for k in logged if k.startswith(("val/", "train_eval/")))
+        raise ConfigError(
+            f"--target {text}: no run logs {target.metric}; they log {', '.join(evaluated)}"
+        )
+    return target
+
+
+def reach(records: list[dict[str, Any]], target: Target) -> tuple[float, float] | None:
+    """The step and the token count at which a run's logged metric first reaches the target,
+    interpolated linearly between the evaluation before and the one that reaches it (the
+    first evaluation's own when that one already does); None when no evaluation reaches it."""
+    before = None
+    for r in records:
+        value = r.get(target.metric)
+        if not _numeric(value) or math.isnan(value):
+            continue
+        if target.met(value):
+            if before is None:
+                return float(r["step"]), float(r["tokens"])
+            f = (target.value - before[target.metric]) / (value - before[target.metric])
+            return tuple(before[k] + f * (r[k] - before[k]) for k in ("step", "tokens"))
+        before = r
+    return None
+
+
+def add_target(runs: list[RunResult], target: Target) -> int:
+    """Put each run's steps and tokens to the target among its values (target/steps,
+    target/tokens) when it reaches it; returns how many finished runs do."""
+    reached = 0
+    for run in runs:
+        point = reach(run.records, target) if run.values else None
+        if point is not None:
+            run.values["target/steps"], run.values["target/tokens"] = point
+            reached += run.status in ENDED_AS_PLANNED and bool(run.values)
+    return reached
 
 
 def use_evaluations(runs: list[RunResult]) -> int:

@@ -25,6 +25,7 @@ from nanolab.dataloader import BatchSampler, FullBatchSampler
 from nanolab.distributed import World, gradient_sync, local_grad_accum
 from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens, head_loss
 from nanolab.model import GPT, GPTConfig
+from nanolab.noise import squared_grad_norm
 from nanolab.optim import CombinedOptimizer, build_optimizer, build_schedule, set_optimizer_mode
 from nanolab.resume import Resume, check_compatible
 from nanolab.runtime import Runtime, capture_rng_state, restore_rng_state, seed_everything
@@ -300,6 +301,9 @@ class StepResult(NamedTuple):
     loss: torch.Tensor
     grad_norm: torch.Tensor
     skipped: bool
+    # noise_scale.enabled: the squared gradient norm of each process's first micro-batch alone,
+    # averaged over the processes
+    first_micro_sq: torch.Tensor | None = None
 
 
 def is_finite(result: StepResult, scaler: torch.amp.GradScaler) -> bool:
@@ -323,6 +327,7 @@ def train_step(run: Run, lap: Callable[[str], None] = _no_lap) -> StepResult:
     trainer = run.cfg.trainer
     set_optimizer_mode(run.optimizer, train=True)
     total = torch.zeros((), device=run.runtime.device)
+    first_micro_sq = None
     # Each micro-batch's loss is divided by their number, so the accumulated gradient is the
     # mean over the step's batch whatever grad_accum and the number of processes; DDP syncs
     # the gradients once, on the last micro-batch.
@@ -335,12 +340,18 @@ def train_step(run: Run, lap: Callable[[str], None] = _no_lap) -> StepResult:
             lap("forward")
             run.scaler.scale(loss / run.accum).backward()
             lap("backward")
+        if micro == 0 and run.cfg.noise_scale.enabled:
+            # before the other micro-batches accumulate onto it: unscaled, and undivided
+            scale = run.accum / run.scaler.get_scale()
+            first_micro_sq = squared_grad_norm(run.model) * scale**2
         total += loss.detach()
     run.world.mean_(total)  # every rank sees the same loss, so every rank takes the same decisions
+    if first_micro_sq is not None:
+        run.world.mean_(first_micro_sq)
     run.scaler.unscale_(run.optimizer)  # so that clipping and the logged norm see true gradients
     max_norm = trainer.grad_clip if trainer.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
-    result = StepResult(total / run.accum, grad_norm, skipped=False)
+    result = StepResult(total / run.accum, grad_norm, skipped=False, first_micro_sq=first_micro_sq)
     if trainer.on_nonfinite == "skip_step" and not is_finite(result, run.scaler):
         result = result._replace(skipped=True)
     if run.scaler.is_enabled() or not result.skipped:

@@ -34,13 +34,14 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from nanolab import Abandoned, Diverged, Interrupted
+from nanolab import Abandoned, ConfigError, Diverged, Interrupted
 from nanolab.checkpoint import save_checkpoint, saved_config
 from nanolab.config import check_config
 from nanolab.dataloader import FullBatchSampler, stream_seed
 from nanolab.distributed import World, process_group
 from nanolab.launch import RunInfo, stop_requests
 from nanolab.metrics import evaluate_batches, flops_per_token
+from nanolab.noise import NoiseScale
 from nanolab.optim import set_optimizer_mode
 from nanolab.resume import prepare_resume
 from nanolab.run import Run, StepResult, build_run, is_finite, set_lr, train_step
@@ -64,7 +65,7 @@ def new_run_id() -> str:
     return f"{int(time.time()):x}{random.Random().getrandbits(32):08x}"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RunState:
     """What the loop itself carries from step to step and across a resume."""
 
@@ -77,6 +78,7 @@ class RunState:
     )
     # this step's evaluation was abandoned for a stop: the resumed run does it first
     eval_due: bool = False
+    noise: NoiseScale | None = None  # noise_scale.enabled: the gradient noise scale's averages
 
     def state_dict(self) -> dict:
         return {
@@ -86,12 +88,15 @@ class RunState:
             "wandb_id": self.run_id,
             "early_stop": dict(self.early_stop),
             "eval_due": self.eval_due,
+            "noise_scale": self.noise.state_dict() if self.noise else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.best_val_ce = state["step"], state["best_val_ce"]
         self.skipped_steps, self.run_id = state["skipped_steps"], state["wandb_id"]
         self.early_stop, self.eval_due = dict(state["early_stop"]), state["eval_due"]
+        if self.noise and state["noise_scale"]:  # else its averages start here
+            self.noise.load_state_dict(state["noise_scale"])
 
 
 class SlowdownWatch:
@@ -124,11 +129,14 @@ class SlowdownWatch:
 
 class MetricLogger:
     """Every `trainer.log_interval` steps (and at the last): loss, lr, gradient norm, step
-    time, tokens/s and MFU, timed over the steps since the last log or evaluation. A compiled
+    time, tokens/s and MFU, timed over the steps since the last log or evaluation, and the
+    gradient noise scale when it is measured. A compiled
     model's first step in this process compiles it: it is left out of the timing."""
 
-    def __init__(self, run: Run, tracker: Tracker, progress: tqdm, step: int) -> None:
-        self.run, self.tracker, self.progress = run, tracker, progress
+    def __init__(
+        self, run: Run, tracker: Tracker, progress: tqdm, step: int, noise: NoiseScale | None
+    ) -> None:
+        self.run, self.tracker, self.progress, self.noise = run, tracker, progress, noise
         self.flops_per_token = flops_per_token(run.model)
         peak = run.runtime.peak_flops()
         # tokens/s counts every process's tokens
@@ -158,6 +166,8 @@ class MetricLogger:
             "train/lr": lr,
             "train/grad_norm": result.grad_norm.item(),
         }
+        if self.noise:
+            stats |= self.noise.metrics()
         timed_steps = step - self.interval_first_step  # 0 right after a compiling step
         if timed_steps:
             dt = (time.perf_counter() - self.interval_start) / timed_steps
@@ -242,26 +252,27 @@ class Validator:
         return improved
 
     def update_early_stop(self, state: RunState, objective: float | None) -> None:
-        """Count evaluations without an improvement of `objective` by min_delta; once they reach
-        trainer.early_stop.patience the run is marked stopped. Rank 0 decides for all."""
+        """Mark the run stopped once `objective` reaches trainer.early_stop.target, or once
+        trainer.early_stop.patience evaluations in a row have not improved it by min_delta.
+        Rank 0 decides for all."""
         cfg, early = self.run.cfg.trainer.early_stop, state.early_stop
-        if not cfg.patience:
+        if not cfg.patience and cfg.target is None:
             return
+        reached = cfg.target is not None and objective is not None and objective <= cfg.target
         if objective is not None and objective < early["best"] - cfg.min_delta:
             early["best"], early["evals_without_improvement"] = objective, 0
         else:
             early["evals_without_improvement"] += 1
-        stop = early["evals_without_improvement"] >= cfg.patience
+        stalled = bool(cfg.patience) and early["evals_without_improvement"] >= cfg.patience
         # the objective may exist on rank 0 alone
-        early["stopped"] = self.run.world.any(stop and self.run.world.main)
+        early["stopped"] = self.run.world.any((reached or stalled) and self.run.world.main)
         if early["stopped"]:
-            log.info(
-                "step %d: %s has not improved by %g for %d evaluations: stopping early",
-                state.step,
-                self.run.cfg.objective,
-                cfg.min_delta,
-                cfg.patience,
+            why = (
+                f"reached trainer.early_stop.target={cfg.target}"
+                if reached
+                else f"has not improved by {cfg.min_delta:g} for {cfg.patience} evaluations"
             )
+            log.info("step %d: %s %s: stopping early", state.step, self.run.cfg.objective, why)
 
 
 class Checkpointer:
@@ -287,6 +298,21 @@ class Checkpointer:
         save_checkpoint(self.directory / "last.pt", checkpoint)
         if best:
             save_checkpoint(self.directory / "best.pt", checkpoint)
+
+
+def build_noise_scale(run: Run) -> NoiseScale | None:
+    """The gradient noise scale's averages, when noise_scale.enabled: a micro-batch's tokens
+    against a step's."""
+    cfg = run.cfg
+    if not cfg.noise_scale.enabled:
+        return None
+    if run.accum < 2:
+        raise ConfigError(
+            "noise_scale.enabled=true needs at least two micro-batches per step on each "
+            f"process, and this one runs {run.accum}: raise trainer.grad_accum"
+        )
+    micro = cfg.trainer.batch_size * cfg.model.block_size
+    return NoiseScale(cfg.noise_scale.ema, b_small=micro, b_big=run.tokens_per_step)
 
 
 def build_probe(run: Run) -> SharpnessProbe | None:
@@ -331,7 +357,7 @@ class Trainer:
             for change in self.resume_changes:
                 log.warning("resuming with a change allowed by allow_changes: %s", change)
         self.run = build_run(cfg, world, runtime, self.resume)
-        self.state = RunState()
+        self.state = RunState(noise=build_noise_scale(self.run))
         if self.resume:
             self.state.load_state_dict(self.resume.state)
             log.info("resuming from %s at step %d", self.resume.path, self.state.step)
@@ -426,7 +452,7 @@ class Trainer:
             self.carry_summary(size)
             self.sharpness = build_probe(run)
             self.first_measurements()
-            self.metric_logger = MetricLogger(run, self.tracker, progress, state.step)
+            self.metric_logger = MetricLogger(run, self.tracker, progress, state.step, state.noise)
             while state.step < self.cfg.trainer.max_iters and not state.early_stop["stopped"]:
                 lr = set_lr(run, state.step)
                 result = train_step(run)
@@ -471,6 +497,8 @@ class Trainer:
         step = self.state.step
         if result.skipped:
             self.count_skipped_step()
+        elif self.state.noise:
+            self.state.noise.observe(result.first_micro_sq, result.grad_norm.square())
         logging_now = self.metric_logger.should_log(step)
         validating = self.validator.should_validate(step)
         stopping = self.stop_requested(at_log_step=logging_now)

@@ -1,0 +1,86 @@
+"""The critical batch size from a batch-size sweep's steps and tokens to a target (McCandlish et
+al. 2018, arXiv 1812.06162, eq. 2.11; Shallue et al. 2019, Fig. 1).
+
+At each batch size B (tokens per step), trained at its own best learning rate, a run needs S
+steps and E = B·S tokens to reach a target loss. The paper's model of that trade-off,
+
+    (S/S_min − 1)(E/E_min − 1) = 1,  i.e.  S = S_min·(1 + B_crit/B),  B_crit = E_min/S_min,
+
+says that below B_crit doubling the batch nearly halves the steps, and above it the extra tokens
+per step are mostly wasted. `fit` finds S_min and B_crit by least squares on log S (S_min in
+closed form for each B_crit on a log grid); `bootstrap` resamples the seeds of each batch size
+for an interval.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+
+from nanolab.results import Row
+
+
+@dataclass(frozen=True)
+class Fit:
+    """S = s_min·(1 + b_crit/B): steps and tokens at the two ends of the trade-off."""
+
+    s_min: float
+    b_crit: float
+
+    @property
+    def e_min(self) -> float:
+        return self.s_min * self.b_crit
+
+    def steps(self, batch: float) -> float:
+        return self.s_min * (1 + self.b_crit / batch)
+
+
+def fit(points: list[tuple[float, float]]) -> Fit:
+    """The model through (batch tokens, steps to target) points, at least two batch sizes."""
+    if len({b for b, _ in points}) < 2:
+        raise ValueError("the critical batch size needs steps to the target at two batch sizes")
+    batches = np.array([b for b, _ in points], dtype=float)
+    log_steps = np.log([s for _, s in points])
+    # B_crit on a log grid from a hundredth of the smallest batch to a hundred times the largest
+    grid = np.geomspace(batches.min() / 100, batches.max() * 100, 4001)
+    offsets = log_steps[None, :] - np.log1p(grid[:, None] / batches[None, :])
+    log_s_min = offsets.mean(axis=1)
+    best = int(((offsets - log_s_min[:, None]) ** 2).sum(axis=1).argmin())
+    return Fit(float(np.exp(log_s_min[best])), float(grid[best]))
+
+
+def bootstrap(
+    seeds: dict[float, list[float]], resamples: int = 1000, seed: int = 0
+) -> tuple[float, float] | None:
+    """A 95% percentile interval of B_crit from resampling, with replacement, the seeds' steps
+    to target at each batch size; None when no batch size has two seeds."""
+    if all(len(steps) < 2 for steps in seeds.values()):
+        return None
+    rng = random.Random(seed)
+    fits = []
+    for _ in range(resamples):
+        points = [
+            (batch, statistics.fmean(rng.choices(steps, k=len(steps))))
+            for batch, steps in seeds.items()
+        ]
+        fits.append(fit(points).b_crit)
+    fits.sort()
+    return fits[int(0.025 * resamples)], fits[int(0.975 * resamples) - 1]
+
+
+def best_per_batch(rows: list[Row]) -> dict[float, Row]:
+    """Each batch size's configuration (its own learning rate, say) with the fewest mean steps
+    to the target, among those whose every finished seed reached it. A run's batch size is its
+    tokens per step: its tokens to the target over its steps."""
+    best: dict[float, Row] = {}
+    for row in rows:
+        finished = row.finished
+        if not finished or any("target/steps" not in r.values for r in finished):
+            continue
+        batch = round(finished[0].values["target/tokens"] / finished[0].values["target/steps"])
+        if batch not in best or row.stats("target/steps")[0] < best[batch].stats("target/steps")[0]:
+            best[batch] = row
+    return dict(sorted(best.items()))
