@@ -230,6 +230,20 @@ def test_early_stopping_ends_the_run_keeps_best_and_is_final(tmp_path):
     assert "Stopped early" in report and "early_stopped" in report and "1 finished" in report
 
 
+def test_a_run_stopped_early_is_finished_for_the_launcher_and_the_trainer_alike():
+    """One rule (Resume.finished) decides, before Hydra writes a record, that a relaunched run
+    has nothing left to do: max_iters reached or stopped early, and no evaluation due."""
+    from nanolab.resume import Resume
+
+    def state(step: int, stopped: bool, due: bool) -> dict:
+        return {"step": step, "early_stop": {"stopped": stopped}, "eval_due": due}
+
+    assert Resume(Path("last.pt"), state(10, True, False), []).finished(40)
+    assert Resume(Path("last.pt"), state(40, False, False), []).finished(40)
+    assert not Resume(Path("last.pt"), state(10, False, False), []).finished(40)
+    assert not Resume(Path("last.pt"), state(10, True, True), []).finished(40)
+
+
 def test_a_run_ends_at_its_target_and_compare_counts_its_steps(tmp_path):
     """trainer.early_stop.target: the first evaluation at or below it ends the run."""
     run(tmp_path / "free", "trainer.max_iters=20", "trainer.eval_interval=5")

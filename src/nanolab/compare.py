@@ -45,6 +45,7 @@ from pathlib import Path
 
 from nanolab import ENDED_AS_PLANNED, ConfigError, exit_on_config_error
 from nanolab.atomic import atomic_path
+from nanolab.critical_batch import critical_batch
 from nanolab.launch import wandb_group
 from nanolab.plots import (
     plot_against_size,
@@ -137,6 +138,7 @@ def compare(
         log.warning("no finished run reaches %s: the table says 'not reached' for each", goal)
     keys = fill_missing_params(runs)
     rows = group_rows(runs, keys, sort)
+    critical = critical_batch(rows) if goal else None
     if out is None:
         out = (
             Path(paths[0])
@@ -155,6 +157,7 @@ def compare(
                 sources=paths,
                 evaluated_tokens=evaluated_tokens,
                 target=goal,
+                critical=critical,
             ),
         )
         _write_text(out / "report.csv", rows_csv(rows, keys, goal))
@@ -167,8 +170,8 @@ def compare(
         plot_curves(rows, keys, out / "curves.png")
         plot_final_values(rows, keys, out / "final.png")
         plot_sharpness(runs, keys, out / "sharpness.png")
-        if goal:
-            plot_steps_vs_tokens(rows, goal, out / "steps_vs_tokens.png")
+        if goal and critical:
+            plot_steps_vs_tokens(critical, goal, out / "steps_vs_tokens.png")
         if any(k.startswith("model.") for k in keys) and size_columns(rows):
             plot_against_size(rows, keys, out / "metrics_vs_params.png")
         for key in keys:

@@ -84,3 +84,24 @@ def best_per_batch(rows: list[Row]) -> dict[float, Row]:
         if batch not in best or row.stats("target/steps")[0] < best[batch].stats("target/steps")[0]:
             best[batch] = row
     return dict(sorted(best.items()))
+
+
+@dataclass(frozen=True)
+class CriticalBatch:
+    """A sweep's critical batch size: the points (each batch size's best configuration), the
+    fit through their mean steps and its interval over the seeds (None with one seed each)."""
+
+    best: dict[float, Row]
+    fit: Fit
+    interval: tuple[float, float] | None
+
+
+def critical_batch(rows: list[Row]) -> CriticalBatch | None:
+    """The critical batch size of rows that hold steps to a target (compare --target), when
+    three or more batch sizes reach it; else None."""
+    best = best_per_batch(rows)
+    if len(best) < 3:
+        return None
+    fitted = fit([(b, row.stats("target/steps")[0]) for b, row in best.items()])
+    seeds = {b: [r.values["target/steps"] for r in row.finished] for b, row in best.items()}
+    return CriticalBatch(best, fitted, bootstrap(seeds))

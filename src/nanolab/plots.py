@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nanolab.atomic import atomic_path
-from nanolab.critical_batch import best_per_batch, fit
+from nanolab.critical_batch import CriticalBatch
 from nanolab.report import human
 from nanolab.results import Row, RunResult, Target, is_number
 
@@ -337,16 +337,12 @@ def _natural(label: str) -> list[Any]:
     ]
 
 
-def plot_steps_vs_tokens(rows: list[Row], target: Target, path: Path) -> bool:
+def plot_steps_vs_tokens(critical: CriticalBatch, target: Target, path: Path) -> None:
     """Steps against tokens to the target, one point per batch size at its best configuration
-    (Shallue et al. 2019, Fig. 1), with the fitted S = S_min·(1 + B_crit/B); False (and no
-    file) when fewer than three batch sizes reach the target."""
+    (Shallue et al. 2019, Fig. 1), with the fitted S = S_min·(1 + B_crit/B)."""
     import matplotlib.pyplot as plt
 
-    best = best_per_batch(rows)
-    if len(best) < 3:
-        return False
-    fitted = fit([(b, row.stats("target/steps")[0]) for b, row in best.items()])
+    best, fitted = critical.best, critical.fit
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for batch, row in best.items():
         steps, steps_std, _ = row.stats("target/steps")
@@ -374,4 +370,3 @@ def plot_steps_vs_tokens(rows: list[Row], target: Target, path: Path) -> bool:
     ax.set_ylabel(f"steps to {target}")
     ax.legend()
     _save_figure(fig, path)
-    return True

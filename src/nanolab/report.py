@@ -8,7 +8,7 @@ import io
 import math
 
 from nanolab import ENDED_AS_PLANNED
-from nanolab.critical_batch import best_per_batch, bootstrap, fit
+from nanolab.critical_batch import CriticalBatch
 from nanolab.results import METRICS, SIZE, Row, RunResult, Target
 
 
@@ -63,6 +63,7 @@ def report_markdown(
     sources: list[str],
     evaluated_tokens: int = 0,
     target: Target | None = None,
+    critical: CriticalBatch | None = None,
 ) -> str:
     unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
     early = [r for r in runs if r.status == "early_stopped"]
@@ -96,9 +97,8 @@ def report_markdown(
         out.append("")
     if target:
         out.append("\n" + target_table(rows, keys, target))
-        critical = critical_batch_section(rows, keys, target)
-        if critical:
-            out.append("\n" + critical)
+    if target and critical:
+        out.append("\n" + critical_batch_section(critical, keys, target))
     out.append("\n## Every run\n")
     head = ["run", "status", "seed", *(h for _, h, _, _ in METRICS)]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -135,16 +135,9 @@ def target_table(rows: list[Row], keys: list[str], target: Target) -> str:
     return "\n".join(lines) + "\n"
 
 
-def critical_batch_section(rows: list[Row], keys: list[str], target: Target) -> str:
-    """The critical batch size fitted to each batch size's fewest steps to the target, when
-    three or more batch sizes reach it; else nothing."""
-    best = best_per_batch(rows)
-    if len(best) < 3:
-        return ""
-    fitted = fit([(b, row.stats("target/steps")[0]) for b, row in best.items()])
-    interval = bootstrap(
-        {b: [r.values["target/steps"] for r in row.finished] for b, row in best.items()}
-    )
+def critical_batch_section(critical: CriticalBatch, keys: list[str], target: Target) -> str:
+    """The critical batch size fitted to each batch size's fewest steps to the target."""
+    fitted, interval = critical.fit, critical.interval
     spread = (
         f"95% interval {interval[0]:.3g} to {interval[1]:.3g}"
         if interval
@@ -160,7 +153,7 @@ def critical_batch_section(rows: list[Row], keys: list[str], target: Target) -> 
         "| tokens/step | " + " | ".join(keys or ["configuration"]) + " | steps | tokens | fit |",
         "|" + "---|" * (len(keys or [0]) + 4),
     ]
-    for batch, row in best.items():
+    for batch, row in critical.best.items():
         cells = [f"{batch:g}", *([row.params[k] for k in keys] or ["all runs"])]
         cells += [_fmt(fmt, *row.stats(key)[:2]) for key, _, fmt in TARGET_VALUES]
         cells.append(f"{fitted.steps(batch):.0f}")
@@ -172,6 +165,12 @@ def rows_csv(rows: list[Row], keys: list[str], target: Target | None = None) -> 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     sizes = size_columns(rows)
+    targets = [k for k, *_ in TARGET_VALUES] if target else []
+
+    def mean_std(row: Row, metrics: list[str]) -> list[str]:
+        pairs = (row.stats(k)[:2] for k in metrics)
+        return ["" if math.isnan(x) else repr(x) for pair in pairs for x in pair]
+
     writer.writerow(
         [
             *keys,
@@ -180,22 +179,20 @@ def rows_csv(rows: list[Row], keys: list[str], target: Target | None = None) -> 
             *(k for k, _ in sizes),
             *(f"{k}_{s}" for k, *_ in METRICS for s in ("mean", "std")),
             *(["target_reached"] if target else []),
-            *(f"{k}_{s}" for k, *_ in (TARGET_VALUES if target else []) for s in ("mean", "std")),
+            *(f"{k}_{s}" for k in targets for s in ("mean", "std")),
         ]
     )
     for row in rows:
-        metrics = [k for k, *_ in METRICS] + [k for k, *_ in (TARGET_VALUES if target else [])]
-        stats = [row.stats(k)[:2] for k in metrics]
         writer.writerow(
             [
                 *(row.params[k] for k in keys),
                 len(row.finished),
                 " ".join(str(r.seed) for r in row.finished),
+                *(repr(row.stats(k)[0]) for k, _ in sizes),
+                *mean_std(row, [k for k, *_ in METRICS]),
+                *([sum("target/steps" in r.values for r in row.finished)] if target else []),
+                *mean_std(row, targets),
             ]
-            + [repr(row.stats(k)[0]) for k, _ in sizes]
-            + ["" if math.isnan(x) else repr(x) for pair in stats[: len(METRICS)] for x in pair]
-            + ([sum("target/steps" in r.values for r in row.finished)] if target else [])
-            + ["" if math.isnan(x) else repr(x) for pair in stats[len(METRICS) :] for x in pair]
         )
     return buffer.getvalue()
 

@@ -289,7 +289,7 @@ def add_target(runs: list[RunResult], target: Target) -> int:
         point = reach(run.records, target) if run.values else None
         if point is not None:
             run.values["target/steps"], run.values["target/tokens"] = point
-            reached += run.status in ENDED_AS_PLANNED and bool(run.values)
+            reached += run.status in ENDED_AS_PLANNED
     return reached
 
 

@@ -31,8 +31,10 @@ class Resume(NamedTuple):
     changes: list[str]
 
     def finished(self, max_iters: int) -> bool:
-        """Whether the run has nothing left to do: max_iters reached and no evaluation due."""
-        return self.state["step"] >= max_iters and not self.state["eval_due"]
+        """Whether the run has nothing left to do: max_iters reached or stopped early, and no
+        evaluation due."""
+        done = self.state["step"] >= max_iters or self.state["early_stop"]["stopped"]
+        return done and not self.state["eval_due"]
 
 
 # The Hydra callback's prepared resume, kept for the run's own call in this process.

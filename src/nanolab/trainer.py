@@ -418,8 +418,8 @@ class Trainer:
     def train(self) -> float:
         """Train to trainer.max_iters; returns the best value of `objective`."""
         run, state = self.run, self.state
-        finished = state.step >= self.cfg.trainer.max_iters or state.early_stop["stopped"]
-        if self.resume and finished and not state.eval_due:  # a relaunched sweep's finished job
+        # a relaunched sweep's finished job
+        if self.resume and self.resume.finished(self.cfg.trainer.max_iters):
             log.info(
                 "%s: already finished at step %d (trainer.max_iters=%d); nothing to do",
                 self.info.dir,
