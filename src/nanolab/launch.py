@@ -424,6 +424,15 @@ def requeue_signal() -> int:
     )
 
 
+def _say_from_handler(message: str) -> None:
+    """A warning line on stderr, written from a signal handler. The handler may interrupt the
+    loop in the middle of a write to sys.stderr (a log line, the progress bar), where logging
+    through the same buffered stream fails with 'reentrant call' and prints a traceback;
+    os.write on the descriptor does not. The line goes to the console, not to train.log."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    os.write(2, f"[{stamp}][{log.name}][WARNING] - {message}\n".encode())
+
+
 @contextlib.contextmanager
 def stop_requests() -> Iterator[list[int]]:
     """Turn SIGTERM and SIGINT (preemption, Ctrl-C) and submitit's requeue signal into a
@@ -436,12 +445,11 @@ def stop_requests() -> Iterator[list[int]]:
     def request_stop(signum: int, frame: object) -> None:
         received.append(signum)
         if len(received) == 1:
-            log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
+            _say_from_handler(f"signal {signum}: stopping after this step, with a checkpoint")
         elif len(received) == 2:
-            log.warning(
-                "signal %d: already stopping; the checkpoint is "
-                "written first (a third signal aborts without it)",
-                signum,
+            _say_from_handler(
+                f"signal {signum}: already stopping; the checkpoint is written first (a third "
+                "signal aborts without it)"
             )
         else:
             raise KeyboardInterrupt(
