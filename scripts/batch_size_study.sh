@@ -27,7 +27,7 @@ optims=("$@")
 for optim in "${optims[@]}"; do
     for batch in 2 8 32 128; do
         for lr in ${grid[$optim:$batch]}; do
-            python -m nanolab.train experiment=batch_size optim="$optim" \
+            python -m nanolab.train -m experiment=batch_size optim="$optim" \
                 trainer.batch_size="$batch" optim.lr="$lr" seed=1337,1338 resume=true \
                 hydra.sweep.dir="multirun/batch_size/$optim/b${batch}_lr${lr}"
         done
