@@ -1,6 +1,8 @@
 """Data preparation, tokenizers, the offline GPT-2 encoding and the clear errors."""
 
+import fcntl
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +124,28 @@ def test_changed_source_is_prepared_again_and_torn_bins_are_not_trusted(tmp_path
     assert (tmp_path / "d" / "train.bin").stat().st_size == 2 * json.loads(
         (tmp_path / "d" / "meta.json").read_text()
     )["train_tokens"]
+
+
+def test_runs_that_find_the_data_missing_at_once_prepare_it_one_after_another(tmp_path):
+    """The jobs of a parallel sweep on a fresh checkout: one prepares, the other waits for
+    its lock and then reads what it prepared (before, the second deleted the first's files)."""
+    path = tmp_path / "t.txt"
+    path.write_text("abcdefgh" * 100)
+    cfg = compose_train("data=text", f"data.path={path}", f"data.dir={tmp_path}/d").data
+    (tmp_path / "d").mkdir()
+    done = []
+    with open(tmp_path / "d" / ".prepare.lock", "a") as held:  # another job, preparing
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=lambda: done.append(prepare(cfg)))
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive() and not (tmp_path / "d" / "meta.json").exists()
+    waiting.join(30)
+    assert done and done[0]["vocab_size"] == 8
+    # prepared data is read without the lock (a read-only copy needs no lock file)
+    with open(tmp_path / "d" / ".prepare.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert prepare(cfg) == done[0]
 
 
 def test_hf_loader_on_local_files(tmp_path):

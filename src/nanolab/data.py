@@ -16,6 +16,7 @@ Sources (`data.source`):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -24,6 +25,7 @@ import os
 import re
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -329,6 +331,7 @@ SOURCES = {"shakespeare": _read_shakespeare, "text": _read_text}
 
 
 PREPARING = "preparing.json"
+PREPARE_LOCK = ".prepare.lock"
 
 
 def _start_preparing(directory: Path, source_hash: str) -> None:
@@ -342,6 +345,21 @@ def _start_preparing(directory: Path, source_hash: str) -> None:
         for path in directory.glob("*.bin"):
             path.unlink()
         write_json(directory / PREPARING, {"source_hash": source_hash})
+
+
+@contextmanager
+def _preparing_alone(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the data folder while preparing it: the jobs of a parallel
+    sweep that all find the data missing prepare it one after another, the later ones finding
+    it ready, instead of deleting each other's files. The OS releases the lock when its holder
+    exits, so a killed preparation never blocks the next one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / PREPARE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
@@ -380,15 +398,19 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
             "run do not share a filesystem, set data.shared_filesystem=false"
         )
 
-    log.info("preparing %s in %s", cfg.name, directory)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "meta.json").unlink(missing_ok=True)  # invalid until the new bins are complete
-        _start_preparing(directory, source_hash)
-        meta = _prepare_from_text(cfg, text) if text is not None else _prepare_from_hf(cfg)
-        meta = {"name": cfg.name, "source_hash": source_hash} | meta
-        write_json(directory / "meta.json", meta)
-        (directory / PREPARING).unlink()
+        with _preparing_alone(directory):
+            meta = _read_meta(directory)
+            if meta is not None and meta.get("source_hash") == source_hash:
+                return meta  # prepared by another run while this one waited for the lock
+            log.info("preparing %s in %s", cfg.name, directory)
+            # meta.json is invalid until the new bins are complete
+            (directory / "meta.json").unlink(missing_ok=True)
+            _start_preparing(directory, source_hash)
+            meta = _prepare_from_text(cfg, text) if text is not None else _prepare_from_hf(cfg)
+            meta = {"name": cfg.name, "source_hash": source_hash} | meta
+            write_json(directory / "meta.json", meta)
+            (directory / PREPARING).unlink()
     except OSError as e:
         raise DataError(
             f"data.dir={directory} cannot be written ({e.strerror or e}: "
