@@ -407,3 +407,42 @@ def test_a_batch_size_sweep_reports_its_critical_batch_size(tmp_path):
     assert "one seed per batch size: no interval" in report
     assert "| 256 | 4 | 3e-3 | 850 |" in report and "| 4096 | 64 | 1e-2 | 149 |" in report
     assert (sweep / "steps_vs_tokens.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_batch_size_sweep_reports_its_lr_rule_and_noise_scale(tmp_path):
+    """Best lrs 1e-3, 2e-3, 4e-3 at 256, 1024, 4096 tokens per step: lr ∝ B^0.5; the largest
+    batch's best lr is the end of its grid. B_simple is read where each run reaches the target."""
+    sweep = tmp_path / "sweep"
+    best = {256: 1e-3, 1024: 2e-3, 4096: 4e-3, 16384: 8e-3}
+    for n, (batch, factor) in enumerate((b, f) for b in best for f in (0.5, 1, 2)):
+        lr = best[batch] * factor
+        if batch == 16384 and factor == 2:
+            continue  # the grid stops at the best lr
+        job = sweep / f"{n}_b{batch}_lr{lr:g}"
+        fake_run(job, [f"trainer.batch_size={batch // 64}", f"optim.lr={lr:g}"], 1, {})
+        steps = round(100 * (1 + 2000 / batch) * (1.2 if factor != 1 else 1.0))
+        records = [
+            {"step": 0, "tokens": 0, "time_s": 1.0, "val/ce": 4.0},
+            {"step": 5, "tokens": 5 * batch, "time_s": 2.0, "noise/b_simple": 100.0},
+            {"step": 10, "tokens": 10 * batch, "time_s": 2.0, "noise/b_simple": 150.0},
+            {"step": 10, "tokens": 10 * batch, "time_s": 2.0, "val/ce": 3.0},
+            {
+                "step": steps - 1,
+                "tokens": (steps - 1) * batch,
+                "time_s": 3.0,
+                "noise/b_simple": 900.0,
+            },
+            {"step": steps, "tokens": steps * batch, "time_s": 3.0, "val/ce": 2.0},
+        ]
+        (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    compare([str(sweep)], sort="val/ce", target="val/ce=2.0")
+    report = (sweep / "report.md").read_text()
+    assert "lr ∝ B^k with k = 0.50" in report
+    assert "| 1024 | 0.001 0.002 0.004 | 0.002 |" in report
+    assert "At an end of the values tried (the optimum may lie beyond; widen the grid): 16384" in (
+        report
+    )
+    # the critical-batch table: steps 300 at 1024 tokens per step, B_simple 150 then 900
+    assert "| 1024 | 16 | 0.002 | 295 | 3.02e+05 | 295 | 150 | 900 |" in report
+    for png in ("lr_vs_batch.png", "b_simple.png"):
+        assert (sweep / png).read_bytes()[:8] == PNG_MAGIC

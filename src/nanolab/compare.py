@@ -49,8 +49,10 @@ from nanolab.critical_batch import critical_batch
 from nanolab.launch import wandb_group
 from nanolab.plots import (
     plot_against_size,
+    plot_b_simple,
     plot_curves,
     plot_final_values,
+    plot_lr_vs_batch,
     plot_metric_vs_value,
     plot_sharpness,
     plot_steps_vs_tokens,
@@ -66,6 +68,7 @@ from nanolab.report import (
 from nanolab.results import (
     METRICS,
     RunResult,
+    add_b_simple,
     add_target,
     fill_missing_params,
     find_run_dirs,
@@ -136,6 +139,7 @@ def compare(
     goal = parse_target(target, runs) if target else None
     if goal and not add_target(runs, goal):
         log.warning("no finished run reaches %s: the table says 'not reached' for each", goal)
+    add_b_simple(runs)
     keys = fill_missing_params(runs)
     rows = group_rows(runs, keys, sort)
     critical = critical_batch(rows) if goal else None
@@ -172,6 +176,9 @@ def compare(
         plot_sharpness(runs, keys, out / "sharpness.png")
         if goal and critical:
             plot_steps_vs_tokens(critical, goal, out / "steps_vs_tokens.png")
+            plot_b_simple(critical, out / "b_simple.png")
+            if critical.lr:
+                plot_lr_vs_batch(critical.lr, out / "lr_vs_batch.png")
         if any(k.startswith("model.") for k in keys) and size_columns(rows):
             plot_against_size(rows, keys, out / "metrics_vs_params.png")
         for key in keys:

@@ -9,7 +9,9 @@ steps and E = B·S tokens to reach a target loss. The paper's model of that trad
 says that below B_crit doubling the batch nearly halves the steps, and above it the extra tokens
 per step are mostly wasted. `fit` finds S_min and B_crit by least squares on log S (S_min in
 closed form for each B_crit on a log grid); `bootstrap` resamples the seeds of each batch size
-for an interval.
+for an interval. `lr_rule` reads the best learning rate against batch size from the same points:
+lr ∝ B^k, with k = 1 for SGD's linear scaling rule (Goyal et al. 2017) and k = 1/2 for Adam's
+square-root rule (Malladi et al. 2022, arXiv 2205.10287) below the critical batch size.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nanolab.results import Row
+from nanolab.results import Row, is_number
 
 
 @dataclass(frozen=True)
@@ -86,14 +88,59 @@ def best_per_batch(rows: list[Row]) -> dict[float, Row]:
     return dict(sorted(best.items()))
 
 
+LR_KEY = "optim.lr"
+
+
+@dataclass(frozen=True)
+class LrRule:
+    """Each batch size's best learning rate, the values tried at that batch size (the best is
+    only known to be the optimum when it is not at an end of them), and the exponent k of
+    lr ∝ B^k fitted by least squares on log-log axes."""
+
+    best: dict[float, float]
+    tried: dict[float, list[float]]
+    exponent: float
+    scale: float  # the fitted lr at one token per step
+
+    def fitted(self, batch: float) -> float:
+        return self.scale * batch**self.exponent
+
+    @property
+    def at_an_end(self) -> list[float]:
+        """The batch sizes whose best lr is the smallest or the largest value tried there."""
+        return [b for b, lr in self.best.items() if lr in (min(self.tried[b]), max(self.tried[b]))]
+
+
+def lr_rule(rows: list[Row], best: dict[float, Row]) -> LrRule | None:
+    """The best lr against batch size, when optim.lr is swept with numeric values and each batch
+    size's best row has one; a batch size's tried values are those of the rows that differ from
+    its best row in optim.lr alone."""
+    if any(not is_number(row.params.get(LR_KEY, "")) for row in best.values()):
+        return None
+    lrs = {b: float(row.params[LR_KEY]) for b, row in best.items()}
+    tried = {}
+    for b, chosen in best.items():
+        others = {k: v for k, v in chosen.params.items() if k != LR_KEY}
+        tried[b] = sorted(
+            float(row.params[LR_KEY])
+            for row in rows
+            if is_number(row.params.get(LR_KEY, ""))
+            and {k: v for k, v in row.params.items() if k != LR_KEY} == others
+        )
+    slope, intercept = np.polyfit(np.log(list(lrs)), np.log(list(lrs.values())), 1)
+    return LrRule(lrs, tried, float(slope), float(np.exp(intercept)))
+
+
 @dataclass(frozen=True)
 class CriticalBatch:
     """A sweep's critical batch size: the points (each batch size's best configuration), the
-    fit through their mean steps and its interval over the seeds (None with one seed each)."""
+    fit through their mean steps, its interval over the seeds (None with one seed each) and
+    the best lr against batch size (None unless optim.lr is swept)."""
 
     best: dict[float, Row]
     fit: Fit
     interval: tuple[float, float] | None
+    lr: LrRule | None
 
 
 def critical_batch(rows: list[Row]) -> CriticalBatch | None:
@@ -104,4 +151,4 @@ def critical_batch(rows: list[Row]) -> CriticalBatch | None:
         return None
     fitted = fit([(b, row.stats("target/steps")[0]) for b, row in best.items()])
     seeds = {b: [r.values["target/steps"] for r in row.finished] for b, row in best.items()}
-    return CriticalBatch(best, fitted, bootstrap(seeds))
+    return CriticalBatch(best, fitted, bootstrap(seeds), lr_rule(rows, best))

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from nanolab.atomic import atomic_path
-from nanolab.critical_batch import CriticalBatch
+from nanolab.critical_batch import CriticalBatch, LrRule
 from nanolab.report import human
-from nanolab.results import Row, RunResult, Target, is_number
+from nanolab.results import B_SIMPLE, Row, RunResult, Target, is_number
 
 
 def _log_axis(axis: Any, fmt: Callable[[float, Any], str] = lambda v, _pos=None: f"{v:g}") -> None:
@@ -368,5 +368,54 @@ def plot_steps_vs_tokens(critical: CriticalBatch, target: Target, path: Path) ->
     ax.set_yscale("log")
     ax.set_xlabel(f"tokens to {target}")
     ax.set_ylabel(f"steps to {target}")
+    ax.legend()
+    _save_figure(fig, path)
+
+
+def plot_b_simple(critical: CriticalBatch, path: Path) -> None:
+    """The gradient noise scale B_simple against tokens seen, for each batch size's best
+    configuration (its first seed), beside the fitted B_crit: the noise scale should grow as the
+    loss falls (McCandlish et al. 2018, Fig. 5). Nothing is drawn when no run logged it."""
+    import matplotlib.pyplot as plt
+
+    curves = {}
+    for batch, row in critical.best.items():
+        records = row.finished[0].records
+        points = [(r["tokens"], r[B_SIMPLE]) for r in records if r.get(B_SIMPLE, 0) > 0]
+        if points:
+            curves[batch] = points
+    if not curves:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for i, (batch, points) in enumerate(curves.items()):
+        ax.plot(*zip(*points), color=f"C{i}", lw=1, label=f"B = {batch:g} tokens/step")
+    ax.axhline(critical.fit.b_crit, color="k", ls="--", lw=1, label="fitted B_crit")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("B_simple (tokens), positive values")
+    ax.legend()
+    _save_figure(fig, path)
+
+
+def plot_lr_vs_batch(rule: LrRule, path: Path) -> None:
+    """Each batch size's best learning rate on log-log axes, the values tried there, the fitted
+    power law and the linear and square-root rules drawn through the smallest batch's point."""
+    import matplotlib.pyplot as plt
+
+    batches = list(rule.best)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for batch, tried in rule.tried.items():
+        ax.scatter([batch] * len(tried), tried, marker="x", color="0.6", zorder=1)
+    ax.scatter(batches, list(rule.best.values()), color="C0", zorder=2, label="best lr")
+    first, lr0 = batches[0], rule.best[batches[0]]
+    line = [first * (batches[-1] / first) ** (i / 20) for i in range(21)]
+    ax.plot(line, [rule.fitted(b) for b in line], label=f"fit: lr ∝ B^{rule.exponent:.2f}")
+    for k, style, label in [(1.0, ":", "linear rule: lr ∝ B"), (0.5, "--", "square-root rule")]:
+        ax.plot(line, [lr0 * (b / first) ** k for b in line], style, color="0.3", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens per step")
+    ax.set_ylabel("learning rate (x: values tried)")
     ax.legend()
     _save_figure(fig, path)

@@ -8,7 +8,7 @@ import io
 import math
 
 from nanolab import ENDED_AS_PLANNED
-from nanolab.critical_batch import CriticalBatch
+from nanolab.critical_batch import CriticalBatch, LrRule
 from nanolab.results import METRICS, SIZE, Row, RunResult, Target
 
 
@@ -111,6 +111,10 @@ def report_markdown(
 
 # A run's steps and tokens to compare --target, when it reaches it.
 TARGET_VALUES = [("target/steps", "steps", "{:.0f}"), ("target/tokens", "tokens", "{:.3g}")]
+B_SIMPLE_VALUES = [
+    ("b_simple/first_eval", "B_simple at first eval", "{:.3g}"),
+    ("b_simple/target", "B_simple at target", "{:.3g}"),
+]
 
 
 def target_table(rows: list[Row], keys: list[str], target: Target) -> str:
@@ -153,12 +157,49 @@ def critical_batch_section(critical: CriticalBatch, keys: list[str], target: Tar
         "| tokens/step | " + " | ".join(keys or ["configuration"]) + " | steps | tokens | fit |",
         "|" + "---|" * (len(keys or [0]) + 4),
     ]
+    noise = [
+        v for v in B_SIMPLE_VALUES if any(row.stats(v[0])[2] for row in critical.best.values())
+    ]
+    lines[-2] += "".join(f" {head} |" for _, head, _ in noise)
+    lines[-1] += "---|" * len(noise)
     for batch, row in critical.best.items():
         cells = [f"{batch:g}", *([row.params[k] for k in keys] or ["all runs"])]
         cells += [_fmt(fmt, *row.stats(key)[:2]) for key, _, fmt in TARGET_VALUES]
         cells.append(f"{fitted.steps(batch):.0f}")
+        cells += [_fmt(fmt, *row.stats(key)[:2]) for key, _, fmt in noise]
         lines.append("| " + " | ".join(cells) + " |")
+    if noise:
+        lines.append(
+            "\nB_simple = tr(Σ)/|G|² in tokens (McCandlish et al. 2018, eq. 2.8), the gradient "
+            "noise scale measured in training (noise_scale.enabled), at the first evaluation "
+            "after step 0 and where the target is reached; the paper finds B_simple near B_crit "
+            "(within a small factor, its Fig. 4). An average over few steps (a large batch "
+            "reaches the target in few) is noisy, and can be negative."
+        )
+    if critical.lr:
+        lines.append("\n" + lr_rule_section(critical.lr))
     return "\n".join(lines) + "\n"
+
+
+def lr_rule_section(rule: LrRule) -> str:
+    """The best learning rate against batch size and the exponent of lr ∝ B^k."""
+    lines = [
+        "### Best learning rate against batch size\n",
+        f"lr ∝ B^k with k = {rule.exponent:.2f}, fitted by least squares on log-log axes over "
+        f"{len(rule.best)} batch sizes (linear scaling rule: k = 1; square-root rule: k = 0.5). "
+        "A best lr is known only to within the spacing of the values tried around it.\n",
+        "| tokens/step | lrs tried | best lr |",
+        "|---|---|---|",
+    ]
+    for batch, lr in rule.best.items():
+        lines.append(f"| {batch:g} | {' '.join(f'{v:g}' for v in rule.tried[batch])} | {lr:g} |")
+    if rule.at_an_end:
+        lines.append(
+            "\nAt an end of the values tried (the optimum may lie beyond; widen the grid): "
+            + ", ".join(f"{b:g} tokens/step" for b in rule.at_an_end)
+            + "."
+        )
+    return "\n".join(lines)
 
 
 def rows_csv(rows: list[Row], keys: list[str], target: Target | None = None) -> str:

@@ -293,6 +293,32 @@ def add_target(runs: list[RunResult], target: Target) -> int:
     return reached
 
 
+B_SIMPLE = "noise/b_simple"
+
+
+def add_b_simple(runs: list[RunResult]) -> None:
+    """Put each run's gradient noise scale B_simple (noise/b_simple, logged with
+    noise_scale.enabled) among its values at two points that compare across batch sizes: its
+    first evaluation after step 0 (b_simple/first_eval) and the step at which it reaches the
+    target (b_simple/target, after add_target). Each is the last value logged at or before
+    that step; runs that do not log it get neither."""
+    for run in runs:
+        logged = [(r["step"], r[B_SIMPLE]) for r in run.records if _numeric(r.get(B_SIMPLE))]
+        if not logged or not run.values:
+            continue
+        evaluations = [
+            r["step"] for r in run.records if r["step"] > 0 and any(k.startswith("val/") for k in r)
+        ]
+        points = {
+            "b_simple/first_eval": evaluations[0] if evaluations else None,
+            "b_simple/target": run.values.get("target/steps"),
+        }
+        for key, step in points.items():
+            before = [value for s, value in logged if step is not None and s <= step]
+            if before:
+                run.values[key] = before[-1]
+
+
 def use_evaluations(runs: list[RunResult]) -> int:
     """Give each finished run the val metrics of its evaluation_val.json, which must score its
     final step; returns the tokens they were measured on (the same split for every run)."""
