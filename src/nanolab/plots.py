@@ -364,8 +364,8 @@ def plot_steps_vs_tokens(critical: CriticalBatch, target: Target, path: Path) ->
         color="C1",
         label=f"S = S_min(1 + B_crit/B), B_crit = {fitted.b_crit:.3g} tokens",
     )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axis(ax.xaxis)
+    _log_axis(ax.yaxis)
     ax.set_xlabel(f"tokens to {target}")
     ax.set_ylabel(f"steps to {target}")
     ax.legend()
@@ -390,8 +390,8 @@ def plot_b_simple(critical: CriticalBatch, path: Path) -> None:
     for i, (batch, points) in enumerate(curves.items()):
         ax.plot(*zip(*points), color=f"C{i}", lw=1, label=f"B = {batch:g} tokens/step")
     ax.axhline(critical.fit.b_crit, color="k", ls="--", lw=1, label="fitted B_crit")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axis(ax.xaxis)
+    _log_axis(ax.yaxis)
     ax.set_xlabel("tokens")
     ax.set_ylabel("B_simple (tokens), positive values")
     ax.legend()
@@ -413,8 +413,8 @@ def plot_lr_vs_batch(rule: LrRule, path: Path) -> None:
     ax.plot(line, [rule.fitted(b) for b in line], label=f"fit: lr ∝ B^{rule.exponent:.2f}")
     for k, style, label in [(1.0, ":", "linear rule: lr ∝ B"), (0.5, "--", "square-root rule")]:
         ax.plot(line, [lr0 * (b / first) ** k for b in line], style, color="0.3", label=label)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axis(ax.xaxis)
+    _log_axis(ax.yaxis)
     ax.set_xlabel("tokens per step")
     ax.set_ylabel("learning rate (x: values tried)")
     ax.legend()
