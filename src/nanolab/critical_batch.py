@@ -114,21 +114,25 @@ class LrRule:
 def lr_rule(rows: list[Row], best: dict[float, Row]) -> LrRule | None:
     """The best lr against batch size, when optim.lr is swept with numeric values and each batch
     size's best row has one; a batch size's tried values are those of the rows that differ from
-    its best row in optim.lr alone."""
+    its best row in learning rates alone."""
     if any(not is_number(row.params.get(LR_KEY, "")) for row in best.values()):
         return None
     lrs = {b: float(row.params[LR_KEY]) for b, row in best.items()}
     tried = {}
     for b, chosen in best.items():
-        others = {k: v for k, v in chosen.params.items() if k != LR_KEY}
         tried[b] = sorted(
             float(row.params[LR_KEY])
             for row in rows
-            if is_number(row.params.get(LR_KEY, ""))
-            and {k: v for k, v in row.params.items() if k != LR_KEY} == others
+            if is_number(row.params.get(LR_KEY, "")) and _but_lrs(row) == _but_lrs(chosen)
         )
     slope, intercept = np.polyfit(np.log(list(lrs)), np.log(list(lrs.values())), 1)
     return LrRule(lrs, tried, float(slope), float(np.exp(intercept)))
+
+
+def _but_lrs(row: Row) -> dict[str, str]:
+    """A row's swept values other than learning rates (optim.lr, and any key ending in `lr`
+    that moves with it, such as Muon's optim.adamw_lr): equal for the rows of one lr grid."""
+    return {k: v for k, v in row.params.items() if not k.endswith("lr")}
 
 
 @dataclass(frozen=True)
