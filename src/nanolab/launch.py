@@ -196,6 +196,9 @@ OmegaConf.register_new_resolver("launch_id", launch_id, use_cache=True, replace=
 # Integer division for configs that derive one size from another (experiment=model_size keeps
 # the head size: n_head = ${div:${model.n_embd},32}).
 OmegaConf.register_new_resolver("div", lambda a, b: int(a) // int(b), replace=True)
+# The larger of two integers, for a floor under a derived size (experiment=batch_size: a token
+# cap, but at least 512 steps: max_iters = ${max:512,${div:32768,${trainer.batch_size}}}).
+OmegaConf.register_new_resolver("max", lambda a, b: max(int(a), int(b)), replace=True)
 
 
 def hydra_record(output_dir: str) -> str:
