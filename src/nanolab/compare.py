@@ -178,7 +178,7 @@ def compare(
             plot_steps_vs_tokens(critical, goal, out / "steps_vs_tokens.png")
             plot_b_simple(critical, out / "b_simple.png")
             if critical.lr:
-                plot_lr_vs_batch(critical.lr, out / "lr_vs_batch.png")
+                plot_lr_vs_batch(critical.lr, critical.fit.b_crit, out / "lr_vs_batch.png")
         if any(k.startswith("model.") for k in keys) and size_columns(rows):
             plot_against_size(rows, keys, out / "metrics_vs_params.png")
         for key in keys:

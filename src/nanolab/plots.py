@@ -364,7 +364,7 @@ def plot_steps_vs_tokens(critical: CriticalBatch, target: Target, path: Path) ->
         color="C1",
         label=f"S = S_min(1 + B_crit/B), B_crit = {fitted.b_crit:.3g} tokens",
     )
-    _log_axis(ax.xaxis)
+    _log_axis(ax.xaxis, human)
     _log_axis(ax.yaxis)
     ax.set_xlabel(f"tokens to {target}")
     ax.set_ylabel(f"steps to {target}")
@@ -390,7 +390,7 @@ def plot_b_simple(critical: CriticalBatch, path: Path) -> None:
     for i, (batch, points) in enumerate(curves.items()):
         ax.plot(*zip(*points), color=f"C{i}", lw=1, label=f"B = {batch:g} tokens/step")
     ax.axhline(critical.fit.b_crit, color="k", ls="--", lw=1, label="fitted B_crit")
-    _log_axis(ax.xaxis)
+    _log_axis(ax.xaxis, human)
     _log_axis(ax.yaxis)
     ax.set_xlabel("tokens")
     ax.set_ylabel("B_simple (tokens), positive values")
@@ -398,9 +398,10 @@ def plot_b_simple(critical: CriticalBatch, path: Path) -> None:
     _save_figure(fig, path)
 
 
-def plot_lr_vs_batch(rule: LrRule, path: Path) -> None:
+def plot_lr_vs_batch(rule: LrRule, b_crit: float, path: Path) -> None:
     """Each batch size's best learning rate on log-log axes, the values tried there, the fitted
-    power law and the linear and square-root rules drawn through the smallest batch's point."""
+    power law, the linear and square-root rules drawn through the smallest batch's point, and
+    the fitted critical batch size (the rules are claims about batches below it)."""
     import matplotlib.pyplot as plt
 
     batches = list(rule.best)
@@ -413,7 +414,8 @@ def plot_lr_vs_batch(rule: LrRule, path: Path) -> None:
     ax.plot(line, [rule.fitted(b) for b in line], label=f"fit: lr ∝ B^{rule.exponent:.2f}")
     for k, style, label in [(1.0, ":", "linear rule: lr ∝ B"), (0.5, "--", "square-root rule")]:
         ax.plot(line, [lr0 * (b / first) ** k for b in line], style, color="0.3", label=label)
-    _log_axis(ax.xaxis)
+    ax.axvline(b_crit, color="C3", lw=1, ls="-.", label=f"B_crit = {human(b_crit)} tokens")
+    _log_axis(ax.xaxis, human)
     _log_axis(ax.yaxis)
     ax.set_xlabel("tokens per step")
     ax.set_ylabel("learning rate (x: values tried)")
