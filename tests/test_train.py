@@ -44,6 +44,13 @@ def test_every_config_composes(group):
         check_config(cfg)  # every value in range, every key known
 
 
+def test_the_batch_size_experiment_caps_tokens_with_a_floor_of_steps():
+    """4M tokens, but at least 512 steps (the `max` and `div` resolvers)."""
+    for batch, steps in ((2, 16384), (32, 1024), (128, 512)):
+        cfg = compose_train("experiment=batch_size", f"trainer.batch_size={batch}")
+        assert (cfg.trainer.max_iters, cfg.trainer.eval_interval) == (steps, 1024 // batch)
+
+
 def test_default_compiles_on_cuda_only():
     default = compose_train().compile
     assert use_compile(default, torch.device("cuda")) and not use_compile(
