@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 
 from nanolab import ENDED_AS_PLANNED
 from nanolab.critical_batch import CriticalBatch, LrRule
@@ -20,6 +21,15 @@ def human(value: float, _pos: object = None) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.3g}{suffix}"
     return f"{value:.3g}"
+
+
+def _sources(sources: list[str]) -> str:
+    """The directories a report was made from: listed when few, else counted under their
+    common parent (a shell glob over a study's run directories gives dozens)."""
+    if len(sources) <= 3:
+        return ", ".join(sources)
+    parent = os.path.commonpath([os.path.abspath(p) for p in sources])
+    return f"{len(sources)} directories under {os.path.relpath(parent)}"
 
 
 def _fmt(fmt: str, mean: float, std: float) -> str:
@@ -76,7 +86,7 @@ def report_markdown(
     )
     out = [
         "# Comparison report\n",
-        f"Runs: {len(runs)} from {', '.join(sources)}; {len(runs) - len(unfinished)} "
+        f"Runs: {len(runs)} from {_sources(sources)}; {len(runs) - len(unfinished)} "
         f"finished. One row per configuration, sorted by {sort}. Cells are mean ± "
         f"sample standard deviation over the finished seeds (n); {where}; `best val/ce` "
         "is its lowest in training, tokens/s the median over its log intervals.\n",
