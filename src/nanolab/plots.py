@@ -375,7 +375,7 @@ def plot_steps_vs_tokens(critical: CriticalBatch, target: Target, path: Path) ->
 def plot_b_simple(critical: CriticalBatch, path: Path) -> None:
     """The gradient noise scale B_simple against tokens seen, for each batch size's best
     configuration (its first seed), beside the fitted B_crit: the noise scale should grow as the
-    loss falls (McCandlish et al. 2018, Fig. 5). Nothing is drawn when no run logged it."""
+    loss falls (McCandlish et al. 2018). Nothing is drawn when no run logged it."""
     import matplotlib.pyplot as plt
 
     curves = {}

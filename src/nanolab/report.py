@@ -180,10 +180,10 @@ def critical_batch_section(critical: CriticalBatch, keys: list[str], target: Tar
         lines.append("| " + " | ".join(cells) + " |")
     if noise:
         lines.append(
-            "\nB_simple = tr(Σ)/|G|² in tokens (McCandlish et al. 2018, eq. 2.8), the gradient "
+            "\nB_simple = tr(Σ)/|G|² in tokens (McCandlish et al. 2018), the gradient "
             "noise scale measured in training (noise_scale.enabled), at the first evaluation "
-            "after step 0 and where the target is reached; the paper finds B_simple near B_crit "
-            "(within a small factor, its Fig. 4). An average over few steps (a large batch "
+            "after step 0 and where the target is reached; the paper finds it of the same order "
+            "as B_crit. An average over few steps (a large batch "
             "reaches the target in few) is noisy, and can be negative."
         )
     if critical.lr:
