@@ -446,3 +446,36 @@ def test_a_batch_size_sweep_reports_its_lr_rule_and_noise_scale(tmp_path):
     assert "| 1024 | 16 | 0.002 | 295 | 3.02e+05 | 295 | 150 | 900 |" in report
     for png in ("lr_vs_batch.png", "b_simple.png"):
         assert (sweep / png).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_runs_with_frequency_metrics_get_per_bin_tables_and_figures(tmp_path):
+    """Final ce per frequency bin, mean ± std over seeds by hand; the bins described."""
+    sweep = tmp_path / "sweep"
+
+    def freq(ce0: float, ce1: float) -> dict:
+        bins = {"b0": (ce0, 0.7, 1, 1000), "b1": (ce1, 0.3, 40, 0)}
+        return {
+            f"{split}_freq/{b}/{m}": v
+            for split in ("val", "train")
+            for b, (ce, share, classes, least) in bins.items()
+            for m, v in (("ce", ce), ("acc", 0.5), ("share", share))
+            + (("classes", classes), ("min_count", least))
+        }
+
+    for job, (loss, seed, ce0, ce1) in enumerate(
+        [("ce", 1, 1.0, 5.0), ("ce", 2, 1.2, 5.4), ("mse", 1, 2.0, 7.0), ("mse", 2, 2.0, 8.0)]
+    ):
+        fake_run(
+            sweep / f"{job}_loss={loss},seed={seed}",
+            [f"loss={loss}"],
+            seed,
+            {"val/ce": 2.0, "val/acc": 0.5, **freq(ce0, ce1)},
+        )
+    compare([str(sweep)], sort="val/ce")
+    report = (sweep / "report.md").read_text()
+    assert "## By token frequency (val)" in report and "## By token frequency (train)" in report
+    assert "| b1 | 40 | 0 | 0.3000 |" in report
+    assert "| ce | 2 | 1.100 ± 0.141 | 5.200 ± 0.283 |" in report
+    assert "| mse | 2 | 2.000 ± 0.000 | 7.500 ± 0.707 |" in report
+    for name in ("frequency.png", "frequency_curves.png"):
+        assert (sweep / name).read_bytes().startswith(PNG_MAGIC)

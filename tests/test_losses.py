@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from torch.nn import functional as F
 
 from nanolab import ConfigError
-from nanolab.losses import LOSSES, get_loss
+from nanolab.frequency import class_counts
+from nanolab.losses import LOSSES, get_loss, uses_class_counts
 from nanolab.metrics import TokenTotals
 from nanolab.model import GPT, GPTConfig
 
@@ -27,6 +28,16 @@ def batch(n: int = 37, c: int = 11, seed: int = 0) -> tuple[torch.Tensor, torch.
     g = torch.Generator().manual_seed(seed)
     logits = (3 * torch.randn(n, c, generator=g, dtype=torch.float64)).requires_grad_()
     return logits, torch.randint(c, (n,), generator=g)
+
+
+def zipf(c: int) -> torch.Tensor:
+    """Long-tailed training counts for c classes: 1000, 500, 333, ..."""
+    return (1000 / torch.arange(1, c + 1, dtype=torch.float64)).floor()
+
+
+def bound(cfg, c: int):
+    """The loss as training gets it: a long-tail loss bound to counts of c classes."""
+    return get_loss(cfg, zipf(c) if uses_class_counts(cfg) else None)
 
 
 def naive_mse(logits, targets, k, M):
@@ -81,8 +92,9 @@ def test_ignored_targets_contribute_nothing(name):
     masked = targets.clone()
     masked[::3] = cfg.ignore_index
     keep = masked != cfg.ignore_index
-    with_ignored = LOSSES[name](logits, masked, cfg)
-    torch.testing.assert_close(with_ignored, LOSSES[name](logits[keep], targets[keep], cfg))
+    loss_fn = bound(cfg, logits.size(1))
+    with_ignored = loss_fn(logits, masked, cfg)
+    torch.testing.assert_close(with_ignored, loss_fn(logits[keep], targets[keep], cfg))
     (grad,) = torch.autograd.grad(with_ignored, logits)
     assert grad[~keep].abs().max() == 0
 
@@ -95,7 +107,8 @@ def test_every_loss_has_a_yaml_and_every_yaml_a_loss():
     for name in yamls:
         assert loss_cfg(name).name in LOSSES, name
     for name in LOSSES:
-        assert get_loss(loss_cfg(name)) is LOSSES[name]
+        loss_fn = bound(loss_cfg(name), 11)
+        assert getattr(loss_fn, "func", loss_fn) is LOSSES[name]
 
 
 @pytest.mark.parametrize(
@@ -124,8 +137,9 @@ def test_padded_vocabulary_never_reaches_losses_or_metrics(name):
     def loss_and_metrics():
         logits = model(x)
         totals = TokenTotals()
-        totals.update(logits, y, LOSSES[name], cfg)
-        return LOSSES[name](logits.reshape(-1, 65), y.reshape(-1), cfg), totals.compute()
+        loss_fn = bound(cfg, 65)
+        totals.update(logits, y, loss_fn, cfg)
+        return loss_fn(logits.reshape(-1, 65), y.reshape(-1), cfg), totals.compute()
 
     before = loss_and_metrics()
     with torch.no_grad():  # make the padded rows of the (tied) output layer enormous
@@ -202,7 +216,7 @@ def test_chunked_head_equals_the_whole_head_in_value_and_gradients(name, softcap
     from nanolab.losses import chunked_head_loss
 
     cfg = loss_cfg(name, z_loss=1e-2)
-    loss_fn = get_loss(cfg)
+    loss_fn = bound(cfg, 40)
     g = torch.Generator().manual_seed(3)
     hidden = torch.randn(150, 16, generator=g, dtype=torch.float64)
     weight = (0.5 * torch.randn(40, 16, generator=g, dtype=torch.float64)).requires_grad_()
@@ -253,3 +267,97 @@ def test_chunked_head_equals_the_whole_head_in_value_and_gradients(name, softcap
     assert (chunked_dh - whole_dh).abs().max() <= 1e-5 * whole_dh.abs().max()
     assert (chunked_dw - whole_dw).abs().max() <= 1e-5 * whole_dw.abs().max()
     assert whole_dh[64:128].abs().max() == 0  # ignored tokens get no gradient either way
+
+
+# --- the long-tail losses -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("logit_adjusted", {}),  # a uniform prior shifts every logit alike
+        ("class_balanced", {}),  # equal counts weigh every class 1
+        ("class_balanced", {"beta": 0.0}),
+    ],
+)
+def test_long_tail_losses_with_equal_counts_are_cross_entropy(name, params):
+    logits, targets = batch()
+    ce = F.cross_entropy(logits, targets).float()
+    loss = get_loss(loss_cfg(name, **params), torch.full((11,), 7.0, dtype=torch.float64))
+    torch.testing.assert_close(loss(logits, targets, loss_cfg(name, **params)), ce)
+
+
+@pytest.mark.parametrize(
+    "name,params", [("logit_adjusted", {"tau": 0.0}), ("class_balanced", {"beta": 0.0})]
+)
+def test_long_tail_losses_switched_off_are_cross_entropy_whatever_the_counts(name, params):
+    logits, targets = batch()
+    cfg = loss_cfg(name, **params)
+    torch.testing.assert_close(
+        get_loss(cfg, zipf(11))(logits, targets, cfg), F.cross_entropy(logits, targets).float()
+    )
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
+def test_logit_adjustment_value_and_gradient_by_hand(tau):
+    """Menon et al.'s eq. 10 with the add-one prior; its gradient is
+    (softmax(z + tau log pi) - onehot(y)) / N."""
+    logits, targets = batch()
+    counts = zipf(11)
+    prior = (counts + 1) / (counts.sum() + 11)
+    adjusted = logits + tau * prior.log()
+    cfg = loss_cfg("logit_adjusted", tau=tau)
+    ours = get_loss(cfg, counts)(logits, targets, cfg)
+    p = adjusted.softmax(1)
+    by_hand = -p.gather(1, targets[:, None]).log().mean()
+    torch.testing.assert_close(ours, by_hand.float(), rtol=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad(ours, logits)
+    expected = (p - F.one_hot(targets, 11)) / len(targets)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("beta", [0.9, 0.999])
+def test_class_balanced_value_and_gradient_by_hand(beta):
+    """Cui et al.'s weights (1 - beta)/(1 - beta^n), scaled to average 1 over the training
+    targets; the gradient is w_y (softmax(z) - onehot(y)) / N."""
+    logits, targets = batch()
+    counts = zipf(11)
+    weights = torch.tensor([(1 - beta) / (1 - beta ** float(n)) for n in counts])
+    weights = weights / ((weights * counts).sum() / counts.sum())
+    cfg = loss_cfg("class_balanced", beta=beta)
+    ours = get_loss(cfg, counts)(logits, targets, cfg)
+    p = logits.softmax(1)
+    w_y = weights[targets].to(logits.dtype)
+    by_hand = (w_y * -p.gather(1, targets[:, None]).squeeze(1).log()).mean()
+    torch.testing.assert_close(ours, by_hand.float(), rtol=1e-6, atol=1e-6)
+    (grad,) = torch.autograd.grad(ours, logits)
+    expected = w_y[:, None] * (p - F.one_hot(targets, 11)) / len(targets)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
+    assert weights[-1] > weights[0]  # the rarest class weighs most
+
+
+@pytest.mark.parametrize(
+    "name,params,key",
+    [("logit_adjusted", {"tau": -1}, "loss.tau"), ("class_balanced", {"beta": 1.0}, "loss.beta")],
+)
+def test_bad_long_tail_parameters_name_the_key(name, params, key):
+    with pytest.raises(ConfigError, match=key):
+        get_loss(loss_cfg(name, **params), zipf(11))
+
+
+def test_a_class_counts_file_must_match_the_vocabulary(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "prior.npy"
+    np.save(path, np.ones(12))
+    cfg = loss_cfg("logit_adjusted", class_counts=str(path))
+    with pytest.raises(
+        ConfigError, match=r"loss.class_counts=.*prior.npy holds \(12,\) counts.*11"
+    ):
+        class_counts(cfg, np.ones(11, dtype=np.int64))
+    np.save(path, np.arange(11))
+    assert class_counts(cfg, np.ones(11, dtype=np.int64)).tolist() == list(range(11))
+    (tmp_path / "broken.npy").write_text("not an array")
+    cfg.class_counts = str(tmp_path / "broken.npy")
+    with pytest.raises(ConfigError, match="could not be read"):
+        class_counts(cfg, np.ones(11, dtype=np.int64))

@@ -50,7 +50,7 @@ from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import write_json
 from nanolab.distributed import World
 from nanolab.launch import RunInfo
-from nanolab.losses import chunked_head_loss, get_loss, head_chunk_tokens
+from nanolab.losses import chunked_head_loss, get_loss, head_chunk_tokens, uses_class_counts
 from nanolab.metrics import evaluate_batches, flops_per_token
 from nanolab.noise import NoiseScale
 from nanolab.run import Run, build_run, train_step
@@ -356,7 +356,9 @@ def _measure_head(spec: dict[str, Any]) -> dict[str, float]:
     )
     device = runtime.device
     cfg = OmegaConf.create(spec["loss"])
-    loss_fn = get_loss(cfg)
+    # a long-tail loss's class statistic costs the same whatever the counts
+    counts = torch.ones(spec["vocab_size"], device=device) if uses_class_counts(cfg) else None
+    loss_fn = get_loss(cfg, counts)
     hidden = torch.randn(spec["tokens"], spec["n_embd"], device=device)
     weight = (
         0.02 * torch.randn(spec["vocab_size"], spec["n_embd"], device=device)

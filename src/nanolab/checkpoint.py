@@ -66,6 +66,8 @@ CONFIG_KEYS_ADDED = {
     "sharpness.lanczos_iters": 20,
     "noise_scale.enabled": False,
     "noise_scale.ema": 0.99,
+    "token_freq.bins": 0,
+    "token_freq.scheme": "equal_mass",
     **{f"model.{k}": v for k, v in MODEL_OPTIONS_ADDED.items()},
 }
 

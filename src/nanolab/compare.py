@@ -18,10 +18,15 @@ directory (or --out):
 - metrics_vs_params.png, when the sweep varies model.* keys: final val and train_eval
   cross-entropy and accuracy against parameter count (the report gains params and FLOPs/token);
 - sharpness.png, when runs measured it (sharpness.every): each run's sharpness against step
-  with its stability threshold dashed.
+  with its stability threshold dashed;
+- frequency.png and frequency_curves.png, when runs logged metrics by token frequency
+  (token_freq.bins): final ce and accuracy per frequency bin, and each bin's ce against
+  tokens per configuration (Kunstner et al. 2024's Fig. 1 layout); report.md gains the
+  per-bin tables.
 With --evaluated, each finished run's val metrics are those nanolab.evaluate wrote into its
 evaluation_val.json (every token of the val split, scored by the run's final checkpoint)
-instead of its last in-training evaluation (a few batches): the axis for comparisons at a
+instead of its last in-training evaluation (a few batches), its bins by token frequency
+too when the evaluation has them: the axis for comparisons at a
 large vocabulary, where a few batches leave the seeds' noise larger than the configurations'
 gaps. The curves stay the in-training evaluations.
 With --target val/ce=1.9 (any logged metric; accuracies count up, the rest down) report.md gains
@@ -52,6 +57,8 @@ from nanolab.plots import (
     plot_b_simple,
     plot_curves,
     plot_final_values,
+    plot_frequency,
+    plot_frequency_curves,
     plot_lr_vs_batch,
     plot_metric_vs_value,
     plot_sharpness,
@@ -72,6 +79,7 @@ from nanolab.results import (
     add_target,
     fill_missing_params,
     find_run_dirs,
+    frequency_bins_of,
     group_rows,
     is_number,
     parse_target,
@@ -174,6 +182,9 @@ def compare(
         plot_curves(rows, keys, out / "curves.png")
         plot_final_values(rows, keys, out / "final.png")
         plot_sharpness(runs, keys, out / "sharpness.png")
+        if frequency_bins_of(rows):
+            plot_frequency(rows, keys, out / "frequency.png")
+            plot_frequency_curves(rows, keys, out / "frequency_curves.png")
         if goal and critical:
             plot_steps_vs_tokens(critical, goal, out / "steps_vs_tokens.png")
             plot_b_simple(critical, out / "b_simple.png")

@@ -25,7 +25,8 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from nanolab import ConfigError
 from nanolab.dataloader import full_batch_windows
-from nanolab.losses import get_loss, head_chunk_tokens
+from nanolab.frequency import check_token_freq
+from nanolab.losses import check_loss, head_chunk_tokens
 from nanolab.model import GPTConfig
 from nanolab.noise import check_noise_scale
 from nanolab.optim import build_schedule, check_optim
@@ -122,6 +123,7 @@ class EvaluateKeys:
     dtype: Dtype = MISSING
     cpu_keep_freed_memory: bool = MISSING
     data: Any = MISSING  # {dir}: a string or null
+    token_freq: Any = MISSING  # {bins, scheme}, checked by frequency.py
 
 
 @dataclass
@@ -159,6 +161,12 @@ class Sharpness:
 class NoiseScaleKeys:
     enabled: bool = MISSING
     ema: float = MISSING
+
+
+@dataclass
+class TokenFreq:
+    bins: int = MISSING
+    scheme: str = MISSING  # equal_mass | log, checked by frequency.py
 
 
 @dataclass
@@ -292,6 +300,18 @@ class Focal(Loss):
 
 
 @dataclass
+class LogitAdjusted(Loss):
+    tau: float = MISSING
+    class_counts: str | None = MISSING
+
+
+@dataclass
+class ClassBalanced(Loss):
+    beta: float = MISSING
+    class_counts: str | None = MISSING
+
+
+@dataclass
 class Data:
     name: str = MISSING
     source: DataSource = MISSING
@@ -344,6 +364,7 @@ SCHEMAS: dict[str, tuple[str | None, dict[str, type]]] = {
     "trainer": (None, {"default": TrainerKeys}),
     "sharpness": (None, {"default": Sharpness}),
     "noise_scale": (None, {"default": NoiseScaleKeys}),
+    "token_freq": (None, {"default": TokenFreq}),
     "model": (None, {"gpt": Model}),
     "logger": (None, {"wandb": Logger}),
     "optim": (
@@ -370,6 +391,8 @@ SCHEMAS: dict[str, tuple[str | None, dict[str, type]]] = {
             "label_smoothing": LabelSmoothing,
             "mse": SquareLoss,
             "focal": Focal,
+            "logit_adjusted": LogitAdjusted,
+            "class_balanced": ClassBalanced,
         },
     ),
     "data": ("source", {"shakespeare": ShakespeareData, "text": TextData, "hf": HFData}),
@@ -464,6 +487,7 @@ CHANGES_NOTHING = (
     "compile",
     "optim.fused",
     "noise_scale",
+    "token_freq",
     "logger",
     "hydra",
 )
@@ -594,7 +618,8 @@ def check_values(cfg: DictConfig) -> None:
     use_compile(cfg.compile, torch.device("cpu"))
     thread_count(cfg.threads)
     head_chunk_tokens(cfg.head_chunk_tokens, vocab_size=0)
-    get_loss(cfg.loss)
+    check_loss(cfg.loss)
+    check_token_freq(cfg.token_freq)
     check_optim(cfg.optim)
     build_schedule(cfg.schedule, cfg.optim.lr)
     GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=1)

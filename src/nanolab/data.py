@@ -26,7 +26,7 @@ import re
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -331,6 +331,27 @@ SOURCES = {"shakespeare": _read_shakespeare, "text": _read_text}
 
 
 PREPARING = "preparing.json"
+# The training split's count of each token id: what frequency bins and long-tail losses read.
+COUNTS = "train_counts.npy"
+COUNT_CHUNK = 2**26  # tokens counted at a time
+
+
+def count_train(directory: Path, meta: dict) -> np.ndarray:
+    """How many times each token id of the vocabulary occurs in the training split."""
+    counts = np.zeros(meta["vocab_size"], dtype=np.int64)
+    for path, _ in _split_files(directory, meta, "train"):
+        tokens = np.memmap(path, dtype=meta["dtype"], mode="r")
+        for start in range(0, len(tokens), COUNT_CHUNK):
+            chunk = np.asarray(tokens[start : start + COUNT_CHUNK])
+            counts += np.bincount(chunk, minlength=len(counts))[: len(counts)]
+    return counts
+
+
+def _write_counts(directory: Path, meta: dict) -> None:
+    with atomic_path(directory / COUNTS) as tmp, open(tmp, "wb") as f:
+        np.save(f, count_train(directory, meta))
+
+
 PREPARE_LOCK = ".prepare.lock"
 
 
@@ -409,6 +430,7 @@ def prepare(cfg: DictConfig, allowed: bool = True) -> dict:
             _start_preparing(directory, source_hash)
             meta = _prepare_from_text(cfg, text) if text is not None else _prepare_from_hf(cfg)
             meta = {"name": cfg.name, "source_hash": source_hash} | meta
+            _write_counts(directory, meta)
             write_json(directory / "meta.json", meta)
             (directory / PREPARING).unlink()
     except OSError as e:
@@ -511,6 +533,8 @@ class TokenData:
     # The training targets when they differ from the training tokens (data.label_noise):
     # aligned with `train`, read for targets only, so a corrupted target is never an input.
     train_targets: np.ndarray | None = None
+    directory: Path | None = None  # where it was read from
+    _counts: np.ndarray | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, cfg: DictConfig, prepare_missing: bool = True) -> TokenData:
@@ -534,11 +558,30 @@ class TokenData:
                 for path, _ in _split_files(directory, meta, split)
             ]
             splits[split] = maps[0] if len(maps) == 1 else ShardedTokens(maps)
-        return cls(meta=meta, **splits)
+        return cls(meta=meta, directory=directory, **splits)
 
     @property
     def vocab_size(self) -> int:
         return self.meta["vocab_size"]
+
+    def train_counts(self) -> np.ndarray:
+        """How many times each token id occurs in the whole training split (before
+        data.train_tokens and label noise): stored by preparation, counted here (and not
+        written: reading never writes) for data prepared before nanolab stored it."""
+        if self._counts is None:
+            stored = self.directory / COUNTS if self.directory is not None else None
+            try:
+                counts = np.load(stored, allow_pickle=False)
+                ok = counts.shape == (self.vocab_size,)
+            except (OSError, ValueError, TypeError):
+                ok = False
+            if not ok:
+                if self.directory is None:
+                    raise DataError("these tokens were not read from prepared data: no counts")
+                log.info("%s has no %s: counting the training tokens", self.directory, COUNTS)
+                counts = count_train(self.directory, self.meta)
+            self._counts = counts
+        return self._counts
 
     def limit_train(self, tokens: int | None) -> None:
         """Keep only the first `tokens` training tokens (`data.train_tokens`): a fixed subset,

@@ -33,7 +33,8 @@ from nanolab import ConfigError, StorageError, exit_on_config_error
 from nanolab.atomic import unwritable, write_json
 from nanolab.config import EvaluateKeys, check_entry_types
 from nanolab.data import TokenData, trained_data
-from nanolab.losses import get_loss, head_chunk_tokens
+from nanolab.frequency import BIN_METRICS, FrequencyBins, check_token_freq, frequency_bins
+from nanolab.losses import get_loss, head_chunk_tokens, uses_class_counts
 from nanolab.metrics import TokenTotals, update_totals
 from nanolab.runtime import Runtime, pick_device
 from nanolab.weights import foreign_data_dir, model_from_weights, read_weights
@@ -47,16 +48,21 @@ def evaluate_split(
     tokens: np.ndarray,
     loss_cfg: DictConfig,
     batch_size: int,
+    *,
     head_chunk: int = 0,
     autocast: contextlib.AbstractContextManager | None = None,
+    freq: FrequencyBins | None = None,
+    class_counts: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Metrics over every token of `tokens`, in consecutive windows of the model's context; with
-    head_chunk > 0 the logits of that many tokens at a time; forward passes under `autocast`."""
+    head_chunk > 0 the logits of that many tokens at a time; forward passes under `autocast`.
+    With `freq`, also `freq/<bin>/<metric>` (frequency.bin_metrics); a long-tail loss reads
+    `class_counts` (on the model's device)."""
     block = model.config.block_size
     n_windows = (len(tokens) - 1) // block
     device = next(model.parameters()).device
-    loss_fn = get_loss(loss_cfg)
-    totals = TokenTotals(calibrate=True)
+    loss_fn = get_loss(loss_cfg, class_counts)
+    totals = TokenTotals(calibrate=True, freq=freq)
     for start in tqdm(
         range(0, n_windows, batch_size), desc="evaluating", unit="batch", disable=None
     ):
@@ -72,7 +78,8 @@ def evaluate_split(
                 loss_cfg=loss_cfg,
                 head_chunk=head_chunk,
             )
-    return totals.compute(device) | {"tokens": totals.tokens}
+    frequency = {f"freq/{k}": v for k, v in totals.frequency().items()}
+    return totals.compute(device) | {"tokens": totals.tokens} | frequency
 
 
 # What a model from outside nanolab (nanoGPT, GPT-2) is scored with: its own objective.
@@ -109,12 +116,46 @@ def subject(cfg: DictConfig, device: torch.device) -> Subject:
     return Subject(weights.path, model, data, loss, head_chunk, weights.step)
 
 
+def loss_counts(
+    loss: DictConfig, train_counts: np.ndarray | None, device: torch.device
+) -> torch.Tensor | None:
+    """The counts a long-tail loss reads when scoring: the prepared data's training counts.
+    A file the run named (loss.class_counts) is not opened: a checkpoint's config names no
+    file that evaluation reads. None for every other loss."""
+    if not uses_class_counts(loss):
+        return None
+    if loss.get("class_counts") is not None:
+        log.warning(
+            "the run weighed classes by loss.class_counts=%s; val/loss here uses the training "
+            "split's counts instead (every other metric is independent of the loss)",
+            loss.class_counts,
+        )
+    return torch.from_numpy(train_counts.astype(np.float64)).to(device)
+
+
+def print_frequency_table(metrics: dict[str, float], split: str) -> None:
+    """The per-bin metrics as a table: bin, classes, smallest training count, share, ce, acc."""
+    names = sorted({k.split("/")[1] for k in metrics if k.startswith("freq/")})
+    if not names:
+        return
+    print(f"{split} by token frequency (b0: the commonest classes):")
+    print(f"  {'bin':5s} {'classes':>8s} {'min count':>10s} {'share':>7s} {'ce':>8s} {'acc':>7s}")
+    for name in names:
+        m = {key: metrics[f"freq/{name}/{key}"] for key in BIN_METRICS}
+        print(
+            f"  {name:5s} {m['classes']:8d} {m['min_count']:10d} {m['share']:7.4f} "
+            f"{m['ce']:8.4f} {m['acc']:7.4f}",
+            flush=True,
+        )
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     check_entry_types(cfg, EvaluateKeys)
     if cfg.split not in ("train", "val"):
         raise ConfigError(f"split={cfg.split!r} must be train or val")
     if cfg.batch_tokens < 1:
         raise ConfigError(f"batch_tokens={cfg.batch_tokens} must be >= 1")
+    check_token_freq(cfg.token_freq)
     runtime = Runtime.create(pick_device(cfg.device), cfg.dtype, False, cfg.cpu_keep_freed_memory)
     evaluated = subject(cfg, runtime.device)
     model = evaluated.model
@@ -125,21 +166,32 @@ def run(cfg: DictConfig) -> dict[str, float]:
     reason = unwritable(out)
     if reason:
         log.warning("%s is not writable (%s): the metrics are printed, not saved", out, reason)
+    counts = (
+        evaluated.data.train_counts()
+        if cfg.token_freq.bins or uses_class_counts(evaluated.loss)
+        else None
+    )
     metrics = evaluate_split(
         model,
         getattr(evaluated.data, cfg.split),
         evaluated.loss,
         windows_per_batch,
-        head_chunk,
-        runtime.autocast(),
+        head_chunk=head_chunk,
+        autocast=runtime.autocast(),
+        freq=frequency_bins(counts, cfg.token_freq.scheme, cfg.token_freq.bins)
+        if cfg.token_freq.bins
+        else None,
+        class_counts=loss_counts(evaluated.loss, counts, runtime.device),
     )
     for key, value in metrics.items():  # printed first: a failed write loses nothing
-        print(
-            f"{cfg.split}/{key:14s} {value:.4f}"
-            if isinstance(value, float)
-            else f"{cfg.split}/{key:14s} {value}",
-            flush=True,
-        )
+        if not key.startswith("freq/"):
+            print(
+                f"{cfg.split}/{key:14s} {value:.4f}"
+                if isinstance(value, float)
+                else f"{cfg.split}/{key:14s} {value}",
+                flush=True,
+            )
+    print_frequency_table(metrics, cfg.split)
     if not reason:
         path = out / f"evaluation_{cfg.split}.json"
         try:

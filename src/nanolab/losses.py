@@ -5,11 +5,15 @@ A loss takes logits over the true vocabulary (N, C), integer targets (N,) and it
 Losses are computed in float32 whatever the autocast dtype of the logits.
 
 Adding a loss: write a function here with `@register("name")` (and a `check` for its
-parameters if it has any), and add configs/loss/name.yaml with `name: name` and its keys.
+parameters if it has any), and add configs/loss/name.yaml with `name: name` and its keys. A
+loss that depends on how often each class is a training target (the long-tail losses) also
+registers `stat`, which turns the training split's counts per class into the tensor it reads
+(a log prior, class weights): get_loss binds it once, so the loss keeps the common signature.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -20,39 +24,61 @@ from torch.nn import functional as F
 from nanolab import ConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, DictConfig], torch.Tensor]
+Stat = Callable[[torch.Tensor, DictConfig], torch.Tensor]
 LOSSES: dict[str, LossFn] = {}
 _CHECKS: dict[str, Callable[[DictConfig], None]] = {}
+_STATS: dict[str, Stat] = {}
 
 
 def register(
-    name: str, check: Callable[[DictConfig], None] | None = None
+    name: str, check: Callable[[DictConfig], None] | None = None, stat: Stat | None = None
 ) -> Callable[[LossFn], LossFn]:
-    """Register a loss under `name`; `check` validates its config and raises ConfigError."""
+    """Register a loss under `name`; `check` validates its config and raises ConfigError;
+    `stat(counts, cfg)` makes the tensor the loss takes as its `stat` keyword from the training
+    split's counts per class (float64, one per class of the vocabulary)."""
 
     def decorator(fn: LossFn) -> LossFn:
         LOSSES[name] = fn
         if check is not None:
             _CHECKS[name] = check
+        if stat is not None:
+            _STATS[name] = stat
         return fn
 
     return decorator
 
 
-def get_loss(cfg: DictConfig) -> LossFn:
-    """The registered loss named by `loss.name`, after checking its parameters; with
-    `loss.z_loss` > 0 the z-loss term is added to it."""
+def check_loss(cfg: DictConfig) -> None:
+    """ConfigError unless `loss.name` is registered and its parameters are valid."""
     if cfg.name not in LOSSES:
         raise ConfigError(
             f"loss.name={cfg.name!r} is not a registered loss; choose one of {sorted(LOSSES)}"
         )
     if cfg.name in _CHECKS:
         _CHECKS[cfg.name](cfg)
-    weight = cfg.z_loss
-    if weight < 0:
-        raise ConfigError(f"loss.z_loss={weight} must be >= 0 (0 turns it off; PaLM used 1e-4)")
-    if weight == 0:
-        return LOSSES[cfg.name]
+    if cfg.z_loss < 0:
+        raise ConfigError(f"loss.z_loss={cfg.z_loss} must be >= 0 (0 turns it off; PaLM used 1e-4)")
+
+
+def uses_class_counts(cfg: DictConfig) -> bool:
+    """Whether the loss reads the training split's counts per class."""
+    return cfg.name in _STATS
+
+
+def get_loss(cfg: DictConfig, class_counts: torch.Tensor | None = None) -> LossFn:
+    """The registered loss named by `loss.name`, after checking its parameters, bound to its
+    statistic of `class_counts` (the training counts per class, on the logits' device) when it
+    has one; with `loss.z_loss` > 0 the z-loss term is added to it."""
+    check_loss(cfg)
     base = LOSSES[cfg.name]
+    if cfg.name in _STATS:
+        if class_counts is None:
+            raise ConfigError(
+                f"loss={cfg.name} weighs classes by their training counts, and none were given"
+            )
+        base = functools.partial(base, stat=_STATS[cfg.name](class_counts.double(), cfg))
+    if cfg.z_loss == 0:
+        return base
 
     def with_z_loss(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
         return base(logits, targets, cfg) + cfg.z_loss * z_loss(logits, targets, cfg)
@@ -144,6 +170,65 @@ def focal(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch
     cross-entropy."""
     log_p_y = -F.cross_entropy(logits.float(), targets.clamp(min=0), reduction="none")
     return _masked_mean(-((1 - log_p_y.exp()) ** cfg.gamma) * log_p_y, targets, cfg.ignore_index)
+
+
+# --- losses for a long tail of rare classes (docs/long_tail.md) ----------------------------
+
+
+def _check_logit_adjusted(cfg: DictConfig) -> None:
+    if cfg.tau < 0:
+        raise ConfigError(
+            f"loss.tau={cfg.tau} must be >= 0 (0 is cross-entropy; Menon et al. use 1)"
+        )
+
+
+def _log_prior(counts: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    """tau * log pi, pi the class prior of the training targets, add-one smoothed so that a
+    class never seen in training has a finite logit offset (a val target may be one)."""
+    prior = (counts + 1) / (counts.sum() + len(counts))
+    return (cfg.tau * prior.log()).float()
+
+
+@register("logit_adjusted", check=_check_logit_adjusted, stat=_log_prior)
+def logit_adjusted(
+    logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig, *, stat: torch.Tensor
+) -> torch.Tensor:
+    """Logit-adjusted cross-entropy (Menon et al., ICLR 2021, arXiv 2007.07314, eq. 10):
+    cross-entropy of softmax(f + tau * log pi) during training, the raw logits f at prediction,
+    so the model learns the balanced (prior-free) scores. With a uniform prior it is ce."""
+    return F.cross_entropy(logits.float() + stat, targets, ignore_index=cfg.ignore_index)
+
+
+def _check_class_balanced(cfg: DictConfig) -> None:
+    if not 0 <= cfg.beta < 1:
+        raise ConfigError(
+            f"loss.beta={cfg.beta} must lie in [0, 1) (0 is cross-entropy; Cui et al. "
+            "use 0.9-0.9999)"
+        )
+
+
+def _class_weights(counts: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    """Cui et al.'s weights (1 - beta) / (1 - beta^n_c), the inverse effective number of
+    samples, normalised so that their mean over the training targets is 1: the loss then has
+    cross-entropy's scale on the training distribution and shares its learning rate. (Cui et
+    al. normalise to a sum of C over the classes; at 50,257 classes, most never seen, that
+    would shrink every seen class's weight.) A class never seen weighs as one seen once."""
+    n = counts.clamp(min=1)
+    weights = (1 - cfg.beta) / (1 - cfg.beta**n)
+    total = counts.sum()
+    mean = (weights * counts).sum() / total if total > 0 else weights.mean()
+    return (weights / mean).float()
+
+
+@register("class_balanced", check=_check_class_balanced, stat=_class_weights)
+def class_balanced(
+    logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig, *, stat: torch.Tensor
+) -> torch.Tensor:
+    """Class-balanced cross-entropy (Cui et al., CVPR 2019, arXiv 1901.05555): each token's
+    cross-entropy times its class's weight, averaged over tokens. Equal counts give ce."""
+    safe = targets.clamp(min=0)
+    ce = F.cross_entropy(logits.float(), safe, reduction="none")
+    return _masked_mean(stat[safe] * ce, targets, cfg.ignore_index)
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):

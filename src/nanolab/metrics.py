@@ -11,6 +11,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.nn import functional as F
@@ -19,6 +20,7 @@ from nanolab import Abandoned
 from nanolab.data import TokenData
 from nanolab.dataloader import BatchSampler
 from nanolab.distributed import World
+from nanolab.frequency import FrequencyBins, bin_metrics
 from nanolab.losses import LossFn
 from nanolab.model import GPT, GPTConfig
 
@@ -97,6 +99,8 @@ SUMS = {
     "past_cap_ce": torch.float64,
     "past_cap_tokens": torch.float64,
 }
+# The sums per frequency bin a TokenTotals keeps when it is given bins.
+FREQ_SUMS = ("freq_tokens", "freq_ce", "freq_correct")
 
 
 class TokenTotals:
@@ -108,10 +112,15 @@ class TokenTotals:
     temperature fitted on other tokens: the first CALIBRATION_ELEMENTS logits are kept and
     cross-fitted (`calibrated_ce`); once they are full, a temperature is fitted on them and every
     later token is scored at it. At GPT-2's vocabulary the kept tokens are a few hundred: scoring
-    only them made calibrated val/ce far noisier than val/ce."""
+    only them made calibrated val/ce far noisier than val/ce.
 
-    def __init__(self, calibrate: bool = False) -> None:
+    With `freq` (frequency bins of the classes) it also sums, per bin of the target's class,
+    the targets, their cross-entropy and their correct predictions (`frequency`)."""
+
+    def __init__(self, calibrate: bool = False, freq: FrequencyBins | None = None) -> None:
         self.calibrate = calibrate
+        self.freq = freq
+        self.bin_of_class: torch.Tensor | None = None  # freq.of_class on the logits' device
         self.sums: dict[str, torch.Tensor] = {}
         self.kept_logits: list[torch.Tensor] = []
         self.kept_targets: list[torch.Tensor] = []
@@ -163,8 +172,20 @@ class TokenTotals:
             "bin_confidence", torch.bincount(bins, weights=confidence * weight, minlength=ECE_BINS)
         )
         self._add("bin_correct", torch.bincount(bins, weights=hit, minlength=ECE_BINS))
+        if self.freq is not None:
+            self._add_by_frequency(safe_targets, weight, -log_p_target, hit)
         if self.calibrate:
             self._keep(logits, targets)
+
+    def _add_by_frequency(
+        self, targets: torch.Tensor, weight: torch.Tensor, ce: torch.Tensor, hit: torch.Tensor
+    ) -> None:
+        if self.bin_of_class is None:
+            self.bin_of_class = torch.from_numpy(self.freq.of_class).to(targets.device)
+        bins = self.bin_of_class[targets]
+        for name, value in zip(FREQ_SUMS, (weight, ce * weight, hit)):
+            zeros = torch.zeros(len(self.freq), dtype=torch.float64, device=targets.device)
+            self._add(name, zeros.index_add_(0, bins, value.double()))
 
     def _keep(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
         """Keep what fits under the cap; score the rest at the kept logits' temperature."""
@@ -233,10 +254,11 @@ class TokenTotals:
                         "past_cap_tokens",
                         torch.tensor(float(n), dtype=torch.float64, device=device),
                     )
-        for name in SUMS:  # a rank that evaluated no batch contributes zeros
-            empty = torch.zeros(
-                ECE_BINS if name.startswith("bin_") else (), dtype=SUMS[name], device=device
-            )
+        shapes = {name: ECE_BINS if name.startswith("bin_") else () for name in SUMS}
+        if self.freq is not None:
+            shapes |= {name: len(self.freq) for name in FREQ_SUMS}
+        for name, shape in shapes.items():  # a rank that evaluated no batch contributes zeros
+            empty = torch.zeros(shape, dtype=SUMS.get(name, torch.float64), device=device)
             world.sum_(self.sums.setdefault(name, empty))
         if self.calibrate:
             ranks = world.gather_to_main(mine)
@@ -248,6 +270,16 @@ class TokenTotals:
     @property
     def tokens(self) -> int:
         return int(self.sums["tokens"])
+
+    def frequency(self) -> dict[str, float]:
+        """`<bin>/<metric>` for each frequency bin (frequency.bin_metrics); {} without bins."""
+        if self.freq is None:
+            return {}
+        sums = {
+            name: self.sums[name].cpu().numpy() if name in self.sums else np.zeros(len(self.freq))
+            for name in FREQ_SUMS
+        }
+        return bin_metrics(self.freq, *(sums[name] for name in FREQ_SUMS))
 
     def compute(self, device: torch.device | None = None) -> dict[str, float]:
         """Per-token metrics, read from the device at once; the temperature is fitted on
@@ -321,6 +353,7 @@ def evaluate_batches(
     world: World = World(),
     train_windows: tuple[torch.Tensor, torch.Tensor] | None = None,
     stop: Sequence[int] = (),
+    freq: FrequencyBins | None = None,
 ) -> dict[str, float]:
     """`val/<m>` and `train_eval/<m>` over eval_iters batches of each split, for m in loss, ce,
     ppl, bpt, acc, acc_top5, brier, ece; for val also ce_calibrated and temperature (on rank 0
@@ -329,14 +362,15 @@ def evaluate_batches(
     training batches have the training targets (label noise included); given `train_windows`
     (a full-batch run's whole training set), train_eval is over exactly those. Once `stop` is
     non-empty (a signal arrived: the trainer's stop requests) it raises Abandoned at the next
-    batch, so a stop never waits for a whole evaluation."""
+    batch, so a stop never waits for a whole evaluation. With `freq`, also `val_freq/<bin>/<m>`
+    and `train_freq/<bin>/<m>` (frequency.bin_metrics)."""
     device = next(model.parameters()).device
     mine = range(eval_iters * world.rank // world.size, eval_iters * (world.rank + 1) // world.size)
     model.eval()
     metrics = {}
     try:
         for split, prefix in (("train", "train_eval"), ("val", "val")):
-            totals = TokenTotals(calibrate=split == "val")
+            totals = TokenTotals(calibrate=split == "val", freq=freq)
             batches = _my_batches(
                 data,
                 split,
@@ -360,6 +394,7 @@ def evaluate_batches(
                     )
             totals.combine(world, device)
             metrics |= {f"{prefix}/{k}": v for k, v in totals.compute(device).items()}
+            metrics |= {f"{split}_freq/{k}": v for k, v in totals.frequency().items()}
     finally:
         model.train()
     return metrics

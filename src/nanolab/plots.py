@@ -12,7 +12,7 @@ from typing import Any
 from nanolab.atomic import atomic_path
 from nanolab.critical_batch import CriticalBatch, LrRule
 from nanolab.report import human
-from nanolab.results import B_SIMPLE, Row, RunResult, Target, is_number
+from nanolab.results import B_SIMPLE, Row, RunResult, Target, frequency_bins_of, is_number
 
 
 def _log_axis(axis: Any, fmt: Callable[[float, Any], str] = lambda v, _pos=None: f"{v:g}") -> None:
@@ -420,4 +420,68 @@ def plot_lr_vs_batch(rule: LrRule, b_crit: float, path: Path) -> None:
     ax.set_xlabel("tokens per step")
     ax.set_ylabel("learning rate (x: values tried)")
     ax.legend()
+    _save_figure(fig, path)
+
+
+def plot_frequency(rows: list[Row], keys: list[str], path: Path, split: str = "val") -> None:
+    """Final cross-entropy and accuracy per token-frequency bin (b0 the commonest), a line per
+    configuration: mean over seeds with a bar of one standard deviation."""
+    import matplotlib.pyplot as plt
+
+    bins = frequency_bins_of(rows, split)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for i, row in enumerate(r for r in rows if r.finished):
+        for ax, metric in zip(axes, ("ce", "acc")):
+            stats = [row.stats(f"{split}_freq/{b}/{metric}") for b in bins]
+            ax.errorbar(
+                range(len(bins)),
+                [m for m, _, _ in stats],
+                yerr=[0 if math.isnan(s) else s for _, s, _ in stats],
+                marker="o",
+                ms=4,
+                capsize=3,
+                color=f"C{i % 10}",
+                label=row.label(keys),
+            )
+    for ax, metric in zip(axes, ("ce", "acc")):
+        ax.set_xticks(range(len(bins)), bins)
+        ax.set_xlabel("frequency bin (b0: the commonest classes)")
+        ax.set_ylabel(f"final {split} {metric}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    axes[0].set_title(f"{split} cross-entropy per bin, mean ± std over seeds", fontsize=9)
+    _save_figure(fig, path)
+
+
+def plot_frequency_curves(rows: list[Row], keys: list[str], path: Path) -> None:
+    """Kunstner et al. 2024's Fig. 1 layout: a panel per configuration (columns) and split
+    (rows: train, then val, as logged), each bin's cross-entropy against tokens seen, the mean
+    over seeds; the commonest bin darkest."""
+    import matplotlib.pyplot as plt
+
+    shown = [row for row in rows if row.finished]
+    splits = [s for s in ("train", "val") if frequency_bins_of(rows, s)]
+    fig, axes = plt.subplots(
+        len(splits),
+        len(shown),
+        figsize=(3.6 * len(shown) + 1, 3.2 * len(splits)),
+        sharey="row",
+        constrained_layout=True,
+        squeeze=False,
+    )
+    cmap = plt.get_cmap("viridis")
+    for r, split in enumerate(splits):
+        bins = frequency_bins_of(rows, split)
+        for c, row in enumerate(shown):
+            ax = axes[r][c]
+            for i, name in enumerate(bins):
+                curve = _mean_curve(row.finished, f"{split}_freq/{name}/ce")
+                if curve is not None:
+                    color = cmap(i / max(1, len(bins) - 1))
+                    ax.plot(curve[0], curve[1], color=color, label=name)
+            ax.set_title(row.label(keys), fontsize=8)
+            ax.set_xlabel("tokens seen")
+            ax.grid(alpha=0.3)
+        axes[r][0].set_ylabel(f"{split} ce per frequency bin")
+    axes[0][-1].legend(fontsize=7, title="bin", title_fontsize=7)
     _save_figure(fig, path)

@@ -10,7 +10,7 @@ import os
 
 from nanolab import ENDED_AS_PLANNED
 from nanolab.critical_batch import CriticalBatch, LrRule
-from nanolab.results import METRICS, SIZE, Row, RunResult, Target
+from nanolab.results import METRICS, SIZE, Row, RunResult, Target, frequency_bins_of
 
 
 def human(value: float, _pos: object = None) -> str:
@@ -109,6 +109,9 @@ def report_markdown(
         out.append("\n" + target_table(rows, keys, target))
     if target and critical:
         out.append("\n" + critical_batch_section(critical, keys, target))
+    for split in ("val", "train"):
+        if frequency_bins_of(rows, split):
+            out.append("\n" + frequency_section(rows, keys, split))
     out.append("\n## Every run\n")
     head = ["run", "status", "seed", *(h for _, h, _, _ in METRICS)]
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -116,6 +119,43 @@ def report_markdown(
         cells = [r.dir.name, r.status, str(r.seed)]
         cells += [fmt.format(r.values[k]) if k in r.values else "" for k, _, fmt, _ in METRICS]
         out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def frequency_section(rows: list[Row], keys: list[str], split: str = "val") -> str:
+    """The final cross-entropy and accuracy per token-frequency bin of each configuration
+    (token_freq.bins, or nanolab.evaluate's bins with --evaluated), and what each bin holds."""
+    bins = frequency_bins_of(rows, split)
+    prefix = f"{split}_freq"
+    first = next(
+        row for row in rows if any(f"{prefix}/{bins[0]}/ce" in r.values for r in row.finished)
+    )
+    described = next(r for r in first.finished if f"{prefix}/{bins[0]}/ce" in r.values)
+    out = [
+        f"## By token frequency ({split})\n",
+        "Classes binned by their count in the training split, b0 the commonest; the rarest bin "
+        "also holds the classes never seen in training. A bin's ce and acc are over the "
+        f"{split} targets in it; the bins' values weighted by their shares are the overall "
+        "ones.\n",
+        "| bin | classes | smallest training count | share of targets |",
+        "|---|---|---|---|",
+    ]
+    for name in bins:
+        get = described.values.get
+        out.append(
+            f"| {name} | {get(f'{prefix}/{name}/classes', math.nan):.0f} "
+            f"| {get(f'{prefix}/{name}/min_count', math.nan):.0f} "
+            f"| {get(f'{prefix}/{name}/share', math.nan):.4f} |"
+        )
+    for metric in ("ce", "acc"):
+        head = [*(keys or ["configuration"]), "n", *bins]
+        out += ["", f"{split} {metric} per bin:\n", "| " + " | ".join(head) + " |"]
+        out.append("|" + "---|" * len(head))
+        for row in rows:
+            cells = [row.params[k] for k in keys] or ["all runs"]
+            cells.append(str(len(row.finished)))
+            cells += [_fmt("{:.3f}", *row.stats(f"{prefix}/{b}/{metric}")[:2]) for b in bins]
+            out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 

@@ -47,6 +47,27 @@ TRAIN_EVAL = ("train_eval/ce", "train_eval/acc")
 # The metrics --evaluated takes from a run's evaluation_val.json, as its val/<name>.
 EVALUATED = ("ce", "ce_calibrated", "temperature", "acc", "ece")
 
+# Metrics by token frequency (token_freq.bins): <split>_freq/<bin>/<metric>.
+FREQ_PREFIXES = ("val_freq/", "train_freq/")
+
+
+def is_frequency_key(key: str) -> bool:
+    return key.startswith(FREQ_PREFIXES)
+
+
+def frequency_bins_of(rows: list[Row], split: str = "val") -> list[str]:
+    """The frequency bins the finished runs of `rows` report for `split`, in order."""
+    prefix = f"{split}_freq/"
+    return sorted(
+        {
+            k.split("/")[1]
+            for row in rows
+            for run in row.finished
+            for k in run.values
+            if k.startswith(prefix)
+        }
+    )
+
 
 @dataclass(kw_only=True)
 class RunResult:
@@ -203,6 +224,7 @@ def run_values(
     if not evals:
         return {}
     values = {k: evals[-1][k] for k in [*(k for k, *_ in METRICS), *TRAIN_EVAL] if k in evals[-1]}
+    values |= {k: v for k, v in evals[-1].items() if is_frequency_key(k) and _numeric(v)}
     if summary.get("status") in ENDED_AS_PLANNED:  # its summary holds the final evaluation for sure
         final = {k: summary[f"final/{k}"] for k in values if _numeric(summary.get(f"final/{k}"))}
         if any(final[k] != values[k] for k in final):
@@ -333,6 +355,13 @@ def use_evaluations(runs: list[RunResult]) -> int:
             missing.append(f"{run.dir}/last.pt")
             continue
         run.values |= {f"val/{k}": evaluation[k] for k in EVALUATED if k in evaluation}
+        if any(k.startswith("freq/") for k in evaluation):  # bins of the whole split instead
+            run.values = {k: v for k, v in run.values.items() if not k.startswith("val_freq/")}
+            run.values |= {
+                f"val_{k}": v
+                for k, v in evaluation.items()
+                if k.startswith("freq/") and _numeric(v)
+            }
         tokens.add(evaluation["tokens"])
     if missing:
         raise ConfigError(

@@ -23,7 +23,15 @@ from nanolab import ConfigError
 from nanolab.data import TokenData, prepare
 from nanolab.dataloader import BatchSampler, FullBatchSampler
 from nanolab.distributed import World, gradient_sync, local_grad_accum
-from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens, head_loss
+from nanolab.frequency import FrequencyBins, class_counts, frequency_bins
+from nanolab.losses import (
+    LossFn,
+    chunked_head_loss,
+    get_loss,
+    head_chunk_tokens,
+    head_loss,
+    uses_class_counts,
+)
 from nanolab.model import GPT, GPTConfig
 from nanolab.noise import squared_grad_norm
 from nanolab.optim import CombinedOptimizer, build_optimizer, build_schedule, set_optimizer_mode
@@ -59,6 +67,7 @@ class Run:
     accum: int  # micro-batches per optimizer step on this rank
     # a chunk's head + loss, compiled with the model
     chunk_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    freq: FrequencyBins | None  # the classes' frequency bins, for val_freq/* metrics
 
     @property
     def tokens_per_step(self) -> int:
@@ -138,16 +147,8 @@ def build_run(
     """The run's parts from the config, seeded; continued from a checkpoint when `resume` is
     given (its model must fit the configured one); on `data` when given, else on the
     configured data, prepared if needed."""
-    if cfg.schedule.warmup_iters >= cfg.trainer.max_iters and world.main:
-        log.warning(
-            "schedule.warmup_iters=%d is not shorter than "
-            "trainer.max_iters=%d: the learning rate never reaches optim.lr=%g "
-            "(the whole run is warmup); lower schedule.warmup_iters",
-            cfg.schedule.warmup_iters,
-            cfg.trainer.max_iters,
-            cfg.optim.lr,
-        )
-    loss_fn = get_loss(cfg.loss)
+    if world.main:
+        warn_if_all_warmup(cfg)
     lr_at = build_schedule(cfg.schedule, cfg.optim.lr)
     # Seeded first: the seed alone fixes the initial weights, dropout masks and batches.
     seed_everything(cfg.seed)
@@ -155,6 +156,7 @@ def build_run(
     data.limit_train(cfg.data.train_tokens)
     data.add_label_noise(cfg.data.label_noise, cfg.data.label_noise_seed)
     data.check_block_size(cfg.model.block_size)
+    loss_fn = build_loss(cfg.loss, data, runtime.device)
     check_activation_memory(cfg, runtime)
     model_config = GPTConfig(
         **{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size
@@ -182,12 +184,39 @@ def build_run(
         head_chunk=head_chunk_tokens(cfg.head_chunk_tokens, model_config.vocab_size),
         accum=accum,
         chunk_loss=head_loss(model.head, loss_fn, cfg.loss, compile=runtime.compile),
+        freq=build_frequency_bins(cfg.token_freq, data),
     )
     if resume is not None:
         check_compatible(resume.path, resume.state, model_config.to_dict())
         run.load_state_dict(resume.state, fresh_optimizer=cfg.fresh_optimizer)
     run.forward = wrap_forward(model, runtime, world)
     return run
+
+
+def warn_if_all_warmup(cfg: DictConfig) -> None:
+    if cfg.schedule.warmup_iters >= cfg.trainer.max_iters:
+        log.warning(
+            "schedule.warmup_iters=%d is not shorter than "
+            "trainer.max_iters=%d: the learning rate never reaches optim.lr=%g "
+            "(the whole run is warmup); lower schedule.warmup_iters",
+            cfg.schedule.warmup_iters,
+            cfg.trainer.max_iters,
+            cfg.optim.lr,
+        )
+
+
+def build_loss(cfg: DictConfig, data: TokenData, device: torch.device) -> LossFn:
+    """The configured loss; a long-tail loss bound to the class counts it weighs by."""
+    if not uses_class_counts(cfg):
+        return get_loss(cfg)
+    return get_loss(cfg, class_counts(cfg, data.train_counts()).to(device))
+
+
+def build_frequency_bins(cfg: DictConfig, data: TokenData) -> FrequencyBins | None:
+    """The classes' frequency bins for the val_freq/* metrics (token_freq), or None when off."""
+    if not cfg.bins:
+        return None
+    return frequency_bins(data.train_counts(), cfg.scheme, cfg.bins)
 
 
 def build_sampler(

@@ -229,6 +229,7 @@ class Validator:
             world=run.world,
             train_windows=full_batch,
             stop=() if run.world.distributed else stop,
+            freq=run.freq,
         )
         self.tracker.log(metrics, state.step, state.step * run.tokens_per_step)
         log.info(
