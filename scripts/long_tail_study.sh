@@ -19,7 +19,7 @@ runs=${RUNS:-multirun/long_tail}
 docs=${DOCS:-docs/long_tail}
 extra=("$@")
 declare -A grid=(
-    [sgd]="0.1,0.3,1,3"
+    [sgd]="0.1,0.3,1,3,10"
     [ce]="1e-3,3e-3,1e-2"
     [label_smoothing]="1e-3,3e-3,1e-2"
     [focal]="1e-3,3e-3,1e-2"
@@ -60,7 +60,7 @@ PY
     done | xargs -r -P 2 -I{} python -m nanolab.evaluate "checkpoint='{}/last.pt'" >/dev/null
 }
 
-best_lr() {  # best_lr <report dir>: the lr of the report's first row, stopping at an edge
+best_lr() {  # best_lr <report dir> <arm>: the lr of the report's first row; fails at an edge
     python - "$1" "${grid[$2]}" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(f"{sys.argv[1]}/report.csv")))
@@ -80,10 +80,12 @@ for arm in "${arms[@]}"; do
     python -m nanolab.compare "$runs/tune/$arm" --evaluated --out "$docs/tune/$arm" >/dev/null
 done
 declare -A chosen
+edge=0
 for arm in "${arms[@]}"; do
-    chosen[$arm]=$(best_lr "$docs/tune/$arm" "$arm")
+    chosen[$arm]=$(best_lr "$docs/tune/$arm" "$arm") || edge=1
     echo "$arm: lr ${chosen[$arm]}"
 done
+[ $edge = 0 ] || exit 1
 for arm in "${arms[@]}"; do
     train "$arm" "${chosen[$arm]}" 1338,1339 "$runs/seeds/$arm"
 done
