@@ -7,6 +7,7 @@
     python -m nanolab.bench bench.what=profile        # where a step's time goes (torch.profiler)
     python -m nanolab.bench bench.what=sharpness      # one sharpness measurement against a step
     python -m nanolab.bench bench.what=noise_scale trainer.grad_accum=2   # its cost in a step
+    python -m nanolab.bench bench.what=token_freq     # metrics by token frequency: their cost
 
 `step` times the same training step three ways, alternating them `bench.repeats` times so that
 a change in the machine's speed hits all of them alike:
@@ -49,6 +50,7 @@ from torch.nn import functional as F
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import write_json
 from nanolab.distributed import World
+from nanolab.frequency import FrequencyBins, frequency_bins
 from nanolab.launch import RunInfo
 from nanolab.losses import chunked_head_loss, get_loss, head_chunk_tokens, uses_class_counts
 from nanolab.metrics import evaluate_batches, flops_per_token
@@ -120,7 +122,7 @@ def split_step(run: Run) -> dict[str, float]:
     return laps.times
 
 
-def eval_seconds(run: Run) -> float:
+def eval_seconds(run: Run, freq: FrequencyBins | None = None) -> float:
     sync(run.runtime.device)
     t0 = time.perf_counter()
     t = run.cfg.trainer
@@ -133,6 +135,7 @@ def eval_seconds(run: Run) -> float:
         eval_iters=t.eval_iters,
         autocast=run.runtime.autocast(),
         head_chunk=run.head_chunk,
+        freq=freq,
     )
     sync(run.runtime.device)
     return time.perf_counter() - t0
@@ -182,11 +185,7 @@ def bench_step(cfg: DictConfig) -> dict[str, Any]:
         peak_flops = statistics.median(peaks)
     step_s, loop_s = statistics.median(bare), statistics.median(loop)
     split = {k: statistics.median(s[k] for s in splits) for k in splits[0]}
-    n_evals = (
-        cfg.trainer.max_iters // cfg.trainer.eval_interval
-        + 1
-        + (cfg.trainer.max_iters % cfg.trainer.eval_interval > 0)
-    )
+    n_evals = evaluations(cfg)
     return {
         "what": "step",
         "bare_ms": 1000 * step_s,
@@ -201,6 +200,41 @@ def bench_step(cfg: DictConfig) -> dict[str, Any]:
         "eval_share": n_evals * eval_s / (n_evals * eval_s + cfg.trainer.max_iters * loop_s),
         "peak_memory_mb": memory_mb,
         "samples": {"bare": len(bare), "loop": len(loop), "split": len(splits)},
+    }
+
+
+def evaluations(cfg: DictConfig) -> int:
+    """Evaluations in a run: every trainer.eval_interval steps from step 0, and at the end."""
+    t = cfg.trainer
+    return t.max_iters // t.eval_interval + 1 + (t.max_iters % t.eval_interval > 0)
+
+
+def bench_token_freq(cfg: DictConfig) -> dict[str, Any]:
+    """An evaluation with metrics by token frequency (token_freq.bins, 10 when off) against
+    the same evaluation without, alternated bench.repeats times in one process, and what the
+    difference costs a run of trainer.max_iters steps evaluated every trainer.eval_interval."""
+    run = setup(cfg)
+    freq = frequency_bins(run.data.train_counts(), cfg.token_freq.scheme, cfg.token_freq.bins or 10)
+    step_s = bare_steps(run, cfg.bench.warmup)
+    plain, binned = [], []
+    for repeat in range(cfg.bench.repeats):
+        log.info(
+            "repeat %d/%d: evaluation without, with frequency bins", repeat + 1, cfg.bench.repeats
+        )
+        plain.append(eval_seconds(run))
+        binned.append(eval_seconds(run, freq))
+    step_s = statistics.median([step_s, bare_steps(run, cfg.bench.warmup)])
+    plain_s, binned_s = statistics.median(plain), statistics.median(binned)
+    run_s = evaluations(cfg) * plain_s + cfg.trainer.max_iters * step_s
+    return {
+        "what": "token_freq",
+        "bins": len(freq),
+        "eval_s": plain_s,
+        "eval_with_bins_s": binned_s,
+        "eval_overhead": binned_s / plain_s - 1,
+        "step_ms": 1000 * step_s,
+        "run_overhead": evaluations(cfg) * (binned_s - plain_s) / run_s,
+        "samples": len(plain),
     }
 
 
@@ -535,6 +569,7 @@ BENCHES: dict[str, Callable[[DictConfig], dict[str, Any]]] = {
     "profile": bench_profile,
     "sharpness": bench_sharpness,
     "noise_scale": bench_noise_scale,
+    "token_freq": bench_token_freq,
 }
 
 

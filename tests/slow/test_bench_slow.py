@@ -1,4 +1,5 @@
-"""nanolab.bench end to end: the step, head and profile benchmarks write what they print."""
+"""nanolab.bench end to end: the step, head, profile and token_freq benchmarks write what they
+print."""
 
 import json
 
@@ -59,3 +60,19 @@ def test_profile_splits_step_time_by_operator_family(tmp_path):
     assert sum(result["share"].values()) == pytest.approx(1.0)
     assert {"matmul", "optimizer", "attention"} <= set(result["self_ms_per_step"])
     assert "aten::mm" in (tmp_path / "profile.txt").read_text()
+
+
+def test_token_freq_benchmark_times_evaluations_with_and_without_bins(tmp_path):
+    run_cli(
+        *TINY,
+        "bench.what=token_freq",
+        "bench.warmup=2",
+        "bench.repeats=2",
+        f"hydra.run.dir={tmp_path}",
+        cwd=tmp_path,
+        module="nanolab.bench",
+    )
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["bins"] >= 2 and result["samples"] == 2
+    assert result["eval_s"] > 0 and result["eval_with_bins_s"] > 0
+    assert 0 < result["step_ms"] and -1 < result["run_overhead"] < 1
