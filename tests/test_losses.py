@@ -352,7 +352,8 @@ def test_a_class_counts_file_must_match_the_vocabulary(tmp_path):
     np.save(path, np.ones(12))
     cfg = loss_cfg("logit_adjusted", class_counts=str(path))
     with pytest.raises(
-        ConfigError, match=r"loss.class_counts=.*prior.npy holds \(12,\) counts.*11"
+        ConfigError,
+        match=r"loss.class_counts=.*prior.npy holds an array of shape \(12,\).*11 tokens",
     ):
         class_counts(cfg, np.ones(11, dtype=np.int64))
     np.save(path, np.arange(11))
@@ -361,3 +362,6 @@ def test_a_class_counts_file_must_match_the_vocabulary(tmp_path):
     cfg.class_counts = str(tmp_path / "broken.npy")
     with pytest.raises(ConfigError, match="could not be read"):
         class_counts(cfg, np.ones(11, dtype=np.int64))
+    cfg.class_counts = str(tmp_path / "missing.npy")  # refused before any data is prepared
+    with pytest.raises(ConfigError, match="missing.npy is not a file"):
+        get_loss(cfg, zipf(11))

@@ -122,8 +122,9 @@ def class_counts(loss_cfg: DictConfig, train_counts: np.ndarray) -> torch.Tensor
         ) from None
     if counts.ndim != 1 or len(counts) != len(train_counts):
         raise ConfigError(
-            f"loss.class_counts={path} holds {counts.shape} counts and the vocabulary has "
-            f"{len(train_counts)} tokens: give one count per token"
+            f"loss.class_counts={path} holds an array of shape {counts.shape} and the "
+            f"vocabulary has {len(train_counts)} tokens: give one count per token, shape "
+            f"({len(train_counts)},)"
         )
     if not np.issubdtype(counts.dtype, np.number) or not (counts >= 0).all():
         raise ConfigError(f"loss.class_counts={path} must hold counts >= 0")

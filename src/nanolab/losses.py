@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -175,7 +176,17 @@ def focal(logits: torch.Tensor, targets: torch.Tensor, cfg: DictConfig) -> torch
 # --- losses for a long tail of rare classes (docs/long_tail.md) ----------------------------
 
 
+def _check_counts_file(cfg: DictConfig) -> None:
+    path = cfg.class_counts
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(
+            f"loss.class_counts={path} is not a file; give a .npy file of one count per "
+            "vocabulary token, or null for the training split's counts"
+        )
+
+
 def _check_logit_adjusted(cfg: DictConfig) -> None:
+    _check_counts_file(cfg)
     if cfg.tau < 0:
         raise ConfigError(
             f"loss.tau={cfg.tau} must be >= 0 (0 is cross-entropy; Menon et al. use 1)"
@@ -200,6 +211,7 @@ def logit_adjusted(
 
 
 def _check_class_balanced(cfg: DictConfig) -> None:
+    _check_counts_file(cfg)
     if not 0 <= cfg.beta < 1:
         raise ConfigError(
             f"loss.beta={cfg.beta} must lie in [0, 1) (0 is cross-entropy; Cui et al. "

@@ -1,12 +1,17 @@
 """Evaluation over two ranks (mp.spawn): every token scored once, the same numbers as one
-process."""
+process, the metrics by token frequency too."""
 
+import numpy as np
 import pytest
 import torch
 from test_metrics import CE, metrics_of, synthetic
 
+from nanolab.frequency import frequency_bins
 from nanolab.losses import LOSSES
 from nanolab.metrics import TokenTotals
+
+# Frequency bins of the synthetic data's 10 classes, as if class c had 10 - c training targets.
+BINS = frequency_bins(np.arange(10, 0, -1), "equal_mass", 4)
 
 
 def _ranks_evaluate(
@@ -22,7 +27,7 @@ def _ranks_evaluate(
     nanolab.metrics.CALIBRATION_ELEMENTS = cap
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        totals = TokenTotals(calibrate=True)
+        totals = TokenTotals(calibrate=True, freq=BINS)
         half = len(targets) // 2
         mine = slice(0, half) if rank == 0 else slice(half, None)
         for x, y in zip(logits[mine].split(1000), targets[mine].split(1000)):
@@ -31,7 +36,14 @@ def _ranks_evaluate(
         metrics = totals.compute()
         if rank == 0:
             past = float(totals.sums.get("past_cap_tokens", torch.tensor(0.0)))
-            torch.save({"metrics": metrics, "scored": len(totals._kept()[1]) + past}, out)
+            torch.save(
+                {
+                    "metrics": metrics,
+                    "frequency": totals.frequency(),
+                    "scored": len(totals._kept()[1]) + past,
+                },
+                out,
+            )
     finally:
         dist.destroy_process_group()
 
@@ -68,3 +80,7 @@ def test_two_ranks_score_every_token_once_and_match_one_process_under_the_cap(tm
     else:
         assert result["metrics"]["ce_calibrated"] == pytest.approx(one["ce_calibrated"], abs=0.005)
     assert result["metrics"]["ce"] == pytest.approx(one["ce"], rel=1e-9)
+    one_process = TokenTotals(freq=BINS)
+    for x, y in zip(logits.split(1000), targets.split(1000)):
+        one_process.update(x, y, LOSSES["ce"], CE)
+    assert result["frequency"] == pytest.approx(one_process.frequency(), rel=1e-9)
