@@ -479,3 +479,15 @@ def test_runs_with_frequency_metrics_get_per_bin_tables_and_figures(tmp_path):
     assert "| mse | 2 | 2.000 ± 0.000 | 7.500 ± 0.707 |" in report
     for name in ("frequency.png", "frequency_curves.png"):
         assert (sweep / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_each_frequency_bins_fall_since_the_first_evaluation_is_a_run_value():
+    from nanolab.results import run_values
+
+    records = [
+        {"step": 0, "tokens": 0, "time_s": 1.0, "val/ce": 10.8, "train_freq/b0/ce": 10.5},
+        {"step": 9, "tokens": 90, "time_s": 2.0, "val/ce": 6.0, "train_freq/b0/ce": 4.0},
+    ]
+    values = run_values(records, {"status": "finished", "wall_time_s": 2.0})
+    assert values["train_freq/b0/ce"] == 4.0
+    assert values["train_freq/b0/ce_drop"] == pytest.approx(6.5)

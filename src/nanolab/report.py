@@ -147,9 +147,16 @@ def frequency_section(rows: list[Row], keys: list[str], split: str = "val") -> s
             f"| {get(f'{prefix}/{name}/min_count', math.nan):.0f} "
             f"| {get(f'{prefix}/{name}/share', math.nan):.4f} |"
         )
-    for metric in ("ce", "acc"):
+    titles = {
+        "ce": f"{split} ce per bin, final",
+        "acc": f"{split} accuracy per bin, final",
+        "ce_drop": f"{split} ce per bin, fall since the first evaluation (step 0 in training)",
+    }
+    for metric, title in titles.items():
+        if not any(row.stats(f"{prefix}/{b}/{metric}")[2] for row in rows for b in bins):
+            continue  # --evaluated: the whole split was scored at the end only
         head = [*(keys or ["configuration"]), "n", *bins]
-        out += ["", f"{split} {metric} per bin:\n", "| " + " | ".join(head) + " |"]
+        out += ["", f"{title}:\n", "| " + " | ".join(head) + " |"]
         out.append("|" + "---|" * len(head))
         for row in rows:
             cells = [row.params[k] for k in keys] or ["all runs"]

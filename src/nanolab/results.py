@@ -225,6 +225,13 @@ def run_values(
         return {}
     values = {k: evals[-1][k] for k in [*(k for k, *_ in METRICS), *TRAIN_EVAL] if k in evals[-1]}
     values |= {k: v for k, v in evals[-1].items() if is_frequency_key(k) and _numeric(v)}
+    # how far each frequency bin's ce fell since the first evaluation (Kunstner et al.'s
+    # question: does an optimizer make progress on the rare classes?)
+    values |= {
+        f"{k}_drop": evals[0][k] - v
+        for k, v in evals[-1].items()
+        if is_frequency_key(k) and k.endswith("/ce") and _numeric(evals[0].get(k))
+    }
     if summary.get("status") in ENDED_AS_PLANNED:  # its summary holds the final evaluation for sure
         final = {k: summary[f"final/{k}"] for k in values if _numeric(summary.get(f"final/{k}"))}
         if any(final[k] != values[k] for k in final):
