@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "model.n_layer=2",
@@ -110,6 +112,10 @@ for loss, override in [
     ("mse", "loss.k=0"),
     ("mse", "loss.M=-2"),
     ("focal", "loss.gamma=-1"),
+    ("logit_adjusted", "loss.tau=-1"),
+    ("class_balanced", "loss.beta=1"),
+    ("logit_adjusted", "loss.class_counts={tmp}/missing.npy"),
+    ("class_balanced", "loss.class_counts={tmp}/prior12.npy"),
 ]:
     train_refused(f"loss={loss} {override}", f"loss={loss}", override)
 for group, override in [
@@ -132,6 +138,8 @@ for override in [
     "trainer.full_batch=maybe",
     "data.train_tokens=abc",
     "data.train_tokens=10",
+    "token_freq.scheme=zipf",
+    "token_freq.bins=-1",
 ]:
     train_refused(override, override)
 train_refused(
@@ -375,6 +383,8 @@ def prepare_scratch(tmp: Path, good: Path) -> None:
     (tmp / "empty.txt").write_text("")
     (tmp / "latin1.txt").write_bytes(b"caf\xe9 au lait")
     (tmp / "random.pt").write_bytes(os.urandom(4096))
+    # class counts for a 12-token vocabulary: not the character data's 65
+    np.save(tmp / "prior12.npy", np.arange(12))
     (tmp / "empty_dir").mkdir()
     payload = base64.b64encode(b"import os; os.system('touch PWNED')").decode()
     craft(

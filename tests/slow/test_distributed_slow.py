@@ -120,12 +120,14 @@ def test_one_rank_prepares_the_data_while_the_others_wait(tmp_path, data_root):
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
-    # the bins and their meta, and the lock a preparation holds (data.prepare's, kept: removing
-    # it would let a process that waits on the old file and one that makes a new one both prepare)
+    # the bins, their meta and the training counts (frequency bins), and the lock a preparation
+    # holds (data.prepare's, kept: removing it would let a process that waits on the old file
+    # and one that makes a new one both prepare)
     assert sorted(p.name for p in fresh.iterdir()) == [
         ".prepare.lock",
         "meta.json",
         "train.bin",
+        "train_counts.npy",
         "val.bin",
     ]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
