@@ -33,8 +33,14 @@ from nanolab import ConfigError, StorageError, exit_on_config_error
 from nanolab.atomic import unwritable, write_json
 from nanolab.config import EvaluateKeys, check_entry_types
 from nanolab.data import TokenData, trained_data
-from nanolab.frequency import BIN_METRICS, FrequencyBins, check_token_freq, frequency_bins
-from nanolab.losses import get_loss, head_chunk_tokens, uses_class_counts
+from nanolab.frequency import (
+    BIN_METRICS,
+    FrequencyBins,
+    check_token_freq,
+    configured_bins,
+    loss_class_counts,
+)
+from nanolab.losses import get_loss, head_chunk_tokens
 from nanolab.metrics import TokenTotals, update_totals
 from nanolab.runtime import Runtime, pick_device
 from nanolab.weights import foreign_data_dir, model_from_weights, read_weights
@@ -116,23 +122,6 @@ def subject(cfg: DictConfig, device: torch.device) -> Subject:
     return Subject(weights.path, model, data, loss, head_chunk, weights.step)
 
 
-def loss_counts(
-    loss: DictConfig, train_counts: np.ndarray | None, device: torch.device
-) -> torch.Tensor | None:
-    """The counts a long-tail loss reads when scoring: the prepared data's training counts.
-    A file the run named (loss.class_counts) is not opened: a checkpoint's config names no
-    file that evaluation reads. None for every other loss."""
-    if not uses_class_counts(loss):
-        return None
-    if loss.get("class_counts") is not None:
-        log.warning(
-            "the run weighed classes by loss.class_counts=%s; val/loss here uses the training "
-            "split's counts instead (every other metric is independent of the loss)",
-            loss.class_counts,
-        )
-    return torch.from_numpy(train_counts.astype(np.float64)).to(device)
-
-
 def print_frequency_table(metrics: dict[str, float], split: str) -> None:
     """The per-bin metrics as a table: bin, classes, smallest training count, share, ce, acc."""
     names = sorted({k.split("/")[1] for k in metrics if k.startswith("freq/")})
@@ -166,11 +155,6 @@ def run(cfg: DictConfig) -> dict[str, float]:
     reason = unwritable(out)
     if reason:
         log.warning("%s is not writable (%s): the metrics are printed, not saved", out, reason)
-    counts = (
-        evaluated.data.train_counts()
-        if cfg.token_freq.bins or uses_class_counts(evaluated.loss)
-        else None
-    )
     metrics = evaluate_split(
         model,
         getattr(evaluated.data, cfg.split),
@@ -178,10 +162,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         windows_per_batch,
         head_chunk=head_chunk,
         autocast=runtime.autocast(),
-        freq=frequency_bins(counts, cfg.token_freq.scheme, cfg.token_freq.bins)
-        if cfg.token_freq.bins
-        else None,
-        class_counts=loss_counts(evaluated.loss, counts, runtime.device),
+        freq=configured_bins(cfg.token_freq, evaluated.data),
+        class_counts=loss_class_counts(
+            evaluated.loss, evaluated.data, runtime.device, read_file=False
+        ),
     )
     for key, value in metrics.items():  # printed first: a failed write loses nothing
         if not key.startswith("freq/"):

@@ -17,6 +17,7 @@ same data bins classes alike. Schemes:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,10 @@ import torch
 from omegaconf import DictConfig
 
 from nanolab import ConfigError, DataError
+from nanolab.data import TokenData
+from nanolab.losses import uses_class_counts
+
+log = logging.getLogger(__name__)
 
 SCHEMES = ("equal_mass", "log")
 # What each bin reports (over the evaluated targets in it), and what describes it.
@@ -129,3 +134,28 @@ def class_counts(loss_cfg: DictConfig, train_counts: np.ndarray) -> torch.Tensor
     if not np.issubdtype(counts.dtype, np.number) or not (counts >= 0).all():
         raise ConfigError(f"loss.class_counts={path} must hold counts >= 0")
     return torch.from_numpy(counts.astype(np.float64))
+
+
+def configured_bins(cfg: DictConfig, data: TokenData) -> FrequencyBins | None:
+    """The frequency bins the `token_freq` keys ask for on `data`, or None when they are off."""
+    if not cfg.bins:
+        return None
+    return frequency_bins(data.train_counts(), cfg.scheme, cfg.bins)
+
+
+def loss_class_counts(
+    loss_cfg: DictConfig, data: TokenData, device: torch.device, *, read_file: bool = True
+) -> torch.Tensor | None:
+    """The counts a long-tail loss weighs by, on `device` (None for every other loss): its
+    `loss.class_counts` file, or the training split's. Without `read_file` (a checkpoint's
+    config, which names no file that is opened) always the training split's."""
+    if not uses_class_counts(loss_cfg):
+        return None
+    if not read_file and loss_cfg.get("class_counts") is not None:
+        log.warning(
+            "the run weighed classes by loss.class_counts=%s; val/loss here uses the training "
+            "split's counts instead (every other metric is independent of the loss)",
+            loss_cfg.class_counts,
+        )
+        return torch.from_numpy(data.train_counts().astype(np.float64)).to(device)
+    return class_counts(loss_cfg, data.train_counts()).to(device)

@@ -23,15 +23,8 @@ from nanolab import ConfigError
 from nanolab.data import TokenData, prepare
 from nanolab.dataloader import BatchSampler, FullBatchSampler
 from nanolab.distributed import World, gradient_sync, local_grad_accum
-from nanolab.frequency import FrequencyBins, class_counts, frequency_bins
-from nanolab.losses import (
-    LossFn,
-    chunked_head_loss,
-    get_loss,
-    head_chunk_tokens,
-    head_loss,
-    uses_class_counts,
-)
+from nanolab.frequency import FrequencyBins, configured_bins, loss_class_counts
+from nanolab.losses import LossFn, chunked_head_loss, get_loss, head_chunk_tokens, head_loss
 from nanolab.model import GPT, GPTConfig
 from nanolab.noise import squared_grad_norm
 from nanolab.optim import CombinedOptimizer, build_optimizer, build_schedule, set_optimizer_mode
@@ -156,7 +149,7 @@ def build_run(
     data.limit_train(cfg.data.train_tokens)
     data.add_label_noise(cfg.data.label_noise, cfg.data.label_noise_seed)
     data.check_block_size(cfg.model.block_size)
-    loss_fn = build_loss(cfg.loss, data, runtime.device)
+    loss_fn = get_loss(cfg.loss, loss_class_counts(cfg.loss, data, runtime.device))
     check_activation_memory(cfg, runtime)
     model_config = GPTConfig(
         **{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size
@@ -184,7 +177,7 @@ def build_run(
         head_chunk=head_chunk_tokens(cfg.head_chunk_tokens, model_config.vocab_size),
         accum=accum,
         chunk_loss=head_loss(model.head, loss_fn, cfg.loss, compile=runtime.compile),
-        freq=build_frequency_bins(cfg.token_freq, data),
+        freq=configured_bins(cfg.token_freq, data),
     )
     if resume is not None:
         check_compatible(resume.path, resume.state, model_config.to_dict())
@@ -203,20 +196,6 @@ def warn_if_all_warmup(cfg: DictConfig) -> None:
             cfg.trainer.max_iters,
             cfg.optim.lr,
         )
-
-
-def build_loss(cfg: DictConfig, data: TokenData, device: torch.device) -> LossFn:
-    """The configured loss; a long-tail loss bound to the class counts it weighs by."""
-    if not uses_class_counts(cfg):
-        return get_loss(cfg)
-    return get_loss(cfg, class_counts(cfg, data.train_counts()).to(device))
-
-
-def build_frequency_bins(cfg: DictConfig, data: TokenData) -> FrequencyBins | None:
-    """The classes' frequency bins for the val_freq/* metrics (token_freq), or None when off."""
-    if not cfg.bins:
-        return None
-    return frequency_bins(data.train_counts(), cfg.scheme, cfg.bins)
 
 
 def build_sampler(
