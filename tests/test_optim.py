@@ -15,6 +15,7 @@ from nanolab.config import check_config
 from nanolab.model import GPT, GPTConfig
 from nanolab.optim import (
     NEEDS_EXTRA,
+    StackedMuon,
     build_optimizer,
     build_schedule,
     muon_matrices,
@@ -91,7 +92,7 @@ def test_muon_gets_the_block_matrices_and_adamw_everything_else():
     cfg = compose_train("optim=muon", "optim.lr=0.05", "optim.adamw_lr=0.004")
     optimizer = build_optimizer(model, cfg.optim, torch.device("cpu"))
     muon, adamw = optimizer.optimizers
-    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    assert isinstance(muon, StackedMuon) and isinstance(adamw, torch.optim.AdamW)
     muon_params = [p for g in muon.param_groups for p in g["params"]]
     assert muon_params and all(p.dim() == 2 for p in muon_params)
     assert {id(p) for p in muon_params} == {id(p) for p in muon_matrices(model)}
@@ -105,6 +106,41 @@ def test_muon_gets_the_block_matrices_and_adamw_everything_else():
     # each once
     assert sorted(map(id, muon_params + adamw_params)) == sorted(id(p) for p in model.parameters())
     assert all(g["lr_scale"] == pytest.approx(0.08) for g in adamw.param_groups)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"nesterov": False, "weight_decay": 0.1, "adjust_lr_fn": "match_rms_adamw"},
+    ],
+)
+def test_stacked_muon_takes_torchs_muon_steps(options):
+    """Newton-Schulz on a stack of same-shaped matrices is torch.optim.Muon's per-matrix loop:
+    the same weights after several steps (exactly, on this CPU) and the same state."""
+    shapes = [(48, 16), (16, 16), (64, 16), (16, 64)] * 2 + [(5, 7)]
+    torch.manual_seed(0)
+    start = [torch.randn(s) * 0.1 for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(4)]
+    runs = []
+    for cls in (torch.optim.Muon, StackedMuon):
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        optimizer = cls(params, lr=0.02, ns_steps=5, **options)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        runs.append((params, optimizer))
+    (torch_params, torch_muon), (params, stacked) = runs
+    for mine, theirs, first in zip(params, torch_params, start, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+        assert not torch.equal(mine, first)  # it did move them
+    loaded = torch.optim.Muon(torch_params, lr=0.02)
+    loaded.load_state_dict(stacked.state_dict())  # the state moves between the two
+    for p, q in zip(params, torch_params, strict=True):
+        torch.testing.assert_close(
+            stacked.state[p]["momentum_buffer"], torch_muon.state[q]["momentum_buffer"]
+        )
 
 
 def test_an_optimizer_of_the_extra_without_the_package_is_one_line_naming_the_extra(monkeypatch):
