@@ -271,6 +271,7 @@ def test_a_run_ends_at_its_target_and_compare_counts_its_steps(tmp_path):
         ("edge_of_stability", []),
         ("optimizer_comparison", []),
         ("speedrun_char", []),
+        ("nanogpt_quickstart", []),
         ("loss_lr_sweep", ["loss=squentropy"]),
         ("mse_rescaling", ["loss.k=15", "loss.M=30"]),
         ("loss_comparison_tuned", ["loss=mse_rescaled"]),

@@ -1,6 +1,7 @@
 """Training end to end: configs compose, every loss learns, runs resume exactly, the CLI,
 multirun and W&B offline runs behave as a user relies on."""
 
+import gc
 import json
 import math
 import platform
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from conftest import REPO, TINY, compose_train, run_cli
 from hydra import compose, initialize_config_module
@@ -57,6 +59,42 @@ def test_default_compiles_on_cuda_only():
         default, torch.device("cpu")
     )
     assert use_compile(True, torch.device("cpu")) and not use_compile(False, torch.device("cuda"))
+
+
+def test_the_speedrun_reference_is_nanogpts_cpu_quick_start():
+    """scripts/speedrun_check.sh's reference keeps nanoGPT's settings (its README's CPU command
+    on config/train_shakespeare_char.py) whatever nanolab's defaults become."""
+    cfg = compose_train("experiment=nanogpt_quickstart")
+    model, trainer, optim, schedule = cfg.model, cfg.trainer, cfg.optim, cfg.schedule
+    assert (model.n_layer, model.n_head, model.n_embd, model.block_size) == (4, 4, 128, 64)
+    assert (model.dropout, model.bias, model.position) == (0.0, False, "learned")
+    assert (trainer.max_iters, trainer.batch_size, trainer.grad_accum) == (2000, 12, 1)
+    assert (trainer.eval_interval, trainer.eval_iters, trainer.grad_clip) == (250, 20, 1.0)
+    assert (optim.name, optim.lr, optim.weight_decay, list(optim.betas)) == (
+        "adamw",
+        1e-3,
+        0.1,
+        [0.9, 0.99],
+    )
+    assert (schedule.name, schedule.warmup_iters, schedule.min_lr) == ("cosine", 100, 1e-4)
+    assert schedule.decay_iters == 2000 and cfg.logger.mode == "disabled"
+
+
+def test_the_command_line_runs_main_then_freezes_what_survives_for_a_quick_exit(monkeypatch):
+    """nanolab-train and python -m nanolab.train: main's work first, then gc.freeze(), so that
+    Python's exit does not walk every object torch created."""
+    import nanolab.train as entry
+
+    frozen = []
+    monkeypatch.setattr(entry, "main", lambda: frozen.append(gc.get_freeze_count()))
+    before = gc.get_freeze_count()
+    try:
+        entry.cli()
+        assert frozen == [before] and gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["nanolab-train"] == "nanolab.train:cli"
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc setting")
