@@ -355,13 +355,13 @@ def test_a_class_counts_file_must_match_the_vocabulary(tmp_path):
         ConfigError,
         match=r"loss.class_counts=.*prior.npy holds an array of shape \(12,\).*11 tokens",
     ):
-        class_counts(cfg, np.ones(11, dtype=np.int64))
+        class_counts(cfg.class_counts, np.ones(11, dtype=np.int64))
     np.save(path, np.arange(11))
-    assert class_counts(cfg, np.ones(11, dtype=np.int64)).tolist() == list(range(11))
+    assert class_counts(cfg.class_counts, np.ones(11, dtype=np.int64)).tolist() == list(range(11))
     (tmp_path / "broken.npy").write_text("not an array")
     cfg.class_counts = str(tmp_path / "broken.npy")
     with pytest.raises(ConfigError, match="could not be read"):
-        class_counts(cfg, np.ones(11, dtype=np.int64))
+        class_counts(cfg.class_counts, np.ones(11, dtype=np.int64))
     cfg.class_counts = str(tmp_path / "missing.npy")  # refused before any data is prepared
     with pytest.raises(ConfigError, match="missing.npy is not a file"):
         get_loss(cfg, zipf(11))

@@ -248,6 +248,22 @@ def test_evaluate_scores_every_val_token_of_a_checkpoint(tmp_path, data_root):
     }
 
 
+def test_evaluate_scores_a_run_weighed_by_a_counts_file_with_the_training_splits(tmp_path):
+    """A checkpoint's config names files, and evaluate opens none of them: a logit-adjusted run
+    trained with loss.class_counts is scored with the training split's counts, and says so."""
+    import numpy as np
+
+    counts = tmp_path / "counts.npy"
+    np.save(counts, np.arange(65))  # one count per character of tiny Shakespeare
+    run = tmp_path / "run"
+    run_in_process(run, "loss=logit_adjusted", f"loss.class_counts={counts}", "trainer.max_iters=2")
+    counts.unlink()  # gone: the evaluation must not need it
+    out = run_cli(f"checkpoint={run}", "token_freq.bins=0", cwd=tmp_path, module="nanolab.evaluate")
+    result = json.loads((run / "evaluation_val.json").read_text())
+    assert "val/loss here uses the training split's counts instead" in out.stdout + out.stderr
+    assert math.isfinite(result["loss"]) and result["loss"] != result["ce"]
+
+
 def test_z_loss_and_logit_softcap_train(tmp_path):
     run_in_process(
         tmp_path,

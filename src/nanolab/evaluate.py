@@ -114,12 +114,26 @@ def subject(cfg: DictConfig, device: torch.device) -> Subject:
         trained = weights.run
         where = f"checkpoint={weights.path}"
         data = trained_data(trained.data_meta, cfg.data.dir, trained.data_dir, where)
-        loss, head_chunk = trained.config.loss, trained.config.head_chunk_tokens
+        loss, head_chunk = scored_loss(trained.config.loss), trained.config.head_chunk_tokens
     else:
         data = TokenData.read(foreign_data_dir(weights, cfg.data.dir, cfg.checkpoint))
         loss, head_chunk = OmegaConf.create(CE), "auto"
     model = model_from_weights(weights, data.meta, "checkpoint").to(device).eval()
     return Subject(weights.path, model, data, loss, head_chunk, weights.step)
+
+
+def scored_loss(loss: DictConfig) -> DictConfig:
+    """A run's loss as evaluate scores it. A checkpoint's config names files and evaluate opens
+    none of them: a long-tail loss that read loss.class_counts is scored with the training
+    split's counts (val/loss only; every other metric is independent of the loss)."""
+    if loss.get("class_counts") is None:
+        return loss
+    log.warning(
+        "the run weighed classes by loss.class_counts=%s; val/loss here uses the training "
+        "split's counts instead (every other metric is independent of the loss)",
+        loss.class_counts,
+    )
+    return OmegaConf.merge(loss, {"class_counts": None})
 
 
 def print_frequency_table(metrics: dict[str, float], split: str) -> None:
@@ -163,9 +177,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         head_chunk=head_chunk,
         autocast=runtime.autocast(),
         freq=configured_bins(cfg.token_freq, evaluated.data),
-        class_counts=loss_class_counts(
-            evaluated.loss, evaluated.data, runtime.device, read_file=False
-        ),
+        class_counts=loss_class_counts(evaluated.loss, evaluated.data, runtime.device),
     )
     for key, value in metrics.items():  # printed first: a failed write loses nothing
         if not key.startswith("freq/"):

@@ -17,7 +17,6 @@ same data bins classes alike. Schemes:
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +27,6 @@ from omegaconf import DictConfig
 from nanolab import ConfigError, DataError
 from nanolab.data import TokenData
 from nanolab.losses import uses_class_counts
-
-log = logging.getLogger(__name__)
 
 SCHEMES = ("equal_mass", "log")
 # What each bin reports (over the evaluated targets in it), and what describes it.
@@ -112,10 +109,9 @@ def bin_metrics(
     return metrics
 
 
-def class_counts(loss_cfg: DictConfig, train_counts: np.ndarray) -> torch.Tensor:
-    """The counts per class a long-tail loss reads: `loss.class_counts` (a .npy file of one
-    count per vocabulary token) when set, else the training split's."""
-    path = loss_cfg.get("class_counts")
+def class_counts(path: str | None, train_counts: np.ndarray) -> torch.Tensor:
+    """The counts per class a long-tail loss reads: `loss.class_counts` (`path`, a .npy file of
+    one count per vocabulary token) when set, else the training split's."""
     if path is None:
         return torch.from_numpy(train_counts.astype(np.float64))
     try:
@@ -144,18 +140,10 @@ def configured_bins(cfg: DictConfig, data: TokenData) -> FrequencyBins | None:
 
 
 def loss_class_counts(
-    loss_cfg: DictConfig, data: TokenData, device: torch.device, *, read_file: bool = True
+    loss_cfg: DictConfig, data: TokenData, device: torch.device
 ) -> torch.Tensor | None:
     """The counts a long-tail loss weighs by, on `device` (None for every other loss): its
-    `loss.class_counts` file, or the training split's. Without `read_file` (a checkpoint's
-    config, which names no file that is opened) always the training split's."""
+    `loss.class_counts` file, or the training split's."""
     if not uses_class_counts(loss_cfg):
         return None
-    if not read_file and loss_cfg.get("class_counts") is not None:
-        log.warning(
-            "the run weighed classes by loss.class_counts=%s; val/loss here uses the training "
-            "split's counts instead (every other metric is independent of the loss)",
-            loss_cfg.class_counts,
-        )
-        return torch.from_numpy(data.train_counts().astype(np.float64)).to(device)
-    return class_counts(loss_cfg, data.train_counts()).to(device)
+    return class_counts(loss_cfg.class_counts, data.train_counts()).to(device)
