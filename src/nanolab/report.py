@@ -127,10 +127,10 @@ def frequency_section(rows: list[Row], keys: list[str], split: str = "val") -> s
     (token_freq.bins, or nanolab.evaluate's bins with --evaluated), and what each bin holds."""
     bins = frequency_bins_of(rows, split)
     prefix = f"{split}_freq"
-    first = next(
-        row for row in rows if any(f"{prefix}/{bins[0]}/ce" in r.values for r in row.finished)
+    # what each bin holds is a function of the data alone: read it from any run that has it
+    described = next(
+        run for row in rows for run in row.finished if f"{prefix}/{bins[0]}/ce" in run.values
     )
-    described = next(r for r in first.finished if f"{prefix}/{bins[0]}/ce" in r.values)
     out = [
         f"## By token frequency ({split})\n",
         "Classes binned by their count in the training split, b0 the commonest; the rarest bin "
