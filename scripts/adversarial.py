@@ -100,8 +100,19 @@ for override in [
     "trainer.grad_clip=-1",
     "hydra.run.dir=/proc/nanolab_out",
     "hydra.run.dir=${oc.env:NANOLAB_UNSET_VARIABLE}",
+    "sparsity.final=1.0",
+    "sparsity.final=-0.5",
+    "sparsity.scope=rows",
+    "sparsity.l1=-1",
+    "model.head_dim=0",
 ]:
     train_refused(override, override)
+train_refused(
+    "a sparsity schedule ending before it starts",
+    "sparsity.final=0.5",
+    "sparsity.start=50",
+    "sparsity.end=20",
+)
 train_refused(
     "block_size=100000 batch_size=1000", "model.block_size=100000", "trainer.batch_size=1000"
 )
@@ -218,6 +229,42 @@ CASES.append(
         "sample checkpoint=a directory without checkpoints",
         "nanolab.sample",
         ["checkpoint={tmp}"],
+        "refused",
+        {},
+    )
+)
+for override in [
+    "method=random",
+    "amounts=[1.5]",
+    "scope=rows",
+    "method=structured amounts=[0.9]",
+    "method=imp amounts=[0.5] rewind_step=100000",
+    "measure_batch=0",
+]:
+    CASES.append(
+        (
+            f"prune {override}",
+            "nanolab.prune",
+            ["checkpoint={good}", *override.split()],
+            "refused",
+            {},
+        )
+    )
+for override in ["quantize=int4", "quantize=int8 dtype=bfloat16"]:
+    CASES.append(
+        (
+            f"evaluate {override}",
+            "nanolab.evaluate",
+            ["checkpoint={good}", *override.split()],
+            "refused",
+            {},
+        )
+    )
+CASES.append(
+    (
+        "sample quantize=int4",
+        "nanolab.sample",
+        ["checkpoint={good}", "quantize=int4"],
         "refused",
         {},
     )

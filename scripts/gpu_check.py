@@ -13,7 +13,9 @@ command, exit code and the end of its output) without stopping the others:
 - torchrun: one process with nccl, stopped by SIGTERM after its first checkpoint (its
   trainer.max_iters is out of reach, so the stop is certain however fast the steps), then
   resumed for a few more steps to the end;
-- quickstart: `python -m nanolab.train` on the GPU, its wall time and val/ce.
+- quickstart: `python -m nanolab.train` on the GPU, its wall time and val/ce;
+- sparsity: `nanolab.prune measure=true int8=true method=structured` on the quick start's model:
+  memory, ms per forward pass and sampling tokens/s of the dense, half-pruned and int8 models.
 Everything goes into <out>/gpu_check.json and <out>/gpu_check.md, and each check's own files
 (bench.json, run directories, logs) under <out>/<check>/.
 """
@@ -317,6 +319,37 @@ def check_quickstart(out: Path, overrides: list[str], dry_run: bool) -> dict[str
     return outcome
 
 
+MEASURED = ("memory_bytes", "forward_ms", "sample_tok_s_b1", "sample_tok_s_batched", "val/ce")
+
+
+def check_sparsity(out: Path, dry_run: bool) -> dict[str, Any]:
+    """The quick start's model dense, without half its heads and neurons, and int8, measured."""
+    report = out / "sparsity"
+    outcome = run(
+        [
+            PYTHON,
+            "-m",
+            "nanolab.prune",
+            f"checkpoint={out / 'quickstart' / 'last.pt'}",
+            "method=structured",
+            "amounts=[0,0.5]",
+            "int8=true",
+            "measure=true",
+            f"device={'cpu' if dry_run else 'cuda'}",
+            f"out={report}",
+        ],
+        out / "sparsity.txt",
+        300,
+    )
+    if (report / "prune.json").exists():
+        rows = json.loads((report / "prune.json").read_text())["results"]
+        outcome["rows"] = [
+            {"amount": r["amount"], "weights": r["weights"], **{k: r.get(k) for k in MEASURED}}
+            for r in rows
+        ]
+    return outcome
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# GPU check "
@@ -370,6 +403,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## quick start", ""] + [
         f"- {k}: {v}" for k, v in report["quickstart"].items() if k != "output_tail"
     ]
+    lines += ["", "## sparsity and int8 (structured pruning of the quick start's model)", ""]
+    lines += [f"- exit: {report['sparsity']['exit']}"] + [
+        "- " + ", ".join(f"{k} {v}" for k, v in row.items())
+        for row in report["sparsity"].get("rows", [])
+    ]
     lines += [
         "",
         f"Total: {report['seconds']:.0f} s. Failed checks: "
@@ -390,6 +428,7 @@ def failed(report: dict[str, Any]) -> list[str]:
         or torchrun.get("train_steps_logged_twice", 1) != 0
     )
     bad += ["quickstart"] * (report["quickstart"].get("status") != "finished")
+    bad += ["sparsity"] * (report["sparsity"]["exit"] != 0)
     return bad
 
 
@@ -428,6 +467,7 @@ def main() -> int:
         report["kernels"] = {"error": f"{type(e).__name__}: {e}"}
     report["torchrun"] = check_torchrun(args.out, overrides["torchrun"], args.dry_run)
     report["quickstart"] = check_quickstart(args.out, overrides["quickstart"], args.dry_run)
+    report["sparsity"] = check_sparsity(args.out, args.dry_run)
     report["seconds"] = time.time() - t0
     report["failed"] = failed(report)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))

@@ -40,6 +40,8 @@ MODEL_OPTIONS_ADDED = {
     "tie_embeddings": True,
     "zero_init_proj": False,
     "gelu": "exact",
+    "head_dim": None,
+    "mlp_hidden": None,
 }
 
 # Keys added to the saved config after checkpoints were first written, with the value those
@@ -68,6 +70,14 @@ CONFIG_KEYS_ADDED = {
     "noise_scale.ema": 0.99,
     "token_freq.bins": 0,
     "token_freq.scheme": "equal_mass",
+    "sparsity.final": 0.0,
+    "sparsity.start": 0,
+    "sparsity.end": None,
+    "sparsity.every": 100,
+    "sparsity.scope": "global",
+    "sparsity.embeddings": False,
+    "sparsity.l1": 0.0,
+    "sparsity.group_lasso": 0.0,
     **{f"model.{k}": v for k, v in MODEL_OPTIONS_ADDED.items()},
 }
 
@@ -97,6 +107,7 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
     state.setdefault("skipped_steps", 0)
     state.setdefault("eval_due", False)
     state.setdefault("noise_scale", None)
+    state.setdefault("sparsity", None)
     state.setdefault(
         "early_stop", {"best": math.inf, "evals_without_improvement": 0, "stopped": False}
     )

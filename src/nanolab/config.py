@@ -32,6 +32,7 @@ from nanolab.noise import check_noise_scale
 from nanolab.optim import build_schedule, check_optim
 from nanolab.runtime import thread_count, use_compile
 from nanolab.sharpness import check_sharpness
+from nanolab.sparsity import check_sparsity
 
 
 class Dtype(enum.Enum):
@@ -95,6 +96,7 @@ class SampleKeys:
     top_k: int | None = MISSING
     seed: int = MISSING
     device: str = MISSING
+    quantize: str | None = MISSING  # null | int8, checked by quantize.py
     data: Any = MISSING  # {dir}: a string or null
 
 
@@ -103,10 +105,17 @@ class PruneKeys:
     """prune.yaml's keys."""
 
     checkpoint: str = MISSING
+    method: str = MISSING  # magnitude | imp | structured, checked by prune.py
     amounts: list[float] = field(default_factory=lambda: MISSING)
+    scope: str = MISSING
     finetune_steps: int = MISSING
     finetune_lr: float = MISSING
+    rewind_step: int = MISSING
     prune_embeddings: bool = MISSING
+    int8: bool = MISSING
+    measure: bool = MISSING
+    measure_batch: int = MISSING
+    measure_tokens: int = MISSING
     out: str | None = MISSING
     device: str = MISSING
     data: Any = MISSING  # {dir}: a string or null
@@ -121,6 +130,7 @@ class EvaluateKeys:
     batch_tokens: int = MISSING
     device: str = MISSING
     dtype: Dtype = MISSING
+    quantize: str | None = MISSING  # null | int8, checked by quantize.py
     cpu_keep_freed_memory: bool = MISSING
     data: Any = MISSING  # {dir}: a string or null
     token_freq: Any = MISSING  # {bins, scheme}, checked by frequency.py
@@ -164,6 +174,18 @@ class NoiseScaleKeys:
 
 
 @dataclass
+class SparsityKeys:
+    final: float = MISSING
+    start: int = MISSING
+    end: int | None = MISSING
+    every: int = MISSING
+    scope: str = MISSING  # global | layer, checked by sparsity.py
+    embeddings: bool = MISSING
+    l1: float = MISSING
+    group_lasso: float = MISSING
+
+
+@dataclass
 class TokenFreq:
     bins: int = MISSING
     scheme: str = MISSING  # equal_mass | log, checked by frequency.py
@@ -187,6 +209,8 @@ class Model:
     norm: str = MISSING  # layernorm | rmsnorm
     tie_embeddings: bool = MISSING
     zero_init_proj: bool = MISSING
+    head_dim: int | None = MISSING
+    mlp_hidden: int | None = MISSING
 
 
 @dataclass
@@ -365,6 +389,7 @@ SCHEMAS: dict[str, tuple[str | None, dict[str, type]]] = {
     "sharpness": (None, {"default": Sharpness}),
     "noise_scale": (None, {"default": NoiseScaleKeys}),
     "token_freq": (None, {"default": TokenFreq}),
+    "sparsity": (None, {"default": SparsityKeys}),
     "model": (None, {"gpt": Model}),
     "logger": (None, {"wandb": Logger}),
     "optim": (
@@ -610,6 +635,7 @@ def check_values(cfg: DictConfig) -> None:
         full_batch_windows(cfg.data.train_tokens, cfg.model.block_size, trainer.batch_size)
     check_sharpness(cfg.sharpness)
     check_noise_scale(cfg.noise_scale, trainer.full_batch)
+    check_sparsity(cfg.sparsity, trainer.max_iters, cfg.optim.name)
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(
             f"objective={cfg.objective!r} must be one of "

@@ -7,7 +7,8 @@ r"""Evaluate a checkpoint on a whole split, the same way for every training loss
 
 The split is cut into consecutive windows of the model's context (every token is predicted
 once; the first tokens of a window see a shorter context). Prints the metrics and writes them
-to evaluation_<split>.json beside the checkpoint (into a Hugging Face directory); where that
+to evaluation_<split>.json beside the checkpoint (into a Hugging Face directory; with
+quantize=int8, the linear weights int8 (nanolab.quantize), evaluation_<split>_int8.json); where that
 folder is not writable, the metrics are printed only. A nanolab checkpoint brings its loss and
 finds its prepared data, read only, where its run prepared it or under the data root
 (NANOLAB_DATA_DIR, else ./data), unless data.dir names the folder; nothing is prepared or
@@ -18,16 +19,13 @@ nanolab run prepared: nanoGPT's shakespeare_char has the same sorted characters)
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from nanolab import ConfigError, StorageError, exit_on_config_error
 from nanolab.atomic import unwritable, write_json
@@ -35,57 +33,18 @@ from nanolab.config import EvaluateKeys, check_entry_types
 from nanolab.data import TokenData, trained_data
 from nanolab.frequency import (
     BIN_METRICS,
-    FrequencyBins,
     check_token_freq,
     configured_bins,
     loss_class_counts,
+    scored_loss,
 )
-from nanolab.losses import get_loss, head_chunk_tokens
-from nanolab.metrics import TokenTotals, update_totals
+from nanolab.losses import head_chunk_tokens
+from nanolab.metrics import evaluate_split
+from nanolab.quantize import check_quantize, int8_weights
 from nanolab.runtime import Runtime, pick_device
 from nanolab.weights import foreign_data_dir, model_from_weights, read_weights
 
 log = logging.getLogger("nanolab.evaluate")
-
-
-@torch.no_grad()
-def evaluate_split(
-    model: torch.nn.Module,
-    tokens: np.ndarray,
-    loss_cfg: DictConfig,
-    batch_size: int,
-    *,
-    head_chunk: int = 0,
-    autocast: contextlib.AbstractContextManager | None = None,
-    freq: FrequencyBins | None = None,
-    class_counts: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """Metrics over every token of `tokens`, in consecutive windows of the model's context; with
-    head_chunk > 0 the logits of that many tokens at a time; forward passes under `autocast`.
-    With `freq`, also `freq/<bin>/<metric>` (frequency.bin_metrics); a long-tail loss reads
-    `class_counts` (on the model's device)."""
-    block = model.config.block_size
-    n_windows = (len(tokens) - 1) // block
-    device = next(model.parameters()).device
-    loss_fn = get_loss(loss_cfg, class_counts)
-    totals = TokenTotals(calibrate=True, freq=freq)
-    for start in tqdm(
-        range(0, n_windows, batch_size), desc="evaluating", unit="batch", disable=None
-    ):
-        rows = np.arange(start, min(start + batch_size, n_windows))[:, None] * block
-        window = torch.from_numpy(tokens[rows + np.arange(block + 1)].astype(np.int64)).to(device)
-        with autocast or contextlib.nullcontext():
-            update_totals(
-                totals,
-                model,
-                window[:, :-1],
-                window[:, 1:],
-                loss_fn=loss_fn,
-                loss_cfg=loss_cfg,
-                head_chunk=head_chunk,
-            )
-    frequency = {f"freq/{k}": v for k, v in totals.frequency().items()}
-    return totals.compute(device) | {"tokens": totals.tokens} | frequency
 
 
 # What a model from outside nanolab (nanoGPT, GPT-2) is scored with: its own objective.
@@ -122,20 +81,6 @@ def subject(cfg: DictConfig, device: torch.device) -> Subject:
     return Subject(weights.path, model, data, loss, head_chunk, weights.step)
 
 
-def scored_loss(loss: DictConfig) -> DictConfig:
-    """A run's loss as evaluate scores it. A checkpoint's config names files and evaluate opens
-    none of them: a long-tail loss that read loss.class_counts is scored with the training
-    split's counts (val/loss only; every other metric is independent of the loss)."""
-    if loss.get("class_counts") is None:
-        return loss
-    log.warning(
-        "the run weighed classes by loss.class_counts=%s; val/loss here uses the training "
-        "split's counts instead (every other metric is independent of the loss)",
-        loss.class_counts,
-    )
-    return OmegaConf.merge(loss, {"class_counts": None})
-
-
 def print_frequency_table(metrics: dict[str, float], split: str) -> None:
     """The per-bin metrics as a table: bin, classes, smallest training count, share, ce, acc."""
     names = sorted({k.split("/")[1] for k in metrics if k.startswith("freq/")})
@@ -159,9 +104,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if cfg.batch_tokens < 1:
         raise ConfigError(f"batch_tokens={cfg.batch_tokens} must be >= 1")
     check_token_freq(cfg.token_freq)
-    runtime = Runtime.create(pick_device(cfg.device), cfg.dtype, False, cfg.cpu_keep_freed_memory)
+    check_quantize(cfg.quantize, cfg.dtype)
+    dtype = "float32" if cfg.quantize else cfg.dtype  # int8 layers compute in float32
+    runtime = Runtime.create(pick_device(cfg.device), dtype, False, cfg.cpu_keep_freed_memory)
     evaluated = subject(cfg, runtime.device)
-    model = evaluated.model
+    model = int8_weights(evaluated.model) if cfg.quantize else evaluated.model
     windows_per_batch = max(1, cfg.batch_tokens // model.config.block_size)
     head_chunk = head_chunk_tokens(evaluated.head_chunk_tokens, model.config.vocab_size)
     # a Hugging Face directory holds its own
@@ -189,7 +136,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             )
     print_frequency_table(metrics, cfg.split)
     if not reason:
-        path = out / f"evaluation_{cfg.split}.json"
+        path = out / f"evaluation_{cfg.split}{'_' + cfg.quantize if cfg.quantize else ''}.json"
         try:
             write_json(
                 path, {"checkpoint": str(evaluated.source), "step": evaluated.step, **metrics}

@@ -17,16 +17,19 @@ same data bins classes alike. Schemes:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nanolab import ConfigError, DataError
 from nanolab.data import TokenData
 from nanolab.losses import uses_class_counts
+
+log = logging.getLogger(__name__)
 
 SCHEMES = ("equal_mass", "log")
 # What each bin reports (over the evaluated targets in it), and what describes it.
@@ -147,3 +150,17 @@ def loss_class_counts(
     if not uses_class_counts(loss_cfg):
         return None
     return class_counts(loss_cfg.class_counts, data.train_counts()).to(device)
+
+
+def scored_loss(loss: DictConfig) -> DictConfig:
+    """A run's loss as evaluate and prune score it. A checkpoint's config names files and they
+    open none of them: a long-tail loss that read loss.class_counts is scored with the training
+    split's counts (val/loss only; every other metric is independent of the loss)."""
+    if loss.get("class_counts") is None:
+        return loss
+    log.warning(
+        "the run weighed classes by loss.class_counts=%s; val/loss here uses the training "
+        "split's counts instead (every other metric is independent of the loss)",
+        loss.class_counts,
+    )
+    return OmegaConf.merge(loss, {"class_counts": None})

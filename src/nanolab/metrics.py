@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from nanolab import Abandoned
 from nanolab.data import TokenData
 from nanolab.dataloader import BatchSampler
 from nanolab.distributed import World
 from nanolab.frequency import FrequencyBins, bin_metrics
-from nanolab.losses import LossFn
+from nanolab.losses import LossFn, get_loss
 from nanolab.model import GPT, GPTConfig
 
 # Evaluation draws the same batches at every evaluation (less noise between points of a
@@ -435,10 +436,48 @@ def _check_stop(stop: Sequence[int]) -> None:
         raise Abandoned(f"signal {stop[0]} arrived during an evaluation")
 
 
+@torch.no_grad()
+def evaluate_split(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    loss_cfg: DictConfig,
+    batch_size: int,
+    *,
+    head_chunk: int = 0,
+    autocast: contextlib.AbstractContextManager | None = None,
+    freq: FrequencyBins | None = None,
+    class_counts: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Metrics over every token of `tokens`, in consecutive windows of the model's context; with
+    head_chunk > 0 the logits of that many tokens at a time; forward passes under `autocast`.
+    With `freq`, also `freq/<bin>/<metric>` (frequency.bin_metrics); a long-tail loss reads
+    `class_counts` (on the model's device)."""
+    block = model.config.block_size
+    n_windows = (len(tokens) - 1) // block
+    device = next(model.parameters()).device
+    loss_fn = get_loss(loss_cfg, class_counts)
+    totals = TokenTotals(calibrate=True, freq=freq)
+    for start in tqdm(
+        range(0, n_windows, batch_size), desc="evaluating", unit="batch", disable=None
+    ):
+        rows = np.arange(start, min(start + batch_size, n_windows))[:, None] * block
+        window = torch.from_numpy(tokens[rows + np.arange(block + 1)].astype(np.int64)).to(device)
+        with autocast or contextlib.nullcontext():
+            update_totals(
+                totals,
+                model,
+                window[:, :-1],
+                window[:, 1:],
+                loss_fn=loss_fn,
+                loss_cfg=loss_cfg,
+                head_chunk=head_chunk,
+            )
+    frequency = {f"freq/{k}": v for k, v in totals.frequency().items()}
+    return totals.compute(device) | {"tokens": totals.tokens} | frequency
+
+
 def flops_per_token(model: GPT) -> float:
     """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention's
     12·L·H·Q·T (nanoGPT's estimate_mfu, after the PaLM paper's appendix B)."""
     c: GPTConfig = model.config
-    return (
-        6 * model.num_params() + 12 * c.n_layer * c.n_head * (c.n_embd // c.n_head) * c.block_size
-    )
+    return 6 * model.num_params() + 12 * c.n_layer * c.n_head * c.head_size * c.block_size

@@ -47,6 +47,10 @@ class GPTConfig:
     tie_embeddings: bool = True
     # start every block's output projections (and an untied head) at zero
     zero_init_proj: bool = False
+    # a head's size; None: n_embd / n_head. Set by structured pruning, which removes heads.
+    head_dim: int | None = None
+    # the MLP's hidden width; None: 4 * n_embd. Set by structured pruning, which removes neurons.
+    mlp_hidden: int | None = None
 
     def __post_init__(self) -> None:
         for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -58,7 +62,10 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must lie in [0, 1)")
-        if self.n_embd % self.n_head != 0:
+        for key in ("head_dim", "mlp_hidden"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be > 0, or null")
+        if self.head_dim is None and self.n_embd % self.n_head != 0:
             raise ConfigError(
                 f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}"
             )
@@ -74,13 +81,18 @@ class GPTConfig:
                 )
         if self.gelu != "exact" and self.mlp != "gelu":
             raise ConfigError(f"model.gelu={self.gelu} applies to model.mlp=gelu, not {self.mlp}")
-        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
-            raise ConfigError(
-                "model.position=rope needs an even head size; "
-                f"n_embd/n_head = {self.n_embd // self.n_head}"
-            )
+        if self.position == "rope" and self.head_size % 2:
+            raise ConfigError(f"model.position=rope needs an even head size, not {self.head_size}")
         if not self.rope_base > 1:
             raise ConfigError(f"model.rope_base={self.rope_base} must be > 1")
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
+
+    @property
+    def mlp_width(self) -> int:
+        return self.mlp_hidden or 4 * self.n_embd
 
     @property
     def padded_vocab_size(self) -> int:
@@ -144,24 +156,25 @@ class Rotary(nn.Module):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.n_head = config.n_head
+        self.n_head, self.head_dim = config.n_head, config.head_size
+        inner = config.n_head * config.head_size  # n_embd unless heads were pruned away
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = nn.Linear(config.n_embd, 3 * inner, bias=config.bias)
+        self.c_proj = nn.Linear(inner, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        head_dim = config.n_embd // config.n_head
         self.rotary = (
-            Rotary(head_dim, config.block_size, config.rope_base)
+            Rotary(config.head_size, config.block_size, config.rope_base)
             if config.position == "rope"
             else None
         )
         self.qk_norm = config.qk_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.size()
+        inner = self.n_head * self.head_dim
+        q, k, v = self.c_attn(x).split(inner, dim=2)
+        # (B, T, inner) -> (B, n_head, T, head_dim)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
         if self.qk_norm:  # bounded attention logits: a higher learning rate stays stable
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if self.rotary is not None:
@@ -170,7 +183,7 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
         )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).contiguous().view(B, T, inner)
         return self.resid_dropout(self.c_proj(y))
 
 
@@ -182,13 +195,13 @@ class ReLUSquared(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_width, bias=config.bias)
         self.gelu = (
             ReLUSquared()
             if config.mlp == "relu2"
             else nn.GELU(approximate="none" if config.gelu == "exact" else "tanh")
         )
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,109 +1,315 @@
-"""Global magnitude pruning of a trained model, with optional fine-tuning under the mask.
+"""Prune a trained model (and quantize it), and measure what that buys: accuracy, memory, time.
 
     python -m nanolab.prune checkpoint=outputs/2026-11-25/10-00-00-3fa2c1
     python -m nanolab.prune checkpoint=<run> "amounts=[0,0.5,0.9]" finetune_steps=200
+    python -m nanolab.prune checkpoint=<run> method=imp "amounts=[0.5,0.75,0.875]" rewind_step=100
+    python -m nanolab.prune checkpoint=<run> method=structured "amounts=[0,0.5]" measure=true
 
-For each amount, the checkpoint's model loses that fraction of its linear weights (every
-block's attention and MLP matrices, and an untied output head), the smallest in magnitude over
-all of them together (torch.nn.utils.prune.global_unstructured with L1Unstructured), made
-permanent. Embeddings and a tied head are left alone unless prune_embeddings=true (a tied head
-is the token embedding, so it is then pruned with it). The report gives the sparsity reached
-(global and per layer), the non-zero parameters, the val metrics right after pruning and, with
-finetune_steps > 0, after that many training steps at finetune_lr with the pruned weights held
-at zero. It writes prune.md, prune.csv, prune.json and prune.png (val/ce against sparsity) into
-`out` (default: <run dir>/prune/), checked writable before any work. The data is the run's
-prepared data, read only, found as nanolab.evaluate finds it (or data.dir=); nothing is
-prepared or downloaded, whatever the checkpoint's config says.
+For each amount (a fraction, 0 the model as it is):
+- method=magnitude: the smallest-magnitude weights of the prunable matrices (nanolab.sparsity:
+  every linear matrix but a tied head; the embeddings with prune_embeddings) are zeroed, over
+  all of them together (scope=global) or each alone (scope=layer); then `finetune_steps` at a
+  constant finetune_lr with the pruned weights held at zero.
+- method=imp: iterative magnitude pruning with rewinding (Frankle et al. 2019-2020), one round
+  per amount, in increasing order: prune the latest trained weights to that amount, rewind the
+  survivors to the run's state after `rewind_step` steps (weights, optimizer moments, data
+  order: recomputed from the run's config and seed, exact on the machine that trained it), and
+  train them under the mask to the run's trainer.max_iters on its own schedule.
+- method=structured: remove that fraction of every layer's attention heads and MLP neurons,
+  those of smallest weight norm (nanolab.structured), giving a smaller dense model; then
+  `finetune_steps` as above. Each is written as structured-<amount>.pt into `out`, a checkpoint
+  that nanolab.evaluate, sample and init_from take like any other.
+
+Every model is scored on the whole val split (ce, calibrated ce, accuracy). With int8=true each
+is scored again with int8 linear weights (nanolab.quantize), as a row of its own; with
+measure=true each row gets its bytes in memory and on disk (dense, and as sparse CSR), ms per
+forward pass and sampling tokens/s at batch 1 and measure_batch (nanolab.footprint), timed in
+this process: let nothing else run meanwhile. It writes prune.md, prune.csv, prune.json and
+prune.png (val/ce against sparsity) into `out` (default: <run dir>/prune/), checked writable
+before any work. The data is the run's prepared data, read only, found as nanolab.evaluate finds
+it (or data.dir=); nothing is prepared or downloaded, whatever the checkpoint's config says.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig
-from torch import nn
-from torch.nn.utils import prune
+from omegaconf import DictConfig, OmegaConf
 
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import atomic_path, unwritable, write_json
+from nanolab.checkpoint import load_checkpoint, save_checkpoint
 from nanolab.config import PruneKeys, check_entry_types
 from nanolab.data import trained_data
 from nanolab.distributed import World
-from nanolab.metrics import evaluate_batches
+from nanolab.footprint import measure
+from nanolab.frequency import loss_class_counts, scored_loss
+from nanolab.losses import head_chunk_tokens
+from nanolab.metrics import evaluate_split
 from nanolab.model import GPT
-from nanolab.run import Run, build_run, train_step
+from nanolab.quantize import check_quantize, int8_weights
+from nanolab.run import Run, build_run, set_lr, train_step
 from nanolab.runtime import Runtime, pick_device
-from nanolab.weights import load_into, read_weights
+from nanolab.sparsity import SCOPES, apply_masks, magnitude_masks, prunable, zero_fraction
+from nanolab.structured import kept_groups, removed_counts, shrink
+from nanolab.weights import Weights, load_into, model_from_weights, read_weights
 
 log = logging.getLogger("nanolab.prune")
 
+METHODS = ("magnitude", "imp", "structured")
+METRICS = ("val/ce", "val/ce_calibrated", "val/acc")
 
-def prunable(model: GPT, prune_embeddings: bool = False) -> dict[str, nn.Module]:
-    """The modules whose `weight` is pruned, by name: every Linear but a tied head (which is the
-    token embedding), and with prune_embeddings the embeddings too."""
-    tied = model.config.tie_embeddings
-    modules = {
-        name: m
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear) and not (tied and m is model.lm_head)
+
+class Pruner:
+    """What every method shares: the checkpoint, its data and training config, the device,
+    and scoring (and measuring) a model into a report row."""
+
+    def __init__(self, cfg: DictConfig, weights: Weights, out: Path) -> None:
+        self.cfg, self.weights, self.out = cfg, weights, out
+        run = weights.run
+        self.data = trained_data(
+            run.data_meta, cfg.data.dir, run.data_dir, f"checkpoint={weights.path}"
+        )
+        self.runtime = Runtime.create(pick_device(cfg.device), "float32", False)
+        self.train_cfg = run.config
+        self.train_cfg.init_from = None  # the checkpoint's weights are loaded instead
+        self.train_cfg.loss = scored_loss(run.config.loss)  # no file the checkpoint names
+        # the checkpoint's own gradual pruning and penalties are not continued
+        self.train_cfg.sparsity = {
+            **self.train_cfg.sparsity,
+            "final": 0.0,
+            "l1": 0.0,
+            "group_lasso": 0.0,
+        }
+
+    def finetune_cfg(self, model: dict[str, Any] | None = None) -> DictConfig:
+        """The checkpoint's training setup at a constant finetune_lr, no warmup (and a model of
+        another shape when given)."""
+        cfg = copy.deepcopy(self.train_cfg)
+        cfg.schedule = {"name": "constant", "warmup_iters": 0}
+        cfg.optim.lr = self.cfg.finetune_lr
+        if model:
+            cfg.model = {**cfg.model, **model}
+        return cfg
+
+    def run(self, cfg: DictConfig) -> Run:
+        return build_run(cfg, World(), self.runtime, data=self.data)
+
+    def score(self, model: GPT, prefix: str = "") -> dict[str, float]:
+        """ce, calibrated ce and accuracy on every token of the val split."""
+        training = model.training
+        model.eval()
+        head_chunk = head_chunk_tokens(self.train_cfg.head_chunk_tokens, model.config.vocab_size)
+        loss = self.train_cfg.loss
+        metrics = evaluate_split(
+            model,
+            self.data.val,
+            loss,
+            max(1, 8192 // model.config.block_size),
+            head_chunk=head_chunk,
+            class_counts=loss_class_counts(loss, self.data, self.runtime.device),
+        )
+        model.train(training)
+        return {f"{prefix}{k}": metrics[k.removeprefix("val/")] for k in METRICS}
+
+    def rows(self, row: dict[str, Any], model: GPT) -> list[dict[str, Any]]:
+        """The row of `model` (its final scores as val/*, measured with measure=true) and, with
+        int8=true, the row of its int8 copy."""
+        row = {**row, "weights": "float32", **self.score(model), **self.measured(model)}
+        rows = [row]
+        if self.cfg.int8:
+            small = int8_weights(copy.deepcopy(model).eval())
+            rows.append(
+                {
+                    **{
+                        k: row[k]
+                        for k in ("method", "amount", "sparsity", "nonzero_params", "params")
+                    },
+                    "weights": "int8",
+                    **self.score(small),
+                    **self.measured(small),
+                }
+            )
+        for r in rows:
+            log.info(
+                "%s %g (%s): sparsity %.4f, %s parameters non-zero, val/ce %.4f, acc %.4f",
+                *(r[k] for k in ("method", "amount", "weights", "sparsity")),
+                f"{r['nonzero_params']:,}",
+                r["val/ce"],
+                r["val/acc"],
+            )
+        return rows
+
+    def measured(self, model: GPT) -> dict[str, float]:
+        if not self.cfg.measure:
+            return {}
+        return measure(model.eval(), self.cfg.measure_batch, self.cfg.measure_tokens)
+
+
+def counts(model: GPT, modules: dict[str, torch.nn.Module]) -> dict[str, Any]:
+    """Sparsity of the pruned matrices (global and per matrix), the model's non-zero and total
+    parameters (each shared tensor once)."""
+    params = list(model.parameters())
+    return {
+        "sparsity": zero_fraction(modules),
+        "per_layer": {n: float((m.weight == 0).float().mean()) for n, m in modules.items()},
+        "nonzero_params": sum(int((p != 0).sum()) for p in params),
+        "params": sum(p.numel() for p in params),
     }
-    if prune_embeddings:
-        modules |= {name: m for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
-    return modules
 
 
-def prune_globally(modules: dict[str, nn.Module], amount: float) -> dict[str, torch.Tensor]:
-    """Zero the `amount` fraction of smallest-magnitude weights over all `modules` together,
-    permanently; returns each module's mask (1 kept, 0 pruned)."""
-    if amount > 0:
-        prune.global_unstructured(
-            [(m, "weight") for m in modules.values()],
-            pruning_method=prune.L1Unstructured,
-            amount=amount,
-        )
-    masks = {}
-    for name, module in modules.items():
-        masks[name] = (
-            module.weight_mask.detach().clone() if amount > 0 else torch.ones_like(module.weight)
-        )
-        if amount > 0:
-            # the same Parameter, its data now masked: a tied head and the optimizer keep it
-            prune.remove(module, "weight")
-    return masks
+def magnitude(p: Pruner) -> list[dict[str, Any]]:
+    """One-shot magnitude pruning of the checkpoint at each amount, then fine-tuning."""
+    results = []
+    for amount in p.cfg.amounts:
+        run = p.run(p.finetune_cfg())  # a fresh optimizer for each amount
+        load_into(run.model, p.weights, p.data.meta, "checkpoint")
+        modules = prunable(run.model, p.cfg.prune_embeddings)
+        masks = magnitude_masks({n: m.weight for n, m in modules.items()}, amount, p.cfg.scope)
+        apply_masks(modules, masks)
+        row = {"method": "magnitude", "amount": amount, **counts(run.model, modules)}
+        row |= p.score(run.model, "pruned/")
+        if p.cfg.finetune_steps:
+            for _ in range(p.cfg.finetune_steps):
+                train_step(run)
+                apply_masks(modules, masks)  # pruned weights stay zero
+            row |= p.score(run.model, "finetuned/")
+            row["finetuned/sparsity"] = zero_fraction(modules)
+        results += p.rows(row, run.model)
+    return results
 
 
-def sparsity(model: GPT, modules: dict[str, nn.Module]) -> dict[str, Any]:
-    """Fraction of zero weights over the pruned modules and per module, and the model's non-zero
-    parameter count (each shared tensor once)."""
-    per_layer = {name: float((m.weight == 0).float().mean()) for name, m in modules.items()}
-    zeros = sum(int((m.weight == 0).sum()) for m in modules.values())
-    total = sum(m.weight.numel() for m in modules.values())
-    # parameters() yields a tied tensor once
-    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
-    return {"sparsity": zeros / total, "nonzero_params": nonzero, "per_layer": per_layer}
+def imp(p: Pruner) -> list[dict[str, Any]]:
+    """Iterative magnitude pruning with rewinding: a round per amount."""
+    max_iters = p.train_cfg.trainer.max_iters
+    run = p.run(p.train_cfg)  # the run's own start, from its seed
+    for step in range(p.cfg.rewind_step):
+        set_lr(run, step)
+        train_step(run)
+    rewind = copy.deepcopy(run.state_dict())
+    load_into(run.model, p.weights, p.data.meta, "checkpoint")  # round 0: the trained weights
+    modules = prunable(run.model, p.cfg.prune_embeddings)
+    masks = None
+    results = []
+    for amount in sorted(p.cfg.amounts):
+        row = {"method": "imp", "amount": amount}
+        if amount:
+            weights = {n: m.weight for n, m in modules.items()}
+            masks = magnitude_masks(weights, amount, p.cfg.scope, masks)
+            apply_masks(modules, masks)
+            row |= counts(run.model, modules) | p.score(run.model, "pruned/")
+            run.load_state_dict(copy.deepcopy(rewind))
+            apply_masks(modules, masks)
+            for step in range(p.cfg.rewind_step, max_iters):
+                set_lr(run, step)
+                train_step(run)
+                apply_masks(modules, masks)
+            row |= p.score(run.model, "finetuned/") | {"finetuned/sparsity": zero_fraction(modules)}
+        else:
+            row |= counts(run.model, modules) | p.score(run.model, "pruned/")
+        results += p.rows(row, run.model)
+    return results
 
 
-def _apply(masks: dict[str, torch.Tensor], modules: dict[str, nn.Module]) -> None:
-    with torch.no_grad():
-        for name, module in modules.items():
-            module.weight.mul_(masks[name])
+def structured(p: Pruner) -> list[dict[str, Any]]:
+    """Heads and neurons removed at each amount: smaller dense models, each saved."""
+    results = []
+    for amount in p.cfg.amounts:
+        model = model_from_weights(p.weights, p.data.meta, "checkpoint").to(p.runtime.device)
+        before = sum(m.weight.numel() for m in prunable(model, p.cfg.prune_embeddings).values())
+        small = shrink(model, kept_groups(model, amount))
+        modules = prunable(small, p.cfg.prune_embeddings)
+        row = {"method": "structured", "amount": amount, **counts(small, modules)}
+        row["sparsity"] = 1 - sum(m.weight.numel() for m in modules.values()) / before
+        row |= p.score(small, "pruned/")
+        if p.cfg.finetune_steps:
+            c = small.config
+            shape = {"n_head": c.n_head, "head_dim": c.head_dim, "mlp_hidden": c.mlp_hidden}
+            run = p.run(p.finetune_cfg(shape))
+            run.model.load_state_dict(small.state_dict())
+            for _ in range(p.cfg.finetune_steps):
+                train_step(run)
+            small = run.model
+            row |= p.score(small, "finetuned/") | {"finetuned/sparsity": row["sparsity"]}
+        row["checkpoint"] = str(save_smaller(p, small, amount))
+        results += p.rows(row, small)
+    return results
 
 
-def prune_run(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Prune the checkpoint at each amount (fine-tuning if asked) and write the report."""
+def save_smaller(p: Pruner, model: GPT, amount: float) -> Path:
+    """structured-<amount>.pt in `out`: the checkpoint's run record with the smaller model (no
+    optimizer state: it evaluates, samples and starts runs, it does not resume)."""
+    state = load_checkpoint(p.weights.path)
+    c = model.config
+    state["config"]["model"] |= {
+        "n_head": c.n_head,
+        "head_dim": c.head_dim,
+        "mlp_hidden": c.mlp_hidden,
+    }
+    state |= {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": c.to_dict(),
+        "optimizer": {},
+        "sparsity": None,
+    }
+    state.pop("format")
+    path = p.out / f"structured-{amount:g}.pt"
+    p.out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, state)
+    return path
+
+
+def check(cfg: DictConfig) -> None:
     check_entry_types(cfg, PruneKeys)
     amounts = list(cfg.amounts)
     if not amounts or any(not 0 <= a < 1 for a in amounts):
         raise ConfigError(f"amounts={amounts} must be fractions in [0, 1)")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method={cfg.method!r} must be one of {', '.join(METHODS)}")
+    if cfg.scope not in SCOPES:
+        raise ConfigError(f"scope={cfg.scope!r} must be one of {', '.join(SCOPES)}")
     if cfg.finetune_steps < 0 or not cfg.finetune_lr > 0:
         raise ConfigError(
             f"finetune_steps={cfg.finetune_steps} must be "
             f">= 0 and finetune_lr={cfg.finetune_lr} > 0"
         )
+    if cfg.measure_batch < 1 or cfg.measure_tokens < 1:
+        raise ConfigError(
+            f"measure_batch={cfg.measure_batch} and "
+            f"measure_tokens={cfg.measure_tokens} must be >= 1"
+        )
+    check_quantize("int8" if cfg.int8 else None)
+
+
+def check_method(cfg: DictConfig, weights: Weights) -> None:
+    """What the method needs of the checkpoint, checked before any work."""
+    if cfg.method == "structured":
+        config = model_from_weights(weights, weights.run.data_meta, "checkpoint").config
+        for amount in cfg.amounts:
+            removed_counts(config, amount)
+    if cfg.method == "imp":
+        if weights.run.config.init_from is not None:
+            raise ConfigError(
+                f"method=imp recomputes the first rewind_step={cfg.rewind_step} steps of the "
+                f"run from its seed, but checkpoint={weights.path} started from init_from "
+                "weights, which nanolab.prune does not read; use method=magnitude"
+            )
+        max_iters = weights.run.config.trainer.max_iters
+        if not 0 <= cfg.rewind_step < max_iters:
+            raise ConfigError(
+                f"rewind_step={cfg.rewind_step} must lie in [0, trainer.max_iters={max_iters}) "
+                "of the checkpoint's run"
+            )
+
+
+def prune_run(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Prune the checkpoint at each amount by the configured method and write the report."""
+    check(cfg)
     weights = read_weights(cfg.checkpoint, "checkpoint")
     if weights.run is None:
         raise ConfigError(
@@ -111,139 +317,151 @@ def prune_run(cfg: DictConfig) -> list[dict[str, Any]]:
             "a nanolab run: nanolab.prune fine-tunes with the run's "
             "own config; give a nanolab run directory or checkpoint"
         )
-    path = weights.path
-    out = Path(cfg.out) if cfg.out else path.parent / "prune"
+    check_method(cfg, weights)
+    out = Path(cfg.out) if cfg.out else weights.path.parent / "prune"
     reason = unwritable(out)
     if reason:
         raise ConfigError(
             f"the report cannot be written to {out} ({reason}); choose a writable folder with out="
         )
-    train_cfg = weights.run.config
-    # Fine-tuning: the checkpoint's setup at a constant finetune_lr, no warmup.
-    train_cfg.schedule = {"name": "constant", "warmup_iters": 0}
-    train_cfg.optim.lr = cfg.finetune_lr
-    train_cfg.init_from = None  # the checkpoint's weights are loaded below
-    data = trained_data(
-        weights.run.data_meta, cfg.data.dir, weights.run.data_dir, f"checkpoint={path}"
-    )
-    runtime = Runtime.create(pick_device(cfg.device), "float32", False)
-    results = []
-    for amount in amounts:
-        run = build_run(train_cfg, World(), runtime, data=data)  # a fresh optimizer for each amount
-        load_into(run.model, weights, data.meta, "checkpoint")
-        modules = prunable(run.model, cfg.prune_embeddings)
-        masks = prune_globally(modules, amount)
-        result = {"amount": amount, **sparsity(run.model, modules), **_val(run, "pruned")}
-        for _ in range(cfg.finetune_steps):
-            train_step(run)
-            _apply(masks, modules)  # pruned weights stay zero
-        if cfg.finetune_steps:
-            result |= _val(run, "finetuned") | {
-                "finetuned/sparsity": sparsity(run.model, modules)["sparsity"]
-            }
-        results.append(result)
-        log.info(
-            "amount %.2f: sparsity %.4f, val/ce %.4f%s",
-            amount,
-            result["sparsity"],
-            result["pruned/val/ce"],
-            f" -> {result['finetuned/val/ce']:.4f} after {cfg.finetune_steps} steps"
-            if cfg.finetune_steps
-            else "",
-        )
-    write_report(results, out, path, cfg.finetune_steps)
+    pruner = Pruner(cfg, weights, out)
+    results = {"magnitude": magnitude, "imp": imp, "structured": structured}[cfg.method](pruner)
+    write_report(results, out, weights.path, cfg)
     return results
 
 
-def _val(run: Run, prefix: str) -> dict[str, float]:
-    metrics = evaluate_batches(
-        run.model,
-        run.data,
-        loss_fn=run.loss_fn,
-        loss_cfg=run.cfg.loss,
-        batch_size=run.cfg.trainer.batch_size,
-        eval_iters=run.cfg.trainer.eval_iters,
-        autocast=run.runtime.autocast(),
-        head_chunk=run.head_chunk,
-    )
-    return {f"{prefix}/{k}": metrics[k] for k in ("val/ce", "val/ce_calibrated", "val/acc")}
-
-
 def write_report(
-    results: list[dict[str, Any]], out: Path, checkpoint: Path, finetune_steps: int
+    results: list[dict[str, Any]], out: Path, checkpoint: Path, cfg: DictConfig
 ) -> None:
     """prune.json (everything, per layer too), prune.csv, prune.md and prune.png."""
     out.mkdir(parents=True, exist_ok=True)
+    settings = OmegaConf.to_container(cfg, resolve=True)
     write_json(
         out / "prune.json",
-        {"checkpoint": str(checkpoint), "finetune_steps": finetune_steps, "results": results},
+        {"checkpoint": str(checkpoint), "settings": settings, "results": results},
     )
-    stages = ["pruned"] + (["finetuned"] if finetune_steps else [])
-    columns = [
-        "amount",
-        "sparsity",
-        "nonzero_params",
-        *(f"{s}/{m}" for s in stages for m in ("val/ce", "val/ce_calibrated", "val/acc")),
-    ]
+    columns = [c for c in _columns(results) if any(c in r for r in results)]
     with atomic_path(out / "prune.csv") as tmp:
         tmp.write_text(
             ",".join(columns)
             + "\n"
-            + "".join(",".join(repr(r[c]) for c in columns) + "\n" for r in results)
+            + "".join(",".join(_csv(r.get(c)) for c in columns) + "\n" for r in results)
         )
-    head = [
-        "amount",
-        "sparsity",
-        "non-zero params",
-        *(f"{m} ({s})" for s in stages for m in ("val/ce", "calibrated", "acc")),
-    ]
+    table = _table(results, columns)
+    trained = {
+        "magnitude": f"{cfg.finetune_steps} fine-tuning steps at lr {cfg.finetune_lr:g}",
+        "structured": f"{cfg.finetune_steps} fine-tuning steps at lr {cfg.finetune_lr:g}",
+        "imp": f"rewound to step {cfg.rewind_step}, retrained to the run's end",
+    }[cfg.method]
     lines = [
         f"# Pruning {checkpoint}\n",
-        "Global magnitude pruning of the linear weights; "
-        f"fine-tuning: {finetune_steps} steps with the mask kept.\n",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
+        f"method={cfg.method}, scope={cfg.scope}; after pruning: {trained}. val/* on the whole "
+        "val split, of the final model of each row.\n",
+        *table,
+        "",
+        "Per-layer sparsity: prune.json.",
     ]
-    for r in results:
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    f"{r['amount']:g}",
-                    f"{r['sparsity']:.4f}",
-                    f"{r['nonzero_params']:,}",
-                    *(f"{r[c]:.4f}" for c in columns[3:]),
-                ]
-            )
-            + " |"
-        )
-    lines += ["", "Per-layer sparsity: prune.json."]
     with atomic_path(out / "prune.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    _plot(results, stages, finetune_steps, out / "prune.png")
-    print("\n".join(lines[2:-2]))
+    _plot(results, out / "prune.png")
+    print("\n".join(table))
     print(f"report: {out / 'prune.md'} (and prune.csv, prune.json, prune.png)")
 
 
-def _plot(
-    results: list[dict[str, Any]], stages: list[str], finetune_steps: int, path: Path
-) -> None:
+def _columns(results: list[dict[str, Any]]) -> list[str]:
+    stages = [f"{s}/{m}" for s in ("pruned", "finetuned") for m in METRICS]
+    measured = [
+        "memory_bytes",
+        "disk_bytes",
+        "csr_disk_bytes",
+        "forward_ms",
+        "sample_tok_s_b1",
+        "sample_tok_s_batched",
+    ]
+    return [
+        "method",
+        "amount",
+        "weights",
+        "sparsity",
+        "nonzero_params",
+        "params",
+        *METRICS,
+        *stages,
+        "finetuned/sparsity",
+        *measured,
+        "checkpoint",
+    ]
+
+
+def _csv(value: Any) -> str:
+    return "" if value is None else repr(value) if isinstance(value, float) else str(value)
+
+
+def _table(results: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """The markdown table: the main columns, bytes in kB."""
+    shown = [
+        c
+        for c in columns
+        if c
+        not in (
+            "method",
+            "params",
+            "checkpoint",
+            "finetuned/sparsity",
+            *[f"pruned/{m}" for m in METRICS[1:]],
+            *[f"finetuned/{m}" for m in METRICS],
+        )
+    ]
+
+    def cell(c: str, v: Any) -> str:
+        if v is None:
+            return ""
+        if c.endswith("_bytes"):
+            return f"{v / 1000:,.0f}"
+        if c == "nonzero_params":
+            return f"{v:,}"
+        if c == "amount":
+            return f"{v:g}"
+        if c.startswith("sample_tok_s") or c == "forward_ms":
+            return f"{v:,.1f}"
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    names = {
+        "pruned/val/ce": "val/ce right after pruning",
+        "val/ce": "val/ce",
+        **{c: c.replace("_bytes", " kB") for c in columns if c.endswith("_bytes")},
+    }
+    return [
+        "| " + " | ".join(names.get(c, c) for c in shown) + " |",
+        "|" + "---|" * len(shown),
+        *("| " + " | ".join(cell(c, r.get(c)) for c in shown) + " |" for r in results),
+    ]
+
+
+def _plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.3), layout="constrained")
-    x = [r["sparsity"] for r in results]
-    for stage in stages:
-        label = (
-            "right after pruning"
-            if stage == "pruned"
-            else f"after {finetune_steps} fine-tuning steps"
+    floats = [r for r in results if r["weights"] == "float32"]
+    x = [r["sparsity"] for r in floats]
+    ax.plot(x, [r["pruned/val/ce"] for r in floats], "o-", label="right after pruning")
+    if any("finetuned/val/ce" in r for r in floats):
+        ax.plot(
+            x,
+            [r.get("finetuned/val/ce") for r in floats],
+            "o-",
+            label="after training under the mask",
         )
-        ax.plot(x, [r[f"{stage}/val/ce"] for r in results], "o-", label=label)
-    ax.set_xlabel("sparsity of the pruned weights")
-    ax.set_ylabel("val/ce (nats/token)")
+    int8 = [r for r in results if r["weights"] == "int8"]
+    if int8:
+        ax.plot(
+            [r["sparsity"] for r in int8], [r["val/ce"] for r in int8], "x", label="int8 weights"
+        )
+    ax.set_xlabel("fraction of the prunable weights removed")
+    ax.set_ylabel("val/ce (nats/token, whole val split)")
     ax.grid(alpha=0.3)
     ax.legend()
     with atomic_path(path) as tmp:

@@ -30,6 +30,7 @@ from nanolab.noise import squared_grad_norm
 from nanolab.optim import CombinedOptimizer, build_optimizer, build_schedule, set_optimizer_mode
 from nanolab.resume import Resume, check_compatible
 from nanolab.runtime import Runtime, capture_rng_state, restore_rng_state, seed_everything
+from nanolab.sparsity import SparseTraining, build_sparsity
 from nanolab.weights import load_into, read_weights
 
 log = logging.getLogger("nanolab.train")
@@ -61,6 +62,7 @@ class Run:
     # a chunk's head + loss, compiled with the model
     chunk_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     freq: FrequencyBins | None  # the classes' frequency bins, for val_freq/* metrics
+    sparsity: SparseTraining | None  # gradual pruning's masks and the sparsity penalties
 
     @property
     def tokens_per_step(self) -> int:
@@ -93,6 +95,7 @@ class Run:
             "sampler": {
                 "streams": {s: g for state in samplers for s, g in state["streams"].items()}
             },
+            "sparsity": self.sparsity.state_dict() if self.sparsity else None,
         }
 
     def load_state_dict(self, state: dict, fresh_optimizer: bool = False) -> None:
@@ -105,6 +108,8 @@ class Run:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
+        if self.sparsity and state["sparsity"]:
+            self.sparsity.load_state_dict(state["sparsity"])
         rng_ranks = state["rng_ranks"]
         rng = rng_ranks[self.world.rank] if len(rng_ranks) == self.world.size else state["rng"]
         restore_rng_state(rng, self.runtime.device)
@@ -178,6 +183,7 @@ def build_run(
         accum=accum,
         chunk_loss=head_loss(model.head, loss_fn, cfg.loss, compile=runtime.compile),
         freq=configured_bins(cfg.token_freq, data),
+        sparsity=build_sparsity(cfg.sparsity, model, cfg.trainer.max_iters),
     )
     if resume is not None:
         check_compatible(resume.path, resume.state, model_config.to_dict())
@@ -312,6 +318,7 @@ class StepResult(NamedTuple):
     # noise_scale.enabled: the squared gradient norm of each process's first micro-batch alone,
     # averaged over the processes
     first_micro_sq: torch.Tensor | None = None
+    penalty: torch.Tensor | None = None  # sparsity.l1 / group_lasso: the penalty term
 
 
 def is_finite(result: StepResult, scaler: torch.amp.GradScaler) -> bool:
@@ -356,10 +363,17 @@ def train_step(run: Run, lap: Callable[[str], None] = _no_lap) -> StepResult:
     run.world.mean_(total)  # every rank sees the same loss, so every rank takes the same decisions
     if first_micro_sq is not None:
         run.world.mean_(first_micro_sq)
+    penalty = run.sparsity.penalty() if run.sparsity else None
+    if penalty is not None:
+        # no data enters it: its gradient is added once per step, the same on every rank
+        run.scaler.scale(penalty).backward()
+        penalty = penalty.detach()
     run.scaler.unscale_(run.optimizer)  # so that clipping and the logged norm see true gradients
     max_norm = trainer.grad_clip if trainer.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), max_norm)
-    result = StepResult(total / run.accum, grad_norm, skipped=False, first_micro_sq=first_micro_sq)
+    result = StepResult(
+        total / run.accum, grad_norm, skipped=False, first_micro_sq=first_micro_sq, penalty=penalty
+    )
     if trainer.on_nonfinite == "skip_step" and not is_finite(result, run.scaler):
         result = result._replace(skipped=True)
     if run.scaler.is_enabled() or not result.skipped:
@@ -367,6 +381,8 @@ def train_step(run: Run, lap: Callable[[str], None] = _no_lap) -> StepResult:
         # its update must follow every unscale_, or the next step's unscale_ raises.
         run.scaler.step(run.optimizer)
         run.scaler.update()
+    if run.sparsity:
+        run.sparsity.apply()  # pruned weights stay zero
     run.optimizer.zero_grad(set_to_none=True)
     lap("optimizer")
     return result

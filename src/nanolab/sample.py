@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.config import SampleKeys, check_entry_types
 from nanolab.data import TokenData
+from nanolab.quantize import check_quantize, int8_weights
 from nanolab.runtime import Runtime, pick_device
 from nanolab.tokenizer import GPT2_VOCAB, Tokenizer, tokenizer_from_meta
 from nanolab.weights import foreign_data_dir, model_from_weights, read_weights
@@ -36,8 +37,11 @@ def sample(cfg: DictConfig) -> list[str]:
         raise ConfigError(f"temperature={cfg.temperature} must be >= 0")
     if cfg.top_k is not None and cfg.top_k < 1:
         raise ConfigError(f"top_k={cfg.top_k} must be >= 1, or null to sample among all tokens")
+    check_quantize(cfg.quantize)
     device = Runtime.create(pick_device(cfg.device)).device
     model, tokenizer = load_for_sampling(cfg, device)
+    if cfg.quantize:
+        int8_weights(model)
     prompt = cfg.prompt
     if prompt.startswith("FILE:"):
         path = Path(prompt[5:])

@@ -4,6 +4,7 @@ concerns, each deciding its own interval (as torchtitan's Trainer.train does):
     while step < max_iters:
         train_step                          (nanolab.run)
         skipped and non-finite steps        (trainer.on_nonfinite)
+        sparsity       gradual pruning at its schedule's steps (sparsity.final; off by default)
         metric_logger  every trainer.log_interval steps
         sharpness      every sharpness.every steps (off by default)
         validator      every trainer.eval_interval steps, then early stopping and the checkpointer
@@ -168,6 +169,8 @@ class MetricLogger:
         }
         if self.noise:
             stats |= self.noise.metrics()
+        if result.penalty is not None:
+            stats["train/penalty"] = result.penalty.item()
         timed_steps = step - self.interval_first_step  # 0 right after a compiling step
         if timed_steps:
             dt = (time.perf_counter() - self.interval_start) / timed_steps
@@ -500,6 +503,9 @@ class Trainer:
             self.count_skipped_step()
         elif self.state.noise:
             self.state.noise.observe(result.first_micro_sq, result.grad_norm.square())
+        if self.run.sparsity and self.run.sparsity.due(step):
+            stats = self.run.sparsity.prune(step)
+            self.tracker.log(stats, step, step * self.run.tokens_per_step)
         logging_now = self.metric_logger.should_log(step)
         validating = self.validator.should_validate(step)
         stopping = self.stop_requested(at_log_step=logging_now)

@@ -266,6 +266,8 @@ def load_into(
             "position",
             "qk_norm",
             "tie_embeddings",
+            "head_dim",
+            "mlp_hidden",
         )
         and getattr(mine, k) != v
     ]

@@ -29,4 +29,12 @@ def test_gpu_check_dry_run_runs_every_check_and_writes_its_summary(tmp_path):
         and report["torchrun"]["status"] == "finished"
     )
     assert report["quickstart"]["status"] == "finished"
+    rows = report["sparsity"]["rows"]
+    assert [(r["amount"], r["weights"]) for r in rows] == [
+        (0, "float32"),
+        (0, "int8"),
+        (0.5, "float32"),
+        (0.5, "int8"),
+    ]
+    assert rows[1]["memory_bytes"] < rows[0]["memory_bytes"] and rows[2]["forward_ms"] > 0
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check (dry run on CPU)")

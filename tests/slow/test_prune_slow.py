@@ -33,9 +33,10 @@ def test_prune_a_run_reports_sparsity_and_fine_tunes_under_the_mask(tmp_path):
     assert report[0]["nonzero_params"] > report[1]["nonzero_params"] > report[2]["nonzero_params"]
     # global: per layer it varies around the target
     assert all(abs(s - 0.9) < 0.2 for s in report[2]["per_layer"].values())
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    # amount 0 is the model as trained
-    assert report[0]["pruned/val/ce"] == pytest.approx(summary["final/val/ce"], abs=1e-6)
+    run_cli(f"checkpoint={tmp_path}/run", cwd=tmp_path, module="nanolab.evaluate")
+    evaluation = json.loads((tmp_path / "run" / "evaluation_val.json").read_text())
+    # amount 0 is the model as trained, scored on the whole val split as nanolab.evaluate does
+    assert report[0]["pruned/val/ce"] == pytest.approx(evaluation["ce"], abs=1e-6)
     assert report[2]["pruned/val/ce"] > report[0]["pruned/val/ce"]
     # the mask held while training
     assert [r["finetuned/sparsity"] for r in report] == [r["sparsity"] for r in report]
@@ -44,4 +45,4 @@ def test_prune_a_run_reports_sparsity_and_fine_tunes_under_the_mask(tmp_path):
     with open(tmp_path / "run" / "prune" / "prune.csv") as f:
         assert [row["amount"] for row in csv.DictReader(f)] == ["0", "0.5", "0.9"]
     assert (tmp_path / "run" / "prune" / "prune.png").read_bytes().startswith(PNG_MAGIC)
-    assert "| 0.9 | 0.9000 |" in out.stdout
+    assert "| 0.9 | float32 | 0.9000 |" in out.stdout
