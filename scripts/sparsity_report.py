@@ -2,6 +2,9 @@
 
     python scripts/sparsity_report.py multirun/sparsity 2000 docs/sparsity/accuracy.png \
         > docs/sparsity/tables.md
+    python scripts/sparsity_report.py docs/sparsity   # the same tables from the committed reports
+
+docs/sparsity/ keeps every prune.csv (prune/, measure/) and near_zero.csv of the study.
 
 Every accuracy cell is the mean ± standard deviation over the seeds (n given) of the whole-split
 val metrics nanolab.prune computed; the measurement table is seed 1337's models, timed one at a
@@ -40,7 +43,9 @@ def cells(rows: list[dict[str, str]], amount: str, key: str, digits: int = 3) ->
 
 def nonzero(rows: list[dict[str, str]], amount: str) -> str:
     values = {int(r["nonzero_params"]) for r in rows if float(r["amount"]) == float(amount)}
-    return f"{min(values):,}" if len(values) == 1 else f"{min(values):,}-{max(values):,}"
+    if len(values) < 2:
+        return "".join(f"{v:,}" for v in values)
+    return f"{min(values):,}-{max(values):,}"
 
 
 def seeds(rows: list[dict[str, str]]) -> int:
@@ -72,7 +77,11 @@ def accuracy(rows: dict, steps: int) -> str:
     ft, rewind = steps // 4, steps // 20
     head = ["method", "sparsity", "training steps", "non-zero params"]
     head += ["val/ce right after pruning", "val/ce", "val acc", "n"]
-    body = [["dense", "0", f"{steps}", *scored(dense, "0", "blank")]]
+    control = rows["dense128", "ftcontrol"]
+    body = [
+        ["dense", "0", f"{steps}", *scored(dense, "0", "blank")],
+        ["dense + fine-tune (control)", "0", f"{steps} + {ft}", *scored(control, "0", "blank")],
+    ]
     for i, amount in enumerate(("0.5", "0.75", "0.9")):
         gradual = rows[f"gradual{round(float(amount) * 100)}", "asis"]
         budget = f"{steps} + {i + 1} × {steps - rewind}"
@@ -88,7 +97,7 @@ def structured(rows: dict, steps: int) -> str:
     """Structured against unstructured one-shot pruning of the same dense models, and the
     group-lasso runs pruned structurally."""
     head = ["model", "pruned", "fraction of the linear weights removed", "non-zero params"]
-    head += ["val/ce right after pruning", f"val/ce after {steps // 4} fine-tuning steps"]
+    head += ["val/ce right after pruning", f"val/ce (pruned: after {steps // 4} fine-tuning steps)"]
     head += ["val acc", "n"]
     body = []
     for run, label in (
@@ -96,6 +105,7 @@ def structured(rows: dict, steps: int) -> str:
         ("glasso_1e-4", "group lasso 1e-4"),
         ("glasso_1e-3", "group lasso 1e-3"),
     ):
+        body.append([label, "nothing (as trained)", "0", *scored(rows[run, "asis"], "0", "blank")])
         for amount in ("0.25", "0.5", "0.75"):
             pruned = f"heads and neurons {amount}"
             body.append([label, pruned, amount, *scored(rows[run, "structured"], amount)])
@@ -105,10 +115,42 @@ def structured(rows: dict, steps: int) -> str:
     return table(head, body)
 
 
-def regularized(rows: dict, steps: int) -> str:
+def near_zero(folder: Path, run: str) -> list[float]:
+    """Per seed, the fraction of the blocks' linear weights of `run`'s last.pt below 1e-3 in
+    magnitude (what an L1 penalty drives towards zero without reaching it), kept in
+    near_zero.csv so that the tables regenerate from the committed reports alone."""
+    saved = folder / "near_zero.csv"
+    checkpoints = sorted(folder.glob(f"train/{run}-s*/last.pt"))
+    if not checkpoints:
+        with open(saved) as f:
+            return [float(r["fraction"]) for r in csv.DictReader(f) if r["run"] == run]
+    import torch
+
+    fractions = []
+    for path in checkpoints:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["model"]
+        weights = [w for name, w in state.items() if ".h." in name and w.dim() == 2]
+        small = sum(int((w.abs() < 1e-3).sum()) for w in weights)
+        fractions.append(small / sum(w.numel() for w in weights))
+    rows = []
+    if saved.is_file():
+        with open(saved) as f:
+            rows = [r for r in csv.DictReader(f) if r["run"] != run]
+    rows += [
+        {"run": run, "seed": p.parent.name, "fraction": x} for p, x in zip(checkpoints, fractions)
+    ]
+    with open(saved, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["run", "seed", "fraction"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return fractions
+
+
+def regularized(rows: dict, folder: Path) -> str:
     """The L1 runs as trained and after one-shot pruning, against the plain dense run."""
     head = [
         "trained with",
+        "linear weights with \\|w\\| < 1e-3 as trained",
         "val/ce as trained",
         "val/ce pruned to 0.5",
         "0.75",
@@ -122,6 +164,7 @@ def regularized(rows: dict, steps: int) -> str:
         body.append(
             [
                 label,
+                stat(near_zero(folder, run)),
                 cells(asis, "0", "val/ce"),
                 *(cells(oneshot, a, "val/ce") for a in ("0.5", "0.75", "0.9")),
                 cells(oneshot, "0.9", "pruned/val/ce"),
@@ -159,7 +202,7 @@ def measured(folder: Path) -> str:
         "ms / forward (16 × 64 tokens)",
         "sampling tok/s, batch 1",
         "batch 16",
-        "val/ce",
+        "val/ce of the model timed (no fine-tuning)",
     ]
     body = []
     for name in ("dense128", "structured", "gradual90", "wide256_gradual9375", "dense64"):
@@ -242,7 +285,7 @@ def main(folder: Path, steps: int = 2000, png: Path | None = None) -> None:
     rows = read(folder / "prune")
     print(f"## Unstructured sparsity\n\n{accuracy(rows, steps)}\n")
     print(f"## Structured and unstructured\n\n{structured(rows, steps)}\n")
-    print(f"## L1 before magnitude pruning\n\n{regularized(rows, steps)}\n")
+    print(f"## L1 before magnitude pruning\n\n{regularized(rows, folder)}\n")
     print(f"## Large sparse against small dense\n\n{large_sparse(rows)}\n")
     print(f"## Memory and time (seed 1337)\n\n{measured(folder / 'measure')}")
     if png:

@@ -6,7 +6,7 @@
 #      0.9 at width 128; 0.9375 at width 256, which leaves width 64's non-zero count), and the
 #      penalties (sparsity.l1 1e-5 and 1e-4; sparsity.group_lasso 1e-4 and 1e-3);
 #   2. prune each seed's dense model: one-shot magnitude (0.5, 0.75, 0.9, each then fine-tuned
-#      500 steps at 1e-4, the schedule's last lr), IMP (rounds to 0.5, 0.75, 0.9, rewound to
+#      500 steps at 1e-4, the schedule's last lr; the dense model fine-tuned alike as control), IMP (rounds to 0.5, 0.75, 0.9, rewound to
 #      step 100 and retrained to step 2000 each round), structured (a quarter, half and three
 #      quarters of the heads and MLP neurons, fine-tuned 500 steps); the L1 runs one-shot, the
 #      group-lasso runs structured, the same way; every trained model scored as it is;
@@ -79,6 +79,8 @@ prune_seed() {  # every report of one seed
     for arm in "${arms[@]}"; do  # every trained model as it is
         prune "$arm-asis-s$seed" "$arm-s$seed" "amounts=[0]"
     done
+    # the dense model fine-tuned as the pruned ones are: the control at their budget
+    prune "dense128-ftcontrol-s$seed" "dense128-s$seed" "amounts=[0]" finetune_steps=$finetune
     for run in dense128 l1_1e-5 l1_1e-4; do
         prune "$run-oneshot-s$seed" "$run-s$seed" "amounts=[0.5,0.75,0.9]" \
             finetune_steps=$finetune
