@@ -185,3 +185,31 @@ def test_sigterm_to_torchrun_saves_a_checkpoint_that_resumes(tmp_path):
         step + 1,
         step + 2,
     ]
+
+
+# Gradual pruning to half of the linear weights by step 6, and both penalties.
+SPARSE = [
+    "sparsity.final=0.5",
+    "sparsity.start=2",
+    "sparsity.end=6",
+    "sparsity.every=2",
+    "sparsity.l1=1e-4",
+    "sparsity.group_lasso=1e-4",
+]
+
+
+def test_sparse_training_under_ddp_trains_like_one_process(tmp_path):
+    single = tmp_path / "single"
+    run_cli(*COMMON, *SPARSE, "trainer.max_iters=8", f"hydra.run.dir={single}", cwd=tmp_path)
+    torchrun(
+        *COMMON, *SPARSE, "trainer.max_iters=8", f"hydra.run.dir={tmp_path / 'ddp'}", cwd=tmp_path
+    )
+    a, b = records(single), records(tmp_path / "ddp")
+    assert_same_trajectory(a, b)
+    penalties = [
+        (r["train/penalty"], s["train/penalty"]) for r, s in zip(a, b) if "train/penalty" in r
+    ]
+    assert len(penalties) == 8 and all(x == pytest.approx(y, rel=1e-5) for x, y in penalties)
+    assert [r["sparsity/actual"] for r in b if "sparsity/actual" in r][-1] == pytest.approx(
+        0.5, abs=1e-3
+    )
