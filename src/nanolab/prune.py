@@ -40,6 +40,7 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import atomic_path, unwritable, write_json
@@ -163,6 +164,22 @@ def counts(model: GPT, modules: dict[str, torch.nn.Module]) -> dict[str, Any]:
     }
 
 
+def train_steps(
+    run: Run,
+    steps: range,
+    desc: str,
+    masks: dict[str, torch.Tensor] | None = None,
+    modules: dict[str, torch.nn.Module] | None = None,
+) -> None:
+    """Train `run` over `steps` (the learning rate of each from its schedule: a constant one
+    when fine-tuning), the masked weights held at zero, with a progress bar on a terminal."""
+    for step in tqdm(steps, desc=desc, unit="step", disable=None, leave=False):
+        set_lr(run, step)
+        train_step(run)
+        if masks is not None:
+            apply_masks(modules, masks)
+
+
 def magnitude(p: Pruner) -> list[dict[str, Any]]:
     """One-shot magnitude pruning of the checkpoint at each amount, then fine-tuning."""
     results = []
@@ -175,9 +192,7 @@ def magnitude(p: Pruner) -> list[dict[str, Any]]:
         row = {"method": "magnitude", "amount": amount, **counts(run.model, modules)}
         row |= p.score(run.model, "pruned/")
         if p.cfg.finetune_steps:
-            for _ in range(p.cfg.finetune_steps):
-                train_step(run)
-                apply_masks(modules, masks)  # pruned weights stay zero
+            train_steps(run, range(p.cfg.finetune_steps), f"fine-tuning {amount:g}", masks, modules)
             row |= p.score(run.model, "finetuned/")
             row["finetuned/sparsity"] = zero_fraction(modules)
         results += p.rows(row, run.model)
@@ -187,10 +202,16 @@ def magnitude(p: Pruner) -> list[dict[str, Any]]:
 def imp(p: Pruner) -> list[dict[str, Any]]:
     """Iterative magnitude pruning with rewinding: a round per amount."""
     max_iters = p.train_cfg.trainer.max_iters
+    rounds = sum(1 for a in p.cfg.amounts if a)
+    log.info(
+        "method=imp: %d rounds, each retraining steps %d-%d of the run (%d steps in all)",
+        rounds,
+        p.cfg.rewind_step,
+        max_iters,
+        rounds * (max_iters - p.cfg.rewind_step),
+    )
     run = p.run(p.train_cfg)  # the run's own start, from its seed
-    for step in range(p.cfg.rewind_step):
-        set_lr(run, step)
-        train_step(run)
+    train_steps(run, range(p.cfg.rewind_step), f"recomputing steps 0-{p.cfg.rewind_step}")
     rewind = copy.deepcopy(run.state_dict())
     load_into(run.model, p.weights, p.data.meta, "checkpoint")  # round 0: the trained weights
     modules = prunable(run.model, p.cfg.prune_embeddings)
@@ -205,10 +226,8 @@ def imp(p: Pruner) -> list[dict[str, Any]]:
             row |= counts(run.model, modules) | p.score(run.model, "pruned/")
             run.load_state_dict(copy.deepcopy(rewind))
             apply_masks(modules, masks)
-            for step in range(p.cfg.rewind_step, max_iters):
-                set_lr(run, step)
-                train_step(run)
-                apply_masks(modules, masks)
+            steps = range(p.cfg.rewind_step, max_iters)
+            train_steps(run, steps, f"IMP round to {amount:g}", masks, modules)
             row |= p.score(run.model, "finetuned/") | {"finetuned/sparsity": zero_fraction(modules)}
         else:
             row |= counts(run.model, modules) | p.score(run.model, "pruned/")
@@ -232,8 +251,7 @@ def structured(p: Pruner) -> list[dict[str, Any]]:
             shape = {"n_head": c.n_head, "head_dim": c.head_dim, "mlp_hidden": c.mlp_hidden}
             run = p.run(p.finetune_cfg(shape))
             run.model.load_state_dict(small.state_dict())
-            for _ in range(p.cfg.finetune_steps):
-                train_step(run)
+            train_steps(run, range(p.cfg.finetune_steps), f"fine-tuning {amount:g}")
             small = run.model
             row |= p.score(small, "finetuned/") | {"finetuned/sparsity": row["sparsity"]}
         row["checkpoint"] = str(save_smaller(p, small, amount))
