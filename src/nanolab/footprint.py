@@ -21,11 +21,13 @@ import io
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from nanolab.model import GPT
+from nanolab.runtime import sync
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
@@ -62,43 +64,36 @@ def csr_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-@torch.inference_mode()
-def forward_ms(model: GPT, batch: int, repeats: int = 7) -> float:
-    """Median milliseconds of a forward pass over `batch` random windows of the full context,
-    after one untimed pass."""
-    device = next(model.parameters()).device
-    x = torch.randint(model.config.vocab_size, (batch, model.config.block_size), device=device)
+def median_seconds(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """The median wall time of `repeats` calls of `run` after one untimed call, the device
+    synchronised around each."""
     times = []
     for i in range(repeats + 1):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
-        model(x)
-        _sync(device)
+        run()
+        sync(device)
         if i:
             times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def forward_ms(model: GPT, batch: int, repeats: int = 7) -> float:
+    """Median milliseconds of a forward pass over `batch` random windows of the full context."""
+    device = next(model.parameters()).device
+    x = torch.randint(model.config.vocab_size, (batch, model.config.block_size), device=device)
+    return 1000 * median_seconds(lambda: model(x), device, repeats)
 
 
 @torch.inference_mode()
 def sampling_tokens_per_s(model: GPT, batch: int, new_tokens: int, repeats: int = 3) -> float:
     """New tokens per second of greedy generation for `batch` sequences from a one-token prompt
-    (the median of `repeats`, after one untimed run)."""
+    (over the median run)."""
     device = next(model.parameters()).device
     x = torch.zeros((batch, 1), dtype=torch.long, device=device)
-    times = []
-    for i in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        model.generate(x, new_tokens, temperature=0)
-        _sync(device)
-        if i:
-            times.append(time.perf_counter() - start)
-    return batch * new_tokens / statistics.median(times)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    generate = lambda: model.generate(x, new_tokens, temperature=0)  # noqa: E731
+    return batch * new_tokens / median_seconds(generate, device, repeats)
 
 
 def measure(model: GPT, batch: int, new_tokens: int) -> dict[str, float]:

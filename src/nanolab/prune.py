@@ -218,29 +218,29 @@ def imp(p: Pruner) -> list[dict[str, Any]]:
     masks = None
     results = []
     for amount in sorted(p.cfg.amounts):
-        row = {"method": "imp", "amount": amount}
         if amount:
             weights = {n: m.weight for n, m in modules.items()}
             masks = magnitude_masks(weights, amount, p.cfg.scope, masks)
             apply_masks(modules, masks)
-            row |= counts(run.model, modules) | p.score(run.model, "pruned/")
+        row = {"method": "imp", "amount": amount, **counts(run.model, modules)}
+        row |= p.score(run.model, "pruned/")
+        if amount:
             run.load_state_dict(copy.deepcopy(rewind))
             apply_masks(modules, masks)
             steps = range(p.cfg.rewind_step, max_iters)
             train_steps(run, steps, f"IMP round to {amount:g}", masks, modules)
             row |= p.score(run.model, "finetuned/") | {"finetuned/sparsity": zero_fraction(modules)}
-        else:
-            row |= counts(run.model, modules) | p.score(run.model, "pruned/")
         results += p.rows(row, run.model)
     return results
 
 
 def structured(p: Pruner) -> list[dict[str, Any]]:
     """Heads and neurons removed at each amount: smaller dense models, each saved."""
+    # shrink copies what it keeps: the checkpoint's model serves every amount
+    model = model_from_weights(p.weights, p.data.meta, "checkpoint").to(p.runtime.device)
+    before = sum(m.weight.numel() for m in prunable(model, p.cfg.prune_embeddings).values())
     results = []
     for amount in p.cfg.amounts:
-        model = model_from_weights(p.weights, p.data.meta, "checkpoint").to(p.runtime.device)
-        before = sum(m.weight.numel() for m in prunable(model, p.cfg.prune_embeddings).values())
         small = shrink(model, kept_groups(model, amount))
         modules = prunable(small, p.cfg.prune_embeddings)
         row = {"method": "structured", "amount": amount, **counts(small, modules)}

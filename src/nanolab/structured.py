@@ -112,7 +112,7 @@ def shrink(model: GPT, kept: list[tuple[torch.Tensor, torch.Tensor]]) -> GPT:
     c = model.config
     n_head, width = len(kept[0][0]), len(kept[0][1])
     small = GPT(dataclasses.replace(c, n_head=n_head, head_dim=c.head_size, mlp_hidden=width))
-    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state = dict(model.state_dict())  # load_state_dict copies what is kept
     for i, (heads, neurons) in enumerate(kept):
         p = f"transformer.h.{i}."
         rows = _rows(c, heads)
