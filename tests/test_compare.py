@@ -491,3 +491,34 @@ def test_each_frequency_bins_fall_since_the_first_evaluation_is_a_run_value():
     values = run_values(records, {"status": "finished", "wall_time_s": 2.0})
     assert values["train_freq/b0/ce"] == 4.0
     assert values["train_freq/b0/ce_drop"] == pytest.approx(6.5)
+
+
+def test_the_best_value_of_a_swept_number_per_line_and_panels(tmp_path):
+    """The μP transfer layout: val/ce against lr, a line per width, a panel per
+    parametrization; report.md says where each line's best lr lies and if it is interior."""
+    sweep = tmp_path / "sweep"
+    losses = {  # (parametrization, width) -> val/ce at lr 1e-3, 2e-3, 4e-3
+        ("sp", "64"): (2.0, 1.8, 1.9),
+        ("sp", "256"): (1.7, 1.9, 2.4),
+        ("mup", "64"): (2.0, 1.8, 1.9),
+        ("mup", "256"): (1.9, 1.6, 1.7),
+    }
+    job = 0
+    for (p, width), values in losses.items():
+        for lr, value in zip(("0.001", "0.002", "0.004"), values, strict=True):
+            overrides = [f"model.parametrization={p}", f"model.n_embd={width}", f"optim.lr={lr}"]
+            fake_run(sweep / f"{job}_run", overrides, 1, {"val/ce": value, "val/acc": 0.3})
+            job += 1
+    compare([str(sweep)], sort="val/ce", panels="model.parametrization")
+    report = (sweep / "report.md").read_text()
+    section = report[report.index("### Best optim.lr by val/ce") :]
+    assert "| model.parametrization=sp,model.n_embd=256 | 0.001 0.002 0.004 | 0.001 (#1) | " in (
+        section
+    )
+    assert "lowest tried (a bound)" in section
+    assert "| model.parametrization=mup,model.n_embd=256 | 0.001 0.002 0.004 | 0.002 (#2) |" in (
+        section
+    )
+    assert (sweep / "val_ce_vs_optim.lr.png").read_bytes().startswith(PNG_MAGIC)
+    with pytest.raises(ConfigError, match="--panels model.depth is not a key"):
+        compare([str(sweep)], sort="val/ce", panels="model.depth")

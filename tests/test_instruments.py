@@ -285,6 +285,9 @@ def test_a_run_ends_at_its_target_and_compare_counts_its_steps(tmp_path):
             "finetune_shakespeare",
             ["pretrained=null", "model.n_embd=32", "model.n_head=2", "model.n_layer=1"],
         ),
+        ("mup_transfer", ["model.n_embd=128"]),
+        ("mup_depth", ["model.n_layer=4", "model.depth_alpha=1"]),
+        ("isoflop", ["model.n_embd=32", "trainer.flops_budget=1e9"]),
     ],
 )
 def test_the_presets_run_a_few_steps(tmp_path, experiment, choice):
@@ -302,13 +305,17 @@ def test_the_presets_run_a_few_steps(tmp_path, experiment, choice):
     assert (
         summary["status"] == "finished"
         and summary["params"] > 0
-        and summary["flops_per_token"] > 6 * summary["params"]
+        and summary["flops_per_token"] > 6 * summary["matrix_params"] > 0
     )
     assert any("sharpness/top1" in r for r in records(tmp_path)) == (
         experiment == "edge_of_stability"
     )
     if experiment == "model_size":
         assert cfg.model.n_head == 2  # head size 32 kept
+    if experiment.startswith("mup"):
+        assert cfg.model.n_head == cfg.model.n_embd // 16 and cfg.model.parametrization == "mup"
+    if experiment == "isoflop":  # 1e9 FLOPs buy 4 steps of 209,088 FLOPs/token x 1024 tokens
+        assert summary["flops_per_token"] == 209_088 and records(tmp_path)[-1]["step"] == 4
 
 
 @pytest.mark.parametrize("experiment", ["loss_comparison_tuned", "loss_comparison_bpe"])

@@ -50,10 +50,11 @@ from torch.nn import functional as F
 from nanolab import ConfigError, exit_on_config_error
 from nanolab.atomic import write_json
 from nanolab.distributed import World
+from nanolab.flops import flops_per_token
 from nanolab.frequency import FrequencyBins, frequency_bins
 from nanolab.launch import RunInfo
 from nanolab.losses import chunked_head_loss, get_loss, head_chunk_tokens, uses_class_counts
-from nanolab.metrics import evaluate_batches, flops_per_token
+from nanolab.metrics import evaluate_batches
 from nanolab.noise import NoiseScale
 from nanolab.run import Run, build_run, train_step
 from nanolab.runtime import Runtime, measure_cpu_matmul_flops, pick_device, sync
@@ -162,7 +163,7 @@ def bench_step(cfg: DictConfig) -> dict[str, Any]:
     run = setup(cfg)
     block = cfg.trainer.log_interval
     peak_flops = run.runtime.peak_flops()
-    flops = flops_per_token(run.model)
+    flops = flops_per_token(run.model.config)
     log.info("warming up (%d steps)", b.warmup)
     bare_steps(run, b.warmup)
     bare, loop, splits = [], [], []

@@ -42,6 +42,14 @@ MODEL_OPTIONS_ADDED = {
     "gelu": "exact",
     "head_dim": None,
     "mlp_hidden": None,
+    "init_std": 0.02,
+    "parametrization": "sp",
+    "mup_base_width": None,
+    "mup_base_head_dim": None,
+    "input_mult": 1.0,
+    "output_mult": 1.0,
+    "depth_alpha": 0.0,
+    "mup_base_depth": None,
 }
 
 # Keys added to the saved config after checkpoints were first written, with the value those
@@ -78,6 +86,7 @@ CONFIG_KEYS_ADDED = {
     "sparsity.embeddings": False,
     "sparsity.l1": 0.0,
     "sparsity.group_lasso": 0.0,
+    "trainer.flops_budget": None,
     **{f"model.{k}": v for k, v in MODEL_OPTIONS_ADDED.items()},
 }
 

@@ -13,8 +13,9 @@ directory (or --out):
   over seeds with a band of one standard deviation, val/ce twice more zoomed on the better
   configurations (a run far behind does not flatten the others' gaps);
 - final.png: each configuration's final calibrated val/ce and val/acc, mean ± std, every seed;
-- <metric>_vs_<key>.png for each swept numeric key (the learning-rate U-curve), one line per
-  value of the other keys;
+- <metric>_vs_<key>.png for each swept numeric key (the learning-rate U-curve; with --panels
+  KEY a panel per value of KEY, SP beside μP), and in report.md where the best value of the
+  key lies for each combination of the others (interior, or at an end: a bound);
 - metrics_vs_params.png, when the sweep varies model.* keys: final val and train_eval
   cross-entropy and accuracy against parameter count (the report gains params and FLOPs/token);
 - sharpness.png, when runs measured it (sharpness.every): each run's sharpness against step
@@ -65,6 +66,7 @@ from nanolab.plots import (
     plot_steps_vs_tokens,
 )
 from nanolab.report import (
+    best_value_section,
     markdown_table,
     report_markdown,
     rows_csv,
@@ -132,14 +134,17 @@ def compare(
     paths: list[str],
     out: Path | None = None,
     sort: str = "val/ce_calibrated",
+    *,
     wandb_workspace: bool = False,
     evaluated: bool = False,
     target: str | None = None,
+    panels: str | None = None,
 ) -> Path:
     """Write the report of the runs under `paths` into `out` (default: the one directory given,
     or the common parent of several) and print its table; returns the report's path. With
     `evaluated`, the val metrics are those of each run's evaluation_val.json; with `target`
-    (`val/ce=1.9`), each configuration's steps and tokens to it."""
+    (`val/ce=1.9`), each configuration's steps and tokens to it; with `panels` (a swept key),
+    the plots against a swept number get a panel per value of it."""
     if sort not in [k for k, *_ in METRICS]:
         raise ConfigError(f"--sort {sort} is not one of {', '.join(k for k, *_ in METRICS)}")
     runs = [read_run(d) for d in find_run_dirs(paths)]
@@ -151,6 +156,14 @@ def compare(
     keys = fill_missing_params(runs)
     rows = group_rows(runs, keys, sort)
     critical = critical_batch(rows) if goal else None
+    if panels is not None and panels not in keys:
+        raise ConfigError(f"--panels {panels} is not a key these runs differ by: {keys}")
+    swept = [
+        k
+        for k in keys
+        if len(rows) > 1 and k != panels and all(is_number(r.params[k]) for r in rows)
+    ]
+    best = [best_value_section(rows, keys, k, sort) for k in swept]
     if out is None:
         out = (
             Path(paths[0])
@@ -170,7 +183,8 @@ def compare(
                 evaluated_tokens=evaluated_tokens,
                 target=goal,
                 critical=critical,
-            ),
+            )
+            + "".join(f"\n\n{section}\n" for section in best),
         )
         _write_text(out / "report.csv", rows_csv(rows, keys, goal))
         _write_text(out / "runs.csv", runs_csv(runs, keys))
@@ -192,16 +206,17 @@ def compare(
                 plot_lr_vs_batch(critical.lr, critical.fit.b_crit, out / "lr_vs_batch.png")
         if any(k.startswith("model.") for k in keys) and size_columns(rows):
             plot_against_size(rows, keys, out / "metrics_vs_params.png")
-        for key in keys:
-            if len(rows) > 1 and all(is_number(row.params[key]) for row in rows):
-                plot_metric_vs_value(
-                    rows, keys, key, sort, out / f"{sort.replace('/', '_')}_vs_{key}.png"
-                )
+        for key in swept:
+            plot_metric_vs_value(
+                rows, keys, key, sort, out / f"{sort.replace('/', '_')}_vs_{key}.png", panels
+            )
     except OSError as e:
         raise ConfigError(
             f"cannot write the report to {out} ({e.strerror}); choose another --out"
         ) from e
     print(markdown_table(rows, keys))
+    for section in best:
+        print(f"\n{section}")
     if goal:
         print(target_table(rows, keys, goal))
     unfinished = [r for r in runs if r.status not in ENDED_AS_PLANNED or not r.values]
@@ -256,6 +271,12 @@ def main(argv: list[str] | None = None) -> None:
         help="also save a W&B workspace for the sweep's group (offline: write its definition to "
         "wandb_workspace.json)",
     )
+    parser.add_argument(
+        "--panels",
+        metavar="KEY",
+        help="in the plots against a swept number, one panel per value of this swept key "
+        "(e.g. model.parametrization: SP beside μP)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with exit_on_config_error(log):
@@ -266,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
             wandb_workspace=args.wandb_workspace,
             evaluated=args.evaluated,
             target=args.target,
+            panels=args.panels,
         )
 
 

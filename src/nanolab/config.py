@@ -25,9 +25,11 @@ from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from nanolab import ConfigError
 from nanolab.dataloader import full_batch_windows
+from nanolab.flops import budget_iters
 from nanolab.frequency import check_token_freq
 from nanolab.losses import check_loss, head_chunk_tokens
 from nanolab.model import GPTConfig
+from nanolab.mup import check_mup
 from nanolab.noise import check_noise_scale
 from nanolab.optim import build_schedule, check_optim
 from nanolab.runtime import thread_count, use_compile
@@ -139,6 +141,7 @@ class EvaluateKeys:
 @dataclass
 class TrainerKeys:
     max_iters: int = MISSING
+    flops_budget: float | None = MISSING
     batch_size: int = MISSING
     grad_accum: int = MISSING
     fix_global_batch: bool = MISSING
@@ -211,6 +214,14 @@ class Model:
     zero_init_proj: bool = MISSING
     head_dim: int | None = MISSING
     mlp_hidden: int | None = MISSING
+    init_std: float = MISSING
+    parametrization: str = MISSING  # sp | mup, checked by GPTConfig
+    mup_base_width: int | None = MISSING
+    mup_base_head_dim: int | None = MISSING
+    input_mult: float = MISSING
+    output_mult: float = MISSING
+    depth_alpha: float = MISSING
+    mup_base_depth: int | None = MISSING
 
 
 @dataclass
@@ -648,7 +659,13 @@ def check_values(cfg: DictConfig) -> None:
     check_token_freq(cfg.token_freq)
     check_optim(cfg.optim)
     build_schedule(cfg.schedule, cfg.optim.lr)
-    GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=1)
+    model = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=1)
+    check_mup(cfg.model, cfg.optim)
+    if trainer.flops_budget is not None:
+        # before the data is read: the head's share needs its vocabulary, so this is a lower
+        # bound on a step's FLOPs; the trainer sets max_iters from the exact count
+        tokens = trainer.batch_size * model.block_size * trainer.grad_accum
+        budget_iters(trainer.flops_budget, model, tokens)
 
 
 def check_entry_types(cfg: DictConfig, schema: type) -> None:

@@ -23,7 +23,7 @@ from nanolab.dataloader import BatchSampler
 from nanolab.distributed import World
 from nanolab.frequency import FrequencyBins, bin_metrics
 from nanolab.losses import LossFn, get_loss
-from nanolab.model import GPT, GPTConfig
+from nanolab.model import GPT
 
 # Evaluation draws the same batches at every evaluation (less noise between points of a
 # curve) from its own generator, so it never disturbs the training data order.
@@ -474,10 +474,3 @@ def evaluate_split(
             )
     frequency = {f"freq/{k}": v for k, v in totals.frequency().items()}
     return totals.compute(device) | {"tokens": totals.tokens} | frequency
-
-
-def flops_per_token(model: GPT) -> float:
-    """Training FLOPs per token: 6N for the matmuls forward and backward, plus attention's
-    12·L·H·Q·T (nanoGPT's estimate_mfu, after the PaLM paper's appendix B)."""
-    c: GPTConfig = model.config
-    return 6 * model.num_params() + 12 * c.n_layer * c.n_head * c.head_size * c.block_size

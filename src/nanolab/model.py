@@ -51,6 +51,24 @@ class GPTConfig:
     head_dim: int | None = None
     # the MLP's hidden width; None: 4 * n_embd. Set by structured pruning, which removes neurons.
     mlp_hidden: int | None = None
+    # the standard deviation of the initial weights (GPT-2's 0.02); μP divides the hidden
+    # matrices' by sqrt(width multiplier)
+    init_std: float = 0.02
+    # sp: standard parametrization (GPT-2) | mup: maximal update parametrization (Tensor
+    # Programs V, arXiv 2203.03466), whose best learning rate carries over between widths
+    parametrization: str = "sp"
+    # μP's base shape: the width and head size the hyperparameters were tuned at (None: this
+    # model's own, a width multiplier m = 1)
+    mup_base_width: int | None = None
+    mup_base_head_dim: int | None = None
+    # the token (and position) embedding's output is multiplied by input_mult; the logits by
+    # output_mult (by output_mult / m under μP)
+    input_mult: float = 1.0
+    output_mult: float = 1.0
+    # residual branches are multiplied by (n_layer / mup_base_depth)^-depth_alpha: 0 off,
+    # 1 CompleteP (Dey et al. 2025, arXiv 2505.01618), 0.5 depth-μP (Yang et al. 2023)
+    depth_alpha: float = 0.0
+    mup_base_depth: int | None = None  # None: this model's n_layer
 
     def __post_init__(self) -> None:
         for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -85,6 +103,32 @@ class GPTConfig:
             raise ConfigError(f"model.position=rope needs an even head size, not {self.head_size}")
         if not self.rope_base > 1:
             raise ConfigError(f"model.rope_base={self.rope_base} must be > 1")
+        self._check_parametrization()
+
+    def _check_parametrization(self) -> None:
+        if self.parametrization not in ("sp", "mup"):
+            raise ConfigError(
+                f"model.parametrization={self.parametrization!r} must be one of sp, mup"
+            )
+        for key in ("init_std", "input_mult", "output_mult"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be > 0")
+        if not (self.depth_alpha == 0 or 0.5 <= self.depth_alpha <= 1):
+            raise ConfigError(
+                f"model.depth_alpha={self.depth_alpha} must be 0 (off) or in [0.5, 1] "
+                "(1: CompleteP, 0.5: depth-μP); below 0.5 the residual stream grows with depth"
+            )
+        for key in ("mup_base_width", "mup_base_head_dim", "mup_base_depth"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be > 0, or null")
+        # The base must itself be a model: whole heads of the base head size (a base width that
+        # is not, e.g. a head size typed for a width, is refused rather than silently scaled).
+        base_head = self.mup_base_head_dim or self.head_size
+        if self.mup_base_width is not None and self.mup_base_width % base_head:
+            raise ConfigError(
+                f"model.mup_base_width={self.mup_base_width} must be a multiple of the base head "
+                f"size {base_head} (the width the hyperparameters were tuned at, in whole heads)"
+            )
 
     @property
     def head_size(self) -> int:
@@ -93,6 +137,29 @@ class GPTConfig:
     @property
     def mlp_width(self) -> int:
         return self.mlp_hidden or 4 * self.n_embd
+
+    @property
+    def width_mult(self) -> float:
+        """μP's width multiplier m: n_embd over the base width (1 under SP)."""
+        if self.parametrization != "mup" or self.mup_base_width is None:
+            return 1.0
+        return self.n_embd / self.mup_base_width
+
+    @property
+    def attn_scale(self) -> float | None:
+        """The attention logits' scale: None (SDPA's 1/sqrt(d)) under SP and at the base head
+        size; μP's 1/d otherwise, as sqrt(d_base)/d so that it equals SP's at the base."""
+        base = self.mup_base_head_dim
+        if self.parametrization != "mup" or base is None or base == self.head_size:
+            return None
+        return math.sqrt(base) / self.head_size
+
+    @property
+    def branch_mult(self) -> float:
+        """Each residual branch's multiplier, (L / L_base)^-depth_alpha (1 when off)."""
+        if self.depth_alpha == 0 or self.mup_base_depth is None:
+            return 1.0
+        return (self.n_layer / self.mup_base_depth) ** -self.depth_alpha
 
     @property
     def padded_vocab_size(self) -> int:
@@ -168,6 +235,7 @@ class CausalSelfAttention(nn.Module):
             else None
         )
         self.qk_norm = config.qk_norm
+        self.scale = config.attn_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.size()
@@ -181,7 +249,12 @@ class CausalSelfAttention(nn.Module):
             q, k = self.rotary(q), self.rotary(k)
         # SDPA dispatches to flash / memory-efficient kernels on GPU.
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q,
+            k,
+            v,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=True,
+            scale=self.scale,
         )
         y = y.transpose(1, 2).contiguous().view(B, T, inner)
         return self.resid_dropout(self.c_proj(y))
@@ -217,10 +290,15 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
+        self.branch_mult = config.branch_mult
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        if self.branch_mult == 1.0:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+        # depth scaling: each branch's share of the stream shrinks as blocks are added
+        x = x + self.branch_mult * self.attn(self.ln_1(x))
+        return x + self.branch_mult * self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -243,23 +321,35 @@ class GPT(nn.Module):
 
         self.apply(self._init_weights)
         # GPT-2: residual projections are scaled so the residual stream's variance does not
-        # grow with depth (two residual additions per layer). Zero-initialised, every block
-        # starts as the identity and the first steps train the embeddings and head (modded-nanogpt).
+        # grow with depth (two residual additions per layer); with depth_alpha the branch
+        # multiplier does that, so the projections keep the base depth's scale. Zero-initialised,
+        # every block starts as the identity and the first steps train the embeddings and head
+        # (modded-nanogpt).
+        depth = config.mup_base_depth if config.branch_mult != 1.0 else config.n_layer
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * depth))
                 if config.zero_init_proj:
                     nn.init.zeros_(p)
         if config.zero_init_proj and not config.tie_embeddings:
             nn.init.zeros_(self.lm_head.weight)
+        # μP: hidden matrices (fan-in growing with width) start at std/sqrt(m), so each output
+        # coordinate stays O(1) at any width; embeddings and the head keep std (Tensor Programs
+        # V, Table 3, in microsoft/mup's MuReadout form: the head's 1/m is in `head`).
+        if config.width_mult != 1.0:
+            with torch.no_grad():
+                for p in self.transformer.h.parameters():
+                    if p.dim() == 2:
+                        p.div_(math.sqrt(config.width_mult))
 
     def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; position embeddings are excluded by default, as in nanoGPT (the
@@ -280,6 +370,8 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)
         if "wpe" in self.transformer:  # with rotary embeddings, positions enter in attention
             x = x + self.transformer.wpe(torch.arange(T, dtype=torch.long, device=idx.device))
+        if self.config.input_mult != 1.0:
+            x = x * self.config.input_mult
         x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x)
@@ -289,7 +381,13 @@ class GPT(nn.Module):
         """Logits over the true vocabulary from final hidden states, soft-capped if configured.
 
         The slice drops the padded columns; it is a view, so no copy of the logits is made.
+        μP's readout multiplier output_mult / m is applied to the hidden states (n_embd wide,
+        cheaper than the logits): every path (training, the chunked head, evaluation,
+        generation) comes through here.
         """
+        mult = self.config.output_mult / self.config.width_mult
+        if mult != 1.0:
+            hidden = hidden * mult
         logits = self.lm_head(hidden)[..., : self.config.vocab_size]
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap

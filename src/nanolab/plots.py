@@ -4,7 +4,6 @@ value, against model size, sharpness against step."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,15 @@ from typing import Any
 from nanolab.atomic import atomic_path
 from nanolab.critical_batch import CriticalBatch, LrRule
 from nanolab.report import human
-from nanolab.results import B_SIMPLE, Row, RunResult, Target, frequency_bins_of, is_number
+from nanolab.results import (
+    B_SIMPLE,
+    METRICS,
+    Row,
+    RunResult,
+    Target,
+    frequency_bins_of,
+    natural_key,
+)
 
 
 def _log_axis(axis: Any, fmt: Callable[[float, Any], str] = lambda v, _pos=None: f"{v:g}") -> None:
@@ -213,34 +220,56 @@ def plot_sharpness(runs: list[RunResult], keys: list[str], path: Path) -> bool:
 
 
 def plot_metric_vs_value(
-    rows: list[Row], keys: list[str], key: str, metric: str, path: Path
+    rows: list[Row],
+    keys: list[str],
+    key: str,
+    metric: str,
+    path: Path,
+    panels: str | None = None,
 ) -> None:
-    """`metric` against the numeric values of a swept `key`, one line per value of the others."""
+    """`metric` against the numeric values of a swept `key`, one line per value of the others;
+    with `panels`, one panel per value of that key (SP beside μP, say) on shared axes."""
     import matplotlib.pyplot as plt
 
-    others = [k for k in keys if k != key]
-    lines: dict[str, list[tuple[float, float, float]]] = {}
-    for row in rows:
-        mean, std, n = row.stats(metric)
-        if n:
-            lines.setdefault(row.label(others), []).append(
-                (float(row.params[key]), mean, 0.0 if math.isnan(std) else std)
-            )
-    fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
-    # no two lines alike
-    palette = plt.cm.tab10.colors if len(lines) <= 10 else plt.cm.tab20.colors * 5
-    for (label, points), color in zip(
-        sorted(lines.items(), key=lambda item: _natural(item[0])), palette
-    ):
-        x, y, err = zip(*sorted(points))
-        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, color=color)
+    panel_values = (
+        sorted({row.params[panels] for row in rows}, key=natural_key) if panels else [None]
+    )
+    others = [k for k in keys if k not in (key, panels)]
+    fig, axes = plt.subplots(
+        1,
+        len(panel_values),
+        figsize=(6 * len(panel_values), 4.2),
+        constrained_layout=True,
+        sharey=True,
+        squeeze=False,
+    )
     xs = [float(row.params[key]) for row in rows]
-    if min(xs) > 0 and max(xs) / min(xs) >= 10:
-        _log_axis(ax.xaxis)
-    ax.set_xlabel(key)
-    ax.set_ylabel(f"final {metric} ({UNITS.get(metric, '')}), mean ± std")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, value in zip(axes[0], panel_values, strict=True):
+        lines: dict[str, list[tuple[float, float, float]]] = {}
+        for row in rows:
+            mean, std, n = row.stats(metric)
+            if n and (panels is None or row.params[panels] == value):
+                lines.setdefault(row.label(others), []).append(
+                    (float(row.params[key]), mean, 0.0 if math.isnan(std) else std)
+                )
+        # no two lines alike
+        palette = plt.cm.tab10.colors if len(lines) <= 10 else plt.cm.tab20.colors * 5
+        for (label, points), color in zip(
+            sorted(lines.items(), key=lambda item: natural_key(item[0])), palette
+        ):
+            x, y, err = zip(*sorted(points))
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label, color=color)
+            higher_better = next(h for k, _, _, h in METRICS if k == metric)
+            best = (max if higher_better else min)(range(len(y)), key=y.__getitem__)
+            ax.plot(x[best], y[best], marker="*", markersize=14, color=color)
+        if min(xs) > 0 and max(xs) / min(xs) >= 10:
+            _log_axis(ax.xaxis)
+        ax.set_xlabel(key)
+        if panels:
+            ax.set_title(f"{panels}={value}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(f"final {metric} ({UNITS.get(metric, '')}), mean ± std; * best")
     _save_figure(fig, path)
 
 
@@ -327,14 +356,6 @@ def _save_figure(fig: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-
-
-def _natural(label: str) -> list[Any]:
-    """A sort key reading the numbers in a label as numbers: k=30 before k=100."""
-    return [
-        float(part) if is_number(part) else part
-        for part in re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", label)
-    ]
 
 
 def plot_steps_vs_tokens(critical: CriticalBatch, target: Target, path: Path) -> None:

@@ -10,7 +10,15 @@ import os
 
 from nanolab import ENDED_AS_PLANNED
 from nanolab.critical_batch import CriticalBatch, LrRule
-from nanolab.results import METRICS, SIZE, Row, RunResult, Target, frequency_bins_of
+from nanolab.results import (
+    METRICS,
+    SIZE,
+    Row,
+    RunResult,
+    Target,
+    frequency_bins_of,
+    natural_key,
+)
 
 
 def human(value: float, _pos: object = None) -> str:
@@ -257,6 +265,44 @@ def lr_rule_section(rule: LrRule) -> str:
             + "."
         )
     return "\n".join(lines)
+
+
+def best_value_section(rows: list[Row], keys: list[str], key: str, metric: str) -> str:
+    """Where the best `metric` lies along a swept numeric `key`, for each combination of the
+    other keys (the best lr per width, say), and whether it is interior to the values tried:
+    an optimum at an end of the grid is only a bound."""
+    higher_better = next(h for k, _, _, h in METRICS if k == metric)
+    others = [k for k in keys if k != key]
+    lines: dict[str, list[tuple[float, float, int]]] = {}
+    for row in rows:
+        mean, _, n = row.stats(metric)
+        lines.setdefault(row.label(others), []).append((float(row.params[key]), mean, n))
+    out = [
+        f"### Best {key} by {metric}\n",
+        f"| {', '.join(others) or 'runs'} | {key} tried | best {key} | {metric} there | where |",
+        "|---|---|---|---|---|",
+    ]
+    for label, points in sorted(lines.items(), key=lambda item: natural_key(item[0])):
+        points.sort()
+        scored = [(v, m) for v, m, n in points if n and math.isfinite(m)]
+        if not scored:
+            continue
+        best = (max if higher_better else min)(scored, key=lambda p: p[1])
+        index = [v for v, _ in scored].index(best[0])
+        where = (
+            "lowest tried (a bound)"
+            if best[0] == points[0][0]
+            else "highest tried (a bound)"
+            if best[0] == points[-1][0]
+            else "interior"
+        )
+        failed = [v for v, m, n in points if not n or not math.isfinite(m)]
+        tried = " ".join(f"{v:g}" for v, _, _ in points)
+        note = f" ({', '.join(f'{v:g}' for v in failed)} did not finish)" if failed else ""
+        out.append(
+            f"| {label} | {tried}{note} | {best[0]:g} (#{index + 1}) | {best[1]:.4f} | {where} |"
+        )
+    return "\n".join(out)
 
 
 def rows_csv(rows: list[Row], keys: list[str], target: Target | None = None) -> str:

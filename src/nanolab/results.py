@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,6 +455,14 @@ def group_rows(runs: list[RunResult], keys: list[str], sort: str) -> list[Row]:
         return math.isnan(mean), -mean if higher_better else mean
 
     return sorted(rows.values(), key=order)
+
+
+def natural_key(label: str) -> list[Any]:
+    """A sort key reading the numbers in a label as numbers: k=30 before k=100."""
+    return [
+        float(part) if is_number(part) else part
+        for part in re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", label)
+    ]
 
 
 def is_number(text: str) -> bool:

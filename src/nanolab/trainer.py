@@ -38,14 +38,17 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from nanolab import Abandoned, ConfigError, Diverged, Interrupted
 from nanolab.checkpoint import save_checkpoint, saved_config
 from nanolab.config import check_config
+from nanolab.data import TokenData
 from nanolab.dataloader import FullBatchSampler, stream_seed
 from nanolab.distributed import World, process_group
+from nanolab.flops import CONVENTION, budget_iters, flops_per_token, matrix_params
 from nanolab.launch import RunInfo, stop_requests
-from nanolab.metrics import evaluate_batches, flops_per_token
+from nanolab.metrics import evaluate_batches
+from nanolab.model import GPTConfig
 from nanolab.noise import NoiseScale
 from nanolab.optim import set_optimizer_mode
 from nanolab.resume import prepare_resume
-from nanolab.run import Run, StepResult, build_run, is_finite, set_lr, train_step
+from nanolab.run import Run, StepResult, build_run, is_finite, load_data, set_lr, train_step
 from nanolab.runtime import Runtime, pick_device
 from nanolab.sharpness import PROBE_STREAM, SharpnessProbe, probe_windows
 from nanolab.tracking import Tracker, git_state
@@ -59,6 +62,38 @@ def train(cfg: DictConfig, info: RunInfo) -> float:
     check_config(cfg)
     with process_group(pick_device(cfg.device, info.job_num)) as (world, device):
         return Trainer(cfg, world, device, info).train()
+
+
+def apply_flops_budget(cfg: DictConfig, world: World) -> TokenData | None:
+    """With trainer.flops_budget, set trainer.max_iters to the steps it buys at this model's
+    FLOPs per token (the vocabulary comes from the data, loaded here and returned for the run)
+    and batch; schedules that follow trainer.max_iters follow it. None without a budget."""
+    budget = cfg.trainer.flops_budget
+    if budget is None:
+        return None
+    if cfg.trainer.full_batch:
+        raise ConfigError(
+            "trainer.flops_budget counts sampled tokens per step; set trainer.full_batch=false"
+        )
+    data = load_data(cfg.data, world)
+    model = GPTConfig(
+        **{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size
+    )
+    processes = 1 if cfg.trainer.fix_global_batch else world.size
+    tokens = cfg.trainer.batch_size * model.block_size * cfg.trainer.grad_accum * processes
+    steps = budget_iters(budget, model, tokens)
+    cfg.trainer.max_iters = steps
+    if world.main:
+        log.info(
+            "trainer.max_iters=%d from trainer.flops_budget=%.3g: %.4g FLOPs/token x %d "
+            "tokens/step (%s)",
+            steps,
+            budget,
+            flops_per_token(model),
+            tokens,
+            CONVENTION,
+        )
+    return data
 
 
 def new_run_id() -> str:
@@ -138,7 +173,7 @@ class MetricLogger:
         self, run: Run, tracker: Tracker, progress: tqdm, step: int, noise: NoiseScale | None
     ) -> None:
         self.run, self.tracker, self.progress, self.noise = run, tracker, progress, noise
-        self.flops_per_token = flops_per_token(run.model)
+        self.flops_per_token = flops_per_token(run.model.config)
         peak = run.runtime.peak_flops()
         # tokens/s counts every process's tokens
         self.peak_flops = peak * run.world.size if peak else None
@@ -353,6 +388,7 @@ class Trainer:
         runtime = Runtime.create(
             device, cfg.dtype, cfg.compile, cfg.cpu_keep_freed_memory, cfg.threads
         )
+        data = apply_flops_budget(cfg, world)
         self.resume = prepare_resume(cfg, info.dir)
         self.resume_changes: list[str] = []
         if self.resume:
@@ -360,7 +396,7 @@ class Trainer:
             self.resume_changes = list(self.resume.changes)
             for change in self.resume_changes:
                 log.warning("resuming with a change allowed by allow_changes: %s", change)
-        self.run = build_run(cfg, world, runtime, self.resume)
+        self.run = build_run(cfg, world, runtime, self.resume, data)
         self.state = RunState(noise=build_noise_scale(self.run))
         if self.resume:
             self.state.load_state_dict(self.resume.state)
@@ -432,7 +468,13 @@ class Trainer:
             )
             return self.resume.state["summary"].get(f"best/{self.cfg.objective}", math.nan)
         # W&B config and summary.json
-        size = {"params": run.model.num_params(), "flops_per_token": flops_per_token(run.model)}
+        size = {
+            "params": run.model.num_params(),
+            "matrix_params": matrix_params(run.model.config),
+            "train_tokens": len(run.data.train),
+            "vocab_size": run.data.vocab_size,
+            "flops_per_token": flops_per_token(run.model.config),
+        }
         self.tracker = Tracker(
             self.cfg,
             self.info,

@@ -232,6 +232,41 @@ def model_from_weights(weights: Weights, data_meta: dict[str, Any], key: str) ->
     return model
 
 
+# The keys that set the multipliers a model computes with; weights without them (nanoGPT's,
+# GPT-2's, a checkpoint from before μP) were trained with the defaults: SP, all ones.
+PARAMETRIZATION_KEYS = (
+    "parametrization",
+    "mup_base_width",
+    "mup_base_head_dim",
+    "input_mult",
+    "output_mult",
+    "depth_alpha",
+    "mup_base_depth",
+)
+
+
+def _multipliers(c: GPTConfig) -> tuple:
+    return (c.width_mult, c.attn_scale, c.branch_mult, c.input_mult, c.output_mult)
+
+
+def check_parametrization(weights: Weights, mine: GPTConfig, key: str) -> None:
+    """Refuse weights trained with other multipliers (SP weights into a μP model at m != 1, or
+    μP weights of another base): in this model they would compute another function. μP's
+    scaling lives in the init and the forward pass, so fitting weights load as they are."""
+    defaults = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
+    theirs = dataclasses.replace(
+        mine, **{k: weights.config.get(k, defaults[k]) for k in PARAMETRIZATION_KEYS}
+    )
+    if _multipliers(theirs) != _multipliers(mine):
+        raise ConfigError(
+            f"{key}: {weights.source} was trained with parametrization={theirs.parametrization} "
+            f"(width multiplier {theirs.width_mult:g}, depth multiplier {theirs.branch_mult:g}), "
+            f"the configured model has parametrization={mine.parametrization} (width multiplier "
+            f"{mine.width_mult:g}, depth multiplier {mine.branch_mult:g}): set model."
+            f"{{{', '.join(PARAMETRIZATION_KEYS)}}} to the weights' values"
+        )
+
+
 def load_into(
     model: GPT, weights: Weights, data_meta: dict[str, Any], key: str = "init_from"
 ) -> None:
@@ -286,6 +321,7 @@ def load_into(
         raise ConfigError(
             f"{key}: the weights do not fit the configured model/data: " + "; ".join(diffs)
         )
+    check_parametrization(weights, mine, key)
     target = model.state_dict()
     state = {}
     for name, tensor in weights.state_dict.items():
