@@ -7,7 +7,9 @@
 #   depth     experiment=mup_depth: width 128, depths 2/4/8, depth_alpha 0 and 1, 5 lrs
 #   isoflop   experiment=isoflop at each budget of BUDGETS, widths around the prior; a budget
 #             whose best width is at an end gets the next width (nanolab.scaling's extend.txt)
-#   sizes     widths 64-256 x depths 2 and 4 at μP's transferred lr, 3 seeds, equal steps
+#   sizes     widths 64-256 x depths 2 and 4 at lr 2^-6 (width 64's best), 3 seeds, equal steps:
+#             in SP (one lr for every size, the naive comparison) and in μP (each size at the
+#             lr it transfers)
 #   report    every compare report and the IsoFLOP fit
 # Each stage is a Hydra multirun under OUT; a rerun skips finished runs (resume=true).
 #   bash scripts/choosing_size_study.sh                         # everything (OUT=multirun/choosing_size)

@@ -106,7 +106,13 @@ def write_sweep(root: Path, points: list[Point]) -> None:
         (run / ".hydra").mkdir(parents=True)
         config = {
             "trainer": {"flops_budget": p.budget},
-            "model": {"n_layer": p.n_layer, "n_head": 4, "n_embd": 64, "block_size": 64},
+            # as Hydra saves it: interpolations unresolved
+            "model": {
+                "n_layer": p.n_layer,
+                "n_head": "${div:${model.n_embd},16}",
+                "n_embd": 64,
+                "block_size": 64,
+            },
         }
         (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
         (run / ".hydra" / "overrides.yaml").write_text("[]\n")

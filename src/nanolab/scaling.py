@@ -29,9 +29,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from nanolab import ENDED_AS_PLANNED, ConfigError, exit_on_config_error
 from nanolab.atomic import atomic_path
 from nanolab.flops import CONVENTION, matrix_params
+from nanolab.launch import RunInfo  # noqa: F401  registers the resolvers saved configs use
 from nanolab.model import GPTConfig
 from nanolab.results import find_run_dirs, read_records, read_yaml
 
@@ -88,7 +91,8 @@ def read_points(paths: list[str], metric: str = "val/ce") -> list[Point]:
         ):
             continue
         last = records[-1]
-        model = config["model"]
+        # the model node as the run resolved it (n_head may be ${div:${model.n_embd},16})
+        model = OmegaConf.to_container(OmegaConf.create(config).model, resolve=True)
         shape = GPTConfig(**{k: v for k, v in model.items() if k in GPT_FIELDS}, vocab_size=1)
         n = int(summary["matrix_params"])
         points.append(
