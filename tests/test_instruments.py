@@ -316,6 +316,7 @@ def test_the_presets_run_a_few_steps(tmp_path, experiment, choice):
         assert cfg.model.n_head == cfg.model.n_embd // 16 and cfg.model.parametrization == "mup"
     if experiment == "isoflop":  # 1e9 FLOPs buy 4 steps of 209,088 FLOPs/token x 1024 tokens
         assert summary["flops_per_token"] == 209_088 and records(tmp_path)[-1]["step"] == 4
+        assert (summary["flops_budget"], summary["head_size"], summary["n_embd"]) == (1e9, 16, 32)
 
 
 @pytest.mark.parametrize("experiment", ["loss_comparison_tuned", "loss_comparison_bpe"])

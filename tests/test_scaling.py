@@ -10,7 +10,6 @@ import random
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import compose_train
 
 from nanolab import ConfigError
@@ -22,6 +21,7 @@ from nanolab.scaling import (
     budget_curves,
     fit_laws,
     fit_parabola,
+    read_points,
     scaling,
 )
 from nanolab.trainer import apply_flops_budget
@@ -104,24 +104,18 @@ def write_sweep(root: Path, points: list[Point]) -> None:
     for i, p in enumerate(points):
         run = root / f"{i}_run"
         (run / ".hydra").mkdir(parents=True)
-        config = {
-            "trainer": {"flops_budget": p.budget},
-            # as Hydra saves it: interpolations unresolved
-            "model": {
-                "n_layer": p.n_layer,
-                "n_head": "${div:${model.n_embd},16}",
-                "n_embd": 64,
-                "block_size": 64,
-            },
-        }
-        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
         (run / ".hydra" / "overrides.yaml").write_text("[]\n")
         summary = {
             "status": "finished",
+            "flops_budget": p.budget,
             "matrix_params": p.n,
             "flops_per_token": p.flops_per_token,
             "train_tokens": 1_000_000,
             "vocab_size": 65,
+            "n_layer": p.n_layer,
+            "n_embd": 64,
+            "head_size": 16,
+            "block_size": 64,
         }
         (run / "summary.json").write_text(json.dumps(summary))
         record = {"step": p.steps, "tokens": p.tokens, "time_s": 1.0, "val/ce": p.loss}
@@ -139,3 +133,13 @@ def test_the_scaling_report_recommends_a_shape_and_refuses_a_bad_budget(tmp_path
     for bad in (0.0, -1e12):
         with pytest.raises(ConfigError, match="must be a budget in FLOPs > 0"):
             scaling([str(tmp_path / "sweep")], recommend_c=bad)
+
+
+def test_a_sweep_folder_is_read_as_data_and_a_run_without_numbers_left_out(tmp_path):
+    """nanolab.scaling reads summary.json's numbers only: a value that is text (an
+    interpolation, say) leaves its run out; nothing is resolved."""
+    points = synthetic_points(0.5, noise=0.002)
+    write_sweep(tmp_path / "sweep", points)
+    odd = tmp_path / "sweep" / "0_run" / "summary.json"
+    odd.write_text(json.dumps(json.loads(odd.read_text()) | {"n_embd": "${oc.env:HOME}"}))
+    assert len(read_points([str(tmp_path / "sweep")])) == len(points) - 1

@@ -659,7 +659,7 @@ def check_values(cfg: DictConfig) -> None:
     check_token_freq(cfg.token_freq)
     check_optim(cfg.optim)
     build_schedule(cfg.schedule, cfg.optim.lr)
-    model = GPTConfig(**{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=1)
+    model = GPTConfig.from_keys(cfg.model, vocab_size=1)
     check_mup(cfg.model, cfg.optim)
     if trainer.flops_budget is not None:
         # before the data is read: the head's share needs its vocabulary, so this is a lower

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.nn import functional as F
@@ -171,12 +171,7 @@ def coordinate_check(
 
 def slope(widths: list[float], values: list[float]) -> float:
     """The least-squares slope of log value against log width."""
-    lx = [math.log(w) for w in widths]
-    ly = [math.log(max(v, 1e-30)) for v in values]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum(
-        (a - mx) ** 2 for a in lx
-    )
+    return float(np.polyfit(np.log(widths), np.log(np.maximum(values, 1e-30)), 1)[0])
 
 
 def slopes(records: list[Record]) -> dict[tuple[str, str, int, str], float]:

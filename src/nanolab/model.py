@@ -12,7 +12,9 @@ output head, zero-initialised output projections and a logit soft-cap.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -164,6 +166,11 @@ class GPTConfig:
     @property
     def padded_vocab_size(self) -> int:
         return math.ceil(self.vocab_size / VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+
+    @classmethod
+    def from_keys(cls, model: Mapping[str, Any], vocab_size: int) -> GPTConfig:
+        """The config of a `model:` group (its `name` is not a field) for a vocabulary."""
+        return cls(**{k: v for k, v in model.items() if k != "name"}, vocab_size=vocab_size)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -72,33 +72,33 @@ def _depth_lr(model: GPT) -> float:
     return (c.n_layer / c.mup_base_depth) ** (c.depth_alpha - 1)
 
 
-def adam_groups(model: GPT, weight_decay: float) -> list[dict]:
-    """AdamW's groups under μP: hidden matrices at lr/m (and the depth factor) with decay
-    scaled to keep lr x decay; other matrices (embeddings, head) and vectors as SP."""
+def _split(model: GPT) -> tuple[list, list, list]:
+    """(hidden matrices, other matrices: embeddings and an untied head, vectors)."""
     hidden = hidden_matrices(model)
     ids = {id(p) for p in hidden}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return hidden, [p for p in rest if p.dim() >= 2], [p for p in rest if p.dim() < 2]
+
+
+def adam_groups(model: GPT, weight_decay: float) -> list[dict]:
+    """AdamW's groups under μP: hidden matrices at lr/m (and the depth factor) with decay
+    scaled to keep lr x decay; other matrices (embeddings, head) and vectors as SP."""
+    hidden, matrices, vectors = _split(model)
     scale = _depth_lr(model) / model.config.width_mult
     return [
         {"params": hidden, "weight_decay": weight_decay / scale, "lr_scale": scale},
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
+        {"params": matrices, "weight_decay": weight_decay},
+        {"params": vectors, "weight_decay": 0.0},
     ]
 
 
 def sgd_groups(model: GPT, weight_decay: float) -> list[dict]:
     """SGD's groups under μP (MuSGD): vector-like parameters at lr x m, decay / m; hidden
     matrices as SP. Biases and norm gains are vector-like and never decayed."""
-    hidden = hidden_matrices(model)
-    ids = {id(p) for p in hidden}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    hidden, matrices, vectors = _split(model)
     m = model.config.width_mult
     return [
         {"params": hidden, "weight_decay": weight_decay},
-        {
-            "params": [p for p in rest if p.dim() >= 2],
-            "weight_decay": weight_decay / m,
-            "lr_scale": m,
-        },
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": m},
+        {"params": matrices, "weight_decay": weight_decay / m, "lr_scale": m},
+        {"params": vectors, "weight_decay": 0.0, "lr_scale": m},
     ]

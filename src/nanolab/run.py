@@ -156,9 +156,7 @@ def build_run(
     data.check_block_size(cfg.model.block_size)
     loss_fn = get_loss(cfg.loss, loss_class_counts(cfg.loss, data, runtime.device))
     check_activation_memory(cfg, runtime)
-    model_config = GPTConfig(
-        **{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size
-    )
+    model_config = GPTConfig.from_keys(cfg.model, data.vocab_size)
     model = GPT(model_config)
     # a resumed run's weights come from its checkpoint
     if cfg.init_from is not None and resume is None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import io
 import json
 import logging
@@ -29,17 +28,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import numpy as np
 
 from nanolab import ENDED_AS_PLANNED, ConfigError, exit_on_config_error
 from nanolab.atomic import atomic_path
 from nanolab.flops import CONVENTION, matrix_params
-from nanolab.launch import RunInfo  # noqa: F401  registers the resolvers saved configs use
 from nanolab.model import GPTConfig
-from nanolab.results import find_run_dirs, read_records, read_yaml
+from nanolab.results import find_run_dirs, is_number, read_records
 
 log = logging.getLogger("nanolab.scaling")
-GPT_FIELDS = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
 
 MAX_EPOCHS = 4
 MIN_STEPS = 100
@@ -71,89 +68,73 @@ class Point:
         ] * (self.steps < MIN_STEPS)
 
 
+# summary.json's keys a point needs, all numbers (nanolab.train writes them)
+SUMMARY_KEYS = (
+    "flops_budget",
+    "matrix_params",
+    "flops_per_token",
+    "train_tokens",
+    "vocab_size",
+    "n_layer",
+    "n_embd",
+    "head_size",
+    "block_size",
+)
+
+
 def read_points(paths: list[str], metric: str = "val/ce") -> list[Point]:
-    """The finished runs under `paths` that trained to a flops_budget."""
+    """The finished runs under `paths` that trained to a flops_budget. Only their summary.json
+    and metrics.jsonl are read, as data: nothing in a sweep folder is resolved or run."""
     points = []
     for run_dir in find_run_dirs(paths):
-        config = read_yaml(run_dir / ".hydra" / "config.yaml") or {}
         try:
             summary = json.loads((run_dir / "summary.json").read_text())
         except (OSError, ValueError):
             continue
-        budget = (config.get("trainer") or {}).get("flops_budget")
         records = [r for r in read_records(run_dir / "metrics.jsonl") if metric in r]
         if (
-            summary.get("status") not in ENDED_AS_PLANNED
-            or budget is None
-            or "matrix_params" not in summary
-            or "vocab_size" not in summary
+            not isinstance(summary, dict)
+            or summary.get("status") not in ENDED_AS_PLANNED
+            or not all(is_number(str(summary.get(k))) for k in SUMMARY_KEYS)
             or not records
         ):
             continue
         last = records[-1]
-        # the model node as the run resolved it (n_head may be ${div:${model.n_embd},16})
-        model = OmegaConf.to_container(OmegaConf.create(config).model, resolve=True)
-        shape = GPTConfig(**{k: v for k, v in model.items() if k in GPT_FIELDS}, vocab_size=1)
-        n = int(summary["matrix_params"])
         points.append(
             Point(
-                budget=float(budget),
-                n=n,
+                budget=float(summary["flops_budget"]),
+                n=int(summary["matrix_params"]),
                 flops_per_token=float(summary["flops_per_token"]),
                 tokens=int(last["tokens"]),
                 steps=int(last["step"]),
                 loss=float(last[metric]),
                 epochs=last["tokens"] / summary["train_tokens"],
-                n_layer=int(model["n_layer"]),
-                n_embd=int(model["n_embd"]),
-                head_dim=shape.head_size,
-                block_size=shape.block_size,
+                n_layer=int(summary["n_layer"]),
+                n_embd=int(summary["n_embd"]),
+                head_dim=int(summary["head_size"]),
+                block_size=int(summary["block_size"]),
                 vocab_size=int(summary["vocab_size"]),
                 tokens_per_step=int(last["tokens"]) // max(1, int(last["step"])),
             )
         )
     if not points:
         raise ConfigError(
-            f"{' '.join(paths)}: no finished run trained with trainer.flops_budget "
-            "(run experiment=isoflop first)"
+            f"{' '.join(paths)}: no finished run trained with trainer.flops_budget and "
+            f"recorded {', '.join(SUMMARY_KEYS)} (run experiment=isoflop first)"
         )
     return points
 
 
 def fit_parabola(x: list[float], y: list[float]) -> tuple[float, float, float]:
     """Least-squares (a, b, c) of y = a x^2 + b x + c."""
-    if len(set(x)) < 3:
-        raise ValueError("a parabola needs three distinct x")
-    # normal equations, solved by Cramer's rule (3x3)
-    s = [sum(v**k for v in x) for k in range(5)]
-    t = [sum(yi * xi**k for xi, yi in zip(x, y, strict=True)) for k in range(3)]
-    m = [[s[4], s[3], s[2]], [s[3], s[2], s[1]], [s[2], s[1], s[0]]]
-
-    def det(a: list[list[float]]) -> float:
-        return (
-            a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
-            - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
-            + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
-        )
-
-    d = det(m)
-    rhs = [t[2], t[1], t[0]]
-    coefficients = []
-    for col in range(3):
-        mc = [row[:] for row in m]
-        for r in range(3):
-            mc[r][col] = rhs[r]
-        coefficients.append(det(mc) / d)
-    return coefficients[0], coefficients[1], coefficients[2]
+    a, b, c = np.polyfit(x, y, 2)
+    return float(a), float(b), float(c)
 
 
 def fit_line(x: list[float], y: list[float]) -> tuple[float, float]:
     """Least-squares (slope, intercept)."""
-    mx, my = sum(x) / len(x), sum(y) / len(y)
-    slope = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sum(
-        (a - mx) ** 2 for a in x
-    )
-    return slope, my - slope * mx
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(intercept)
 
 
 @dataclass

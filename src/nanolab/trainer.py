@@ -76,9 +76,7 @@ def apply_flops_budget(cfg: DictConfig, world: World) -> TokenData | None:
             "trainer.flops_budget counts sampled tokens per step; set trainer.full_batch=false"
         )
     data = load_data(cfg.data, world)
-    model = GPTConfig(
-        **{k: v for k, v in cfg.model.items() if k != "name"}, vocab_size=data.vocab_size
-    )
+    model = GPTConfig.from_keys(cfg.model, data.vocab_size)
     processes = 1 if cfg.trainer.fix_global_batch else world.size
     tokens = cfg.trainer.batch_size * model.block_size * cfg.trainer.grad_accum * processes
     steps = budget_iters(budget, model, tokens)
@@ -471,9 +469,15 @@ class Trainer:
         size = {
             "params": run.model.num_params(),
             "matrix_params": matrix_params(run.model.config),
+            "flops_per_token": flops_per_token(run.model.config),
+            # what nanolab.scaling reads, resolved (the saved config holds interpolations)
+            "flops_budget": self.cfg.trainer.flops_budget,
             "train_tokens": len(run.data.train),
             "vocab_size": run.data.vocab_size,
-            "flops_per_token": flops_per_token(run.model.config),
+            "n_layer": run.model.config.n_layer,
+            "n_embd": run.model.config.n_embd,
+            "head_size": run.model.config.head_size,
+            "block_size": run.model.config.block_size,
         }
         self.tracker = Tracker(
             self.cfg,
