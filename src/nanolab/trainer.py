@@ -94,6 +94,25 @@ def apply_flops_budget(cfg: DictConfig, world: World) -> TokenData | None:
     return data
 
 
+def run_size(run: Run) -> dict[str, Any]:
+    """The model's size and what setup decided, for summary.json and the W&B config: FLOPs per
+    token, the budget, and the resolved shape nanolab.scaling reads (the saved config holds
+    interpolations)."""
+    config = run.model.config
+    return {
+        "params": run.model.num_params(),
+        "matrix_params": matrix_params(config),
+        "flops_per_token": flops_per_token(config),
+        "flops_budget": run.cfg.trainer.flops_budget,
+        "train_tokens": len(run.data.train),
+        "vocab_size": run.data.vocab_size,
+        "n_layer": config.n_layer,
+        "n_embd": config.n_embd,
+        "head_size": config.head_size,
+        "block_size": config.block_size,
+    }
+
+
 def new_run_id() -> str:
     """A W&B run id unique across machines: launch time and 32 random bits, in hex."""
     return f"{int(time.time()):x}{random.Random().getrandbits(32):08x}"
@@ -466,19 +485,7 @@ class Trainer:
             )
             return self.resume.state["summary"].get(f"best/{self.cfg.objective}", math.nan)
         # W&B config and summary.json
-        size = {
-            "params": run.model.num_params(),
-            "matrix_params": matrix_params(run.model.config),
-            "flops_per_token": flops_per_token(run.model.config),
-            # what nanolab.scaling reads, resolved (the saved config holds interpolations)
-            "flops_budget": self.cfg.trainer.flops_budget,
-            "train_tokens": len(run.data.train),
-            "vocab_size": run.data.vocab_size,
-            "n_layer": run.model.config.n_layer,
-            "n_embd": run.model.config.n_embd,
-            "head_size": run.model.config.head_size,
-            "block_size": run.model.config.block_size,
-        }
+        size = run_size(run)
         self.tracker = Tracker(
             self.cfg,
             self.info,
