@@ -1,8 +1,14 @@
 """Sweeps on Hydra's launcher and sweeper plugins (the `launchers` and `optuna` extras): jobs in
 parallel with joblib, through submitit, and an Optuna search minimising the run's objective."""
 
+import re
+from pathlib import Path
+
 import pytest
 from conftest import compose_train
+from omegaconf import OmegaConf
+
+CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 def test_slurm_preset_composes():
@@ -28,3 +34,17 @@ def test_parallel_jobs_spread_over_gpus(monkeypatch):
         "cuda:1",
     ]
     assert str(runtime.pick_device("auto")) == "cuda"  # a single run
+
+
+@pytest.mark.parametrize(
+    "optim",
+    sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "optim").glob("*.yaml")),
+)
+def test_optuna_searches_each_optimizers_own_lr_range(optim):
+    cfg = compose_train("hparams_search=optuna", f"optim={optim}", return_hydra_config=True)
+    searched = cfg.hydra.sweeper.params["optim.lr"]
+    low, high = map(float, re.fullmatch(r"tag\(log, interval\((.+), (.+)\)\)", searched).groups())
+    # its default and its tuned optimum (docs/optimizer_comparison.md) 3x or more from an edge
+    tuned = OmegaConf.load(CONFIGS / "experiment" / "optimizer_comparison.yaml").tuned_lr
+    for lr in (cfg.optim.lr, tuned.get(optim, cfg.optim.lr)):
+        assert low * 3 <= lr <= high / 3
