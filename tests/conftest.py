@@ -14,6 +14,8 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
+from nanolab.model import GPT, GPTConfig
+
 # The tests are CPU-only on any machine: a GPU would make their numbers machine-dependent and
 # turn tiny runs into real GPU work (scripts/gpu_check.sh measures the GPU paths).
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -105,3 +107,31 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def nanogpt_char_checkpoint(path, block: int = 32) -> GPT:
+    """A nanoGPT train.py checkpoint (compiled model's keys) of a random character model."""
+    torch.manual_seed(0)
+    source = GPT(
+        GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=block, vocab_size=65, bias=False)
+    ).eval()
+    torch.save(
+        {
+            "model": {f"_orig_mod.{k}": v for k, v in source.state_dict().items()},
+            "model_args": {
+                "n_layer": 2,
+                "n_head": 2,
+                "n_embd": 32,
+                "block_size": block,
+                "bias": False,
+                "vocab_size": 65,
+                "dropout": 0.0,
+            },
+            "optimizer": {},
+            "iter_num": 250,
+            "best_val_loss": torch.tensor(2.5),
+            "config": {"dataset": "shakespeare_char"},
+        },
+        path,
+    )
+    return source

@@ -4,7 +4,6 @@ loss rise and sharpness drop."""
 
 import csv
 import importlib.util
-import subprocess
 import sys
 
 from conftest import REPO
@@ -75,16 +74,12 @@ def test_catapult_table_finds_the_spike_and_the_drop_below_the_edge():
     assert cells[9] == "0 of 1"
 
 
-def test_tables_regenerate_from_the_committed_csv(tmp_path):
+def test_tables_regenerate_from_the_committed_csv(tmp_path, monkeypatch, capsys):
     rows = [row("gd_mse", "mse", 0.5, 1, t, 0.02, 2 + t / 100) for t in (0, 250, 500)]
     with open(tmp_path / "trajectories.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, eos_report.COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    out = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "edge_of_stability_report.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "| mse | sgd | 0.5 | 4 | 1 | 2.00 | 250 |" in out
+    monkeypatch.setattr(sys, "argv", ["edge_of_stability_report.py", str(tmp_path)])
+    eos_report.main()
+    assert "| mse | sgd | 0.5 | 4 | 1 | 2.00 | 250 |" in capsys.readouterr().out
