@@ -22,6 +22,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from nanolab.report import mean_std, table_markdown
 from nanolab.results import find_run_dirs, read_run, read_yaml
 
 COLUMNS = [
@@ -90,16 +91,6 @@ def series(steps: list[dict[str, str]], column: str) -> list[tuple[int, float]]:
     return [(int(r["step"]), float(r[column])) for r in steps if r.get(column)]
 
 
-def stat(values: list[float], spec: str = ".2f") -> str:
-    """Mean ± sample standard deviation (the value alone for one seed; "-" for none)."""
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:{spec}}"
-    return f"{statistics.mean(values):{spec}} ± {statistics.stdev(values):{spec}}"
-
-
 def window_median(points: list[tuple[int, float]], lo: int, hi: int) -> float:
     inside = [v for step, v in points if lo < step <= hi]
     return statistics.median(inside) if inside else math.nan
@@ -107,11 +98,6 @@ def window_median(points: list[tuple[int, float]], lo: int, hi: int) -> float:
 
 def first_reach(points: list[tuple[int, float]], level: float) -> str:
     return next((str(step) for step, v in points if v >= level), "never")
-
-
-def table(head: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
 
 
 def edge_table(
@@ -150,15 +136,18 @@ def edge_table(
             f"{lr:g}",
             f"{threshold:,.4g}",
             str(len(seeds)),
-            stat([series(rows, "sharpness")[0][1] for rows in seeds.values()]),
+            mean_std([series(rows, "sharpness")[0][1] for rows in seeds.values()], ".2f"),
             ", ".join(reach[s] for s in sorted(reach)),
         ]
-        row += [stat([window_median(r, lo, hi) for r in ratios.values()]) for lo, hi in windows]
-        row += [stat([max(v for _, v in r) for r in ratios.values()])]
-        row += [" → ".join(stat([p[i][1] for p in losses.values()], ".3g") for i in (0, -1))]
+        row += [
+            mean_std([window_median(r, lo, hi) for r in ratios.values()], ".2f")
+            for lo, hi in windows
+        ]
+        row += [mean_std([max(v for _, v in r) for r in ratios.values()], ".2f")]
+        row += [" → ".join(mean_std([p[i][1] for p in losses.values()], ".3g") for i in (0, -1))]
         row += [", ".join(str(n) for n in rises) + f" of {len(next(iter(losses.values()))) - 1}"]
         body.append(row)
-    return table(head, body)
+    return table_markdown(head, body)
 
 
 def catapult_table(runs: dict) -> str:
@@ -200,16 +189,16 @@ def catapult_table(runs: dict) -> str:
                 loss,
                 f"{lr:g}",
                 str(len(seeds)),
-                stat(lam0),
-                stat([lr * v / 2 for v in lam0]),
-                stat(rises),
+                mean_std(lam0, ".2f"),
+                mean_std([lr * v / 2 for v in lam0], ".2f"),
+                mean_std(rises, ".2f"),
                 ", ".join(map(str, peaks)),
-                stat(lows),
-                stat(ends),
+                mean_std(lows, ".2f"),
+                mean_std(ends, ".2f"),
                 f"{diverged} of {len(seeds)}",
             ]
         )
-    return table(head, body)
+    return table_markdown(head, body)
 
 
 PANELS = (

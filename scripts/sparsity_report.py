@@ -19,6 +19,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from nanolab.report import mean_std, table_markdown
+
 
 def read(folder: Path) -> dict[tuple[str, str], list[dict[str, str]]]:
     """(run, method) -> the rows of every seed's prune.csv, each with its seed."""
@@ -30,15 +32,9 @@ def read(folder: Path) -> dict[tuple[str, str], list[dict[str, str]]]:
     return rows
 
 
-def stat(values: list[float], digits: int = 3) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
-
-
 def cells(rows: list[dict[str, str]], amount: str, key: str, digits: int = 3) -> str:
     values = [float(r[key]) for r in rows if float(r["amount"]) == float(amount) and r.get(key)]
-    return stat(values, digits) if values else ""
+    return mean_std(values, f".{digits}f")
 
 
 def nonzero(rows: list[dict[str, str]], amount: str) -> str:
@@ -50,11 +46,6 @@ def nonzero(rows: list[dict[str, str]], amount: str) -> str:
 
 def seeds(rows: list[dict[str, str]]) -> int:
     return len({r["seed"] for r in rows})
-
-
-def table(head: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
 
 
 def scored(rows: list[dict[str, str]], amount: str, pruned: str = "show") -> list[str]:
@@ -90,7 +81,7 @@ def accuracy(rows: dict, steps: int) -> str:
             ["gradual (Zhu & Gupta)", amount, f"{steps}", *scored(gradual, "0", "blank")],
             [f"IMP, round {i + 1}", amount, budget, *scored(imp, amount)],
         ]
-    return table(head, body)
+    return table_markdown(head, body)
 
 
 def structured(rows: dict, steps: int) -> str:
@@ -112,7 +103,7 @@ def structured(rows: dict, steps: int) -> str:
     for amount in ("0.5", "0.75"):
         oneshot = rows["dense128", "oneshot"]
         body.append(["dense", "weights by magnitude", amount, *scored(oneshot, amount)])
-    return table(head, body)
+    return table_markdown(head, body)
 
 
 def near_zero(folder: Path, run: str) -> list[float]:
@@ -164,14 +155,14 @@ def regularized(rows: dict, folder: Path) -> str:
         body.append(
             [
                 label,
-                stat(near_zero(folder, run)),
+                mean_std(near_zero(folder, run)),
                 cells(asis, "0", "val/ce"),
                 *(cells(oneshot, a, "val/ce") for a in ("0.5", "0.75", "0.9")),
                 cells(oneshot, "0.9", "pruned/val/ce"),
                 str(seeds(oneshot)),
             ]
         )
-    return table(head, body)
+    return table_markdown(head, body)
 
 
 def large_sparse(rows: dict) -> str:
@@ -187,7 +178,7 @@ def large_sparse(rows: dict) -> str:
             ("dense128", "dense, for scale", "128", "0"),
         )
     ]
-    return table(head, body)
+    return table_markdown(head, body)
 
 
 def measured(folder: Path) -> str:
@@ -234,7 +225,7 @@ def measured(folder: Path) -> str:
                         f"{float(r['val/ce']):.4f}",
                     ]
                 )
-    return table(head, body)
+    return table_markdown(head, body)
 
 
 def plot(rows: dict, path: Path) -> None:

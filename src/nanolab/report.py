@@ -7,6 +7,7 @@ import csv
 import io
 import math
 import os
+import statistics
 
 from nanolab import ENDED_AS_PLANNED
 from nanolab.critical_batch import CriticalBatch, LrRule
@@ -44,6 +45,21 @@ def _fmt(fmt: str, mean: float, std: float) -> str:
     if math.isnan(mean):
         return ""
     return fmt.format(mean) if math.isnan(std) else f"{fmt.format(mean)} ± {fmt.format(std)}"
+
+
+def mean_std(values: list[float], spec: str = ".3f") -> str:
+    """Mean ± sample standard deviation of the values that are numbers (NaN left out), the
+    value alone when there is one, "" when there is none: a table cell over seeds."""
+    values = [v for v in values if not math.isnan(v)]
+    if len(values) < 2:
+        return "".join(f"{v:{spec}}" for v in values)
+    return f"{statistics.mean(values):{spec}} ± {statistics.stdev(values):{spec}}"
+
+
+def table_markdown(head: list[str], body: list[list[str]]) -> str:
+    """A markdown table of the given header and rows of cells."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
 
 
 def size_columns(rows: list[Row]) -> list[tuple[str, str]]:
