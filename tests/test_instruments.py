@@ -349,4 +349,4 @@ def test_the_finetune_preset_needs_its_pretrained_weights_named(tmp_path):
     assert not (tmp_path / "run").exists()
     cfg = compose_train("experiment=finetune_shakespeare", "pretrained=runs/pretrained")
     check_config(cfg)
-    assert cfg.init_from == "runs/pretrained" and cfg.optim.lr == 0.001
+    assert cfg.init_from == "runs/pretrained" and cfg.optim.lr == 0.003
