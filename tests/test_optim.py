@@ -22,7 +22,11 @@ from nanolab.optim import (
     wsd_multiplier,
 )
 
-OPTIMIZERS = sorted(p.stem for p in (REPO / "configs" / "optim").glob("*.yaml"))
+# the yamls that name an optimizer; a variant that only changes values (optim/muon_tuned.yaml,
+# no name of its own) is composed by tests/test_instruments.py's experiment test
+OPTIMIZERS = sorted(
+    p.stem for p in (REPO / "configs" / "optim").glob("*.yaml") if "name" in OmegaConf.load(p)
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread (conftest)
