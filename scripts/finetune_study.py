@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from nanolab.report import table_markdown
-from nanolab.study import Study, run_name
+from nanolab.study import Study, compare, run_name
 
 PRETRAIN = [
     "data=text",
@@ -82,23 +82,8 @@ def main() -> None:
         for run in grid:
             evaluated(run)
     root = args.root.resolve()
-    compare(runs, args.out)
-    compare([root / arm for arm in arms], args.out / "lr_sweep")
-
-
-def compare(runs: list[Path], out: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nanolab.compare",
-            "--evaluated",
-            *map(str, runs),
-            "--out",
-            str(out),
-        ],
-        check=True,
-    )
+    compare(runs, args.out, "--evaluated")
+    compare([root / arm for arm in arms], args.out / "lr_sweep", "--evaluated")
 
 
 if __name__ == "__main__":

@@ -31,13 +31,12 @@ import json
 import logging
 import math
 import statistics
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from nanolab.report import mean_std, table_markdown
-from nanolab.study import Settings, Study, final_score, run_name
+from nanolab.results import Target, reach, read_records
+from nanolab.study import Settings, Study, compare, final_score, run_name
 
 OPTIMS = ["sgd", "adamw", "adafactor", "muon", "lion", "shampoo", "soap", "schedulefree_adamw"]
 LR0 = {
@@ -72,12 +71,6 @@ def settings_for(optim: str, lr: float, share: float, adamw_lr: float = 2e-3) ->
 def median_step_ms(runs: list[Path]) -> float:
     rows = [json.loads(line) for run in runs for line in (run / "metrics.jsonl").open()]
     return statistics.median(r["perf/step_ms"] for r in rows if "perf/step_ms" in r)
-
-
-def compare(out: Path, runs: list[Path]) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "nanolab.compare", *map(str, runs), "--out", str(out)], check=True
-    )
 
 
 def main() -> None:
@@ -134,8 +127,8 @@ def main() -> None:
     }
     jobs = [(run, chosen[o] | {"seed": s}) for o in OPTIMS for run, s in zip(final[o][1:], SEEDS)]
     Study(root).train_all(jobs)
-    compare(root / "final", sum(final.values(), []))
-    compare(root / "tuning", sorted((root / "tune").iterdir()))
+    compare(sum(final.values(), []), root / "final")
+    compare(sorted((root / "tune").iterdir()), root / "tuning")
 
     # 4. per second
     (root / "per_second.md").write_text(per_second(final))
@@ -143,14 +136,10 @@ def main() -> None:
 
 
 def seconds_to_target(run: Path, step_ms: float) -> float:
-    """Training seconds to the first val/ce <= TARGET, the step interpolated between the
-    evaluations before and at it; nan when no evaluation reaches it."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
-    evals = [(r["step"], r["val/ce"]) for r in records if "val/ce" in r]
-    for (s0, v0), (s1, v1) in zip(evals, evals[1:]):
-        if v1 <= TARGET:
-            return (s0 + (v0 - TARGET) / (v0 - v1) * (s1 - s0)) * step_ms / 1000
-    return math.nan
+    """Training seconds to the first val/ce <= TARGET (nanolab.results.reach: the step
+    interpolated between the evaluations before and at it); nan when none reaches it."""
+    point = reach(read_records(run / "metrics.jsonl"), Target("val/ce", TARGET))
+    return math.nan if point is None else point[0] * step_ms / 1000
 
 
 def ranks(values: dict[str, list[float]]) -> str:

@@ -27,7 +27,10 @@ def test_weight_decay_is_the_share_decayed_per_step_at_the_peak_lr():
 
 
 def test_seconds_to_target_interpolate_between_evaluations(tmp_path):
-    rows = [{"step": 0, "val/ce": 4.0}, {"step": 250, "val/ce": 2.5}, {"step": 500, "val/ce": 1.5}]
+    rows = [
+        {"step": s, "tokens": 768 * s, "time_s": s / 10, "val/ce": v}
+        for s, v in ((0, 4.0), (250, 2.5), (500, 1.5))
+    ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
     # 2.0 lies halfway from step 250 to 500: step 375, at 20 ms a step
     assert study.seconds_to_target(tmp_path, 20.0) == pytest.approx(7.5)

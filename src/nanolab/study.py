@@ -49,6 +49,12 @@ def final_score(run: Path, metric: str = "final/val/ce_calibrated") -> float:
     return json.loads((run / "summary.json").read_text())[metric]
 
 
+def compare(runs: list[Path], out: Path, *flags: str) -> None:
+    """`python -m nanolab.compare` on the runs, its report into `out`."""
+    cmd = [sys.executable, "-m", "nanolab.compare", *flags, *map(str, runs), "--out", str(out)]
+    subprocess.run(cmd, check=True)
+
+
 @dataclass
 class Search:
     """A finished grid search: each value's score, the best value and its settings."""
