@@ -16,14 +16,11 @@ lr).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 from nanolab.report import table_markdown
-from nanolab.study import Study, compare, run_name
+from nanolab.study import Study, compare, evaluated, run_name
 
 PRETRAIN = [
     "data=text",
@@ -34,18 +31,6 @@ PRETRAIN = [
 ]
 LONG = ["trainer.max_iters=500", "schedule.warmup_iters=50", "trainer.eval_interval=100"]
 SEEDS = [1338, 1339]
-
-
-def evaluated(run: Path) -> float:
-    """The run's calibrated cross-entropy on the whole val split (evaluating it first)."""
-    scored = run / "evaluation_val.json"
-    if not scored.is_file():
-        subprocess.run(
-            [sys.executable, "-m", "nanolab.evaluate", f"checkpoint='{run / 'last.pt'}'"],
-            stdout=subprocess.DEVNULL,
-            check=True,
-        )
-    return json.loads(scored.read_text())["ce_calibrated"]
 
 
 def main() -> None:

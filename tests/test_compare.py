@@ -244,6 +244,8 @@ def test_evaluated_takes_the_val_metrics_from_each_runs_whole_split_evaluation(t
             "acc": 0.3,
             "ece": 0.02,
             "tokens": tokens,
+            "freq/b0/ce": ce,
+            "freq/b0/share": 1.0,
         }
         (sweep / job / "evaluation_val.json").write_text(
             json.dumps({"checkpoint": f"{job}/last.pt", **fields})
@@ -264,6 +266,9 @@ def test_evaluated_takes_the_val_metrics_from_each_runs_whole_split_evaluation(t
     evaluation("1_loss=ce,seed=2", 20, 3.4)
 
     compare([str(sweep)], evaluated=True)
+    # bins from the whole-split evaluation only: their table and figure, no curves in training
+    assert (sweep / "frequency.png").read_bytes().startswith(PNG_MAGIC)
+    assert not (sweep / "frequency_curves.png").exists()
 
     with open(sweep / "report.csv") as f:
         (row,) = csv.DictReader(f)

@@ -122,3 +122,21 @@ def test_searches_in_threads_share_the_parallel_slots(tmp_path, monkeypatch):
             )
         )
     assert [f.best for f in found] == [2.0, 2.0, 2.0, 2.0] and peak[0] == 2
+
+
+def test_evaluated_reads_a_kept_evaluation_and_names_a_run_it_cannot_evaluate(
+    tmp_path, monkeypatch
+):
+    class Failed:
+        returncode = 2
+
+    monkeypatch.setattr(study.subprocess, "run", lambda cmd, **kw: Failed())
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(SystemExit, match=r"run has no last.pt .*trainer.save_checkpoints=true"):
+        study.evaluated(run)
+    (run / "last.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"evaluating .*run failed: .* nanolab.evaluate"):
+        study.evaluated(run)
+    (run / "evaluation_val.json").write_text(json.dumps({"ce_calibrated": 5.4, "acc": 0.2}))
+    assert study.evaluated(run) == 5.4 and study.evaluated(run, "acc") == 0.2

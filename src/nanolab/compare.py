@@ -83,6 +83,7 @@ from nanolab.results import (
     find_run_dirs,
     frequency_bins_of,
     group_rows,
+    is_frequency_key,
     is_number,
     parse_target,
     read_run,
@@ -198,7 +199,10 @@ def compare(
         plot_sharpness(runs, keys, out / "sharpness.png")
         if frequency_bins_of(rows):
             plot_frequency(rows, keys, out / "frequency.png")
-            plot_frequency_curves(rows, keys, out / "frequency_curves.png")
+            # the curves need bins logged in training, not only in a whole-split evaluation
+            logged = (k for row in rows for run in row.finished for r in run.records for k in r)
+            if any(map(is_frequency_key, logged)):
+                plot_frequency_curves(rows, keys, out / "frequency_curves.png")
         if goal and critical:
             plot_steps_vs_tokens(critical, goal, out / "steps_vs_tokens.png")
             plot_b_simple(critical, out / "b_simple.png")

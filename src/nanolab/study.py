@@ -49,6 +49,21 @@ def final_score(run: Path, metric: str = "final/val/ce_calibrated") -> float:
     return json.loads((run / "summary.json").read_text())[metric]
 
 
+def evaluated(run: Path, metric: str = "ce_calibrated") -> float:
+    """A finished run's `metric` on the whole val split (`python -m nanolab.evaluate` on its
+    last.pt, unless its evaluation_val.json exists); exits naming the run when it cannot."""
+    scored = run / "evaluation_val.json"
+    if not scored.is_file():
+        if not (run / "last.pt").is_file():
+            raise SystemExit(
+                f"{run} has no last.pt to evaluate: train it with trainer.save_checkpoints=true"
+            )
+        cmd = [sys.executable, "-m", "nanolab.evaluate", f"checkpoint='{run / 'last.pt'}'"]
+        if subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False).returncode:
+            raise SystemExit(f"evaluating {run} failed: {' '.join(cmd)} says why")
+    return json.loads(scored.read_text())[metric]
+
+
 def compare(runs: list[Path], out: Path, *flags: str) -> None:
     """`python -m nanolab.compare` on the runs, its report into `out`."""
     cmd = [sys.executable, "-m", "nanolab.compare", *flags, *map(str, runs), "--out", str(out)]
