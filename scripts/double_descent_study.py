@@ -26,7 +26,7 @@ import numpy as np
 
 from nanolab.data import TokenData, data_root
 from nanolab.ngram import baselines
-from nanolab.report import table_markdown
+from nanolab.report import mean_std, table_markdown
 from nanolab.study import Study, compare, evaluated, overrides, run_name
 
 # on the preset: 8,192 training targets (256 windows of 32, all in each step), 10% of them noisy
@@ -73,10 +73,6 @@ def count_baselines() -> dict[str, dict[str, float]]:
 def train_accuracy(run: Path) -> float:
     """The last evaluation's accuracy on the (noisy) training set."""
     return json.loads((run / "summary.json").read_text())["final/train_eval/acc"]
-
-
-def mean_std(values: list[float], spec: str = ".3f") -> str:
-    return f"{statistics.mean(values):{spec}} ± {statistics.stdev(values):{spec}}"
 
 
 def interpolation_width(runs: dict[int, list[Path]]) -> int:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from nanolab.data import TokenData, data_root
-from nanolab.report import table_markdown
+from nanolab.report import mean_std, table_markdown
 from nanolab.study import Study, compare, evaluated, run_name
 
 COMMON = [
@@ -82,8 +81,8 @@ def main() -> None:
 
 def seeds_table(runs: dict[str, list[Path]]) -> str:
     """Each seed's calibrated val/ce and accuracy on the whole val split, the mean and standard
-    deviation over seeds, and how many collapsed: val accuracy within 0.01 of always predicting
-    the commonest training token."""
+    deviation over seeds, and how many collapsed: val accuracy less than 0.01 above that of always
+    predicting the commonest training token."""
     floor = commonest_token_accuracy()
     rows = []
     for name, seeds in runs.items():
@@ -94,8 +93,8 @@ def seeds_table(runs: dict[str, list[Path]]) -> str:
             [
                 name,
                 ", ".join(f"{c:.3f} / {a:.3f}" for c, a in zip(ce, acc)),
-                f"{statistics.mean(ce):.3f} ± {statistics.stdev(ce):.3f}",
-                f"{statistics.mean(acc):.3f} ± {statistics.stdev(acc):.3f}",
+                mean_std(ce),
+                mean_std(acc),
                 f"{collapsed} of {len(seeds)}",
             ]
         )
