@@ -7,11 +7,10 @@ and bigram count tables of the same training set.
     python scripts/double_descent_study.py [--root multirun/double_descent]
 
 Every run is experiment=double_descent (full-batch Adam at a constant lr, no regularization,
-2,000 steps: configs/experiment/double_descent.yaml) on DATA's training set, at one width, arm
-and seed, scored at its last step by nanolab.evaluate on
-the whole val split. Two one-thread runs at a time. Writes docs/double_descent/study.md (val
-accuracy and calibrated val/ce per width and arm, the baselines, each arm's interpolation
-point) and the compare reports docs/double_descent/<arm>.
+2,000 steps: configs/experiment/double_descent.yaml) at one width, arm and seed, scored at its
+last step by nanolab.evaluate on the whole val split. Two one-thread runs at a time. Writes
+docs/double_descent/study.md (val accuracy and calibrated val/ce per width and arm, the
+baselines, each arm's interpolation point) and the compare reports docs/double_descent/<arm>.
 """
 
 from __future__ import annotations
@@ -23,20 +22,14 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from nanolab.data import TokenData, data_root
 from nanolab.ngram import baselines
 from nanolab.report import mean_std, table_markdown
-from nanolab.study import Study, compare, evaluated, overrides, run_name
+from nanolab.study import Study, compare, evaluated, run_name
 
-# on the preset: 8,192 training targets (256 windows of 32, all in each step), 10% of them noisy
-# (and a checkpoint each, for the whole-split evaluation)
-DATA = {
-    "data.train_tokens": 8193,
-    "trainer.batch_size": 256,
-    "data.label_noise": 0.1,
-    "trainer.save_checkpoints": True,
-}
+PRESET = Path(__file__).resolve().parents[1] / "configs/experiment/double_descent.yaml"
 WIDTHS = [4, 8, 16, 24, 32, 48, 64, 128]
 SEEDS = [1337, 1338, 1339]
 # the regularized arms: decoupled weight decay (AdamW, on the matrices) and dropout
@@ -44,6 +37,7 @@ ARMS = {
     "none": {},
     "wd 0.1": {"optim": "adamw", "optim.weight_decay": 0.1},
     "wd 1": {"optim": "adamw", "optim.weight_decay": 1.0},
+    "wd 3": {"optim": "adamw", "optim.weight_decay": 3.0},
     "dropout 0.1": {"model.dropout": 0.1},
     "dropout 0.3": {"model.dropout": 0.3},
 }
@@ -59,11 +53,12 @@ def run_dir(root: Path, arm: str, width: int, seed: int) -> Path:
 
 
 def count_baselines() -> dict[str, dict[str, float]]:
-    """The unigram and bigram models of the runs' training set (the first train_tokens
+    """The unigram and bigram models of the runs' training set (the preset's first train_tokens
     characters, the same noisy targets: label_noise_seed 0) on the whole val split."""
+    preset = OmegaConf.load(PRESET).data
     data = TokenData.read(data_root() / "shakespeare_char")
-    data.limit_train(DATA["data.train_tokens"])
-    data.add_label_noise(DATA["data.label_noise"], seed=0)
+    data.limit_train(preset.train_tokens)
+    data.add_label_noise(preset.label_noise, seed=0)
     inputs = np.asarray(data.train, dtype=np.int64)
     targets = inputs if data.train_targets is None else np.asarray(data.train_targets, np.int64)
     val = np.asarray(data.val, dtype=np.int64)
@@ -73,6 +68,12 @@ def count_baselines() -> dict[str, dict[str, float]]:
 def train_accuracy(run: Path) -> float:
     """The last evaluation's accuracy on the (noisy) training set."""
     return json.loads((run / "summary.json").read_text())["final/train_eval/acc"]
+
+
+def params(run: Path) -> str:
+    """A run's parameter count, short: 716, 5.2k, 213k."""
+    n = json.loads((run / "summary.json").read_text())["params"]
+    return str(n) if n < 1000 else f"{n / 1000:.2g}k" if n < 10_000 else f"{n / 1000:.0f}k"
 
 
 def interpolation_width(runs: dict[int, list[Path]]) -> int:
@@ -85,16 +86,17 @@ def tables(arms: dict[str, dict[int, list[Path]]], counts: dict) -> str:
     """study.md: val accuracy (train accuracy) and calibrated val/ce per width and arm, mean ±
     std over seeds; the best arm per width; the count baselines; each arm's interpolation
     width."""
-    head = ["width"] + list(arms) + ["best arm"]
+    head = ["width (params)"] + list(arms) + ["best arm"]
     acc_rows, ce_rows = [], []
     for w in WIDTHS:
         accs = {a: [evaluated(r, "acc") for r in arms[a][w]] for a in arms}
         ces = {a: [evaluated(r) for r in arms[a][w]] for a in arms}
         best = max(accs, key=lambda a: statistics.mean(accs[a]))
         train = {a: statistics.mean(map(train_accuracy, arms[a][w])) for a in arms}
-        acc_rows.append([str(w)] + [f"{mean_std(accs[a])} ({train[a]:.2f})" for a in arms] + [best])
+        name = f"{w} ({params(next(iter(arms.values()))[w][0])})"
+        acc_rows.append([name] + [f"{mean_std(accs[a])} ({train[a]:.2f})" for a in arms] + [best])
         best_ce = min(ces, key=lambda a: statistics.mean(ces[a]))
-        ce_rows.append([str(w)] + [mean_std(ces[a]) for a in arms] + [best_ce])
+        ce_rows.append([name] + [mean_std(ces[a]) for a in arms] + [best_ce])
     base = "\n".join(
         f"- {name} count table of the same noisy training set: val accuracy {m['acc']:.3f}, "
         f"val/ce {m['ce']:.3f}" + (f" (prior strength {m['beta']:g})" if "beta" in m else "")
@@ -118,9 +120,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/double_descent"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    study = Study(
-        args.root, common=["experiment=double_descent", "hydra.mode=RUN", *overrides(DATA)]
-    )
+    study = Study(args.root, common=["experiment=double_descent", "hydra.mode=RUN"])
     arms = {a: {w: [run_dir(study.root, a, w, s) for s in SEEDS] for w in WIDTHS} for a in ARMS}
     # arm by arm (a study cut short has whole arms), each arm's widest models first
     study.train_all(

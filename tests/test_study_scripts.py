@@ -14,9 +14,10 @@ def load(name):
     return module
 
 
-def finished(run, acc, ce, train_acc=0.5):
+def finished(run, acc, ce, train_acc=0.5, params=1000):
     run.mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({"final/train_eval/acc": train_acc}))
+    summary = {"final/train_eval/acc": train_acc, "params": params}
+    (run / "summary.json").write_text(json.dumps(summary))
     (run / "evaluation_val.json").write_text(json.dumps({"acc": acc, "ce_calibrated": ce}))
     return run
 
@@ -54,6 +55,7 @@ def test_double_descent_tables_name_the_best_arm_and_each_interpolation_point(
                     vals[a][i] + (2 * s - 1) / 1000,
                     3.0,
                     fits[a][i],
+                    params=w * 700,
                 )
                 for s in (1, 2)
             ]
@@ -62,8 +64,8 @@ def test_double_descent_tables_name_the_best_arm_and_each_interpolation_point(
         for a in fits
     }
     text = script.tables(arms, {"unigram": {"ce": 3.4, "acc": 0.149}})
-    assert "| 8 | 0.252 ± 0.001 (0.30) | 0.242 ± 0.001 (0.30) | none |" in text
-    assert "| 16 | 0.182 ± 0.001 (0.94) | 0.262 ± 0.001 (0.50) | wd 1 |" in text
+    assert "| 8 (5.6k) | 0.252 ± 0.001 (0.30) | 0.242 ± 0.001 (0.30) | none |" in text
+    assert "| 16 (11k) | 0.182 ± 0.001 (0.94) | 0.262 ± 0.001 (0.50) | wd 1 |" in text
     assert "none: width 16, wd 1: width 32" in text
     assert "unigram count table of the same noisy training set: val accuracy 0.149" in text
     assert script.run_dir(tmp_path, "wd 0.1", 8, 1) == tmp_path / "wd0_1" / "n_embd8_seed1"
