@@ -16,7 +16,6 @@ baselines, each arm's interpolation point) and the compare reports docs/double_d
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 from pathlib import Path
@@ -26,9 +25,10 @@ from omegaconf import OmegaConf
 
 from nanolab.data import TokenData, data_root
 from nanolab.ngram import baselines
-from nanolab.report import mean_std, table_markdown
-from nanolab.study import Study, compare, evaluated, run_name
+from nanolab.report import human, mean_std, table_markdown
+from nanolab.study import Study, compare, evaluated, final_score, run_name
 
+TRAIN_ACC = "final/train_eval/acc"  # the last evaluation's, on the (noisy) training set
 PRESET = Path(__file__).resolve().parents[1] / "configs/experiment/double_descent.yaml"
 WIDTHS = [4, 8, 16, 24, 32, 48, 64, 128]
 SEEDS = [1337, 1338, 1339]
@@ -65,20 +65,9 @@ def count_baselines() -> dict[str, dict[str, float]]:
     return baselines(inputs[:-1], targets[1:], val, data.vocab_size)
 
 
-def train_accuracy(run: Path) -> float:
-    """The last evaluation's accuracy on the (noisy) training set."""
-    return json.loads((run / "summary.json").read_text())["final/train_eval/acc"]
-
-
-def params(run: Path) -> str:
-    """A run's parameter count, short: 716, 5.2k, 213k."""
-    n = json.loads((run / "summary.json").read_text())["params"]
-    return str(n) if n < 1000 else f"{n / 1000:.2g}k" if n < 10_000 else f"{n / 1000:.0f}k"
-
-
 def interpolation_width(runs: dict[int, list[Path]]) -> int:
     """The smallest width whose mean train accuracy is within 0.01 of the arm's best."""
-    train = {w: statistics.mean(map(train_accuracy, rs)) for w, rs in runs.items()}
+    train = {w: statistics.mean(final_score(r, TRAIN_ACC) for r in rs) for w, rs in runs.items()}
     return min(w for w, a in train.items() if a >= max(train.values()) - 0.01)
 
 
@@ -92,8 +81,8 @@ def tables(arms: dict[str, dict[int, list[Path]]], counts: dict) -> str:
         accs = {a: [evaluated(r, "acc") for r in arms[a][w]] for a in arms}
         ces = {a: [evaluated(r) for r in arms[a][w]] for a in arms}
         best = max(accs, key=lambda a: statistics.mean(accs[a]))
-        train = {a: statistics.mean(map(train_accuracy, arms[a][w])) for a in arms}
-        name = f"{w} ({params(next(iter(arms.values()))[w][0])})"
+        train = {a: statistics.mean(final_score(r, TRAIN_ACC) for r in arms[a][w]) for a in arms}
+        name = f"{w} ({human(final_score(next(iter(arms.values()))[w][0], 'params'))})"
         acc_rows.append([name] + [f"{mean_std(accs[a])} ({train[a]:.2f})" for a in arms] + [best])
         best_ce = min(ces, key=lambda a: statistics.mean(ces[a]))
         ce_rows.append([name] + [mean_std(ces[a]) for a in arms] + [best_ce])

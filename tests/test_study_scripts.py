@@ -65,7 +65,7 @@ def test_double_descent_tables_name_the_best_arm_and_each_interpolation_point(
     }
     text = script.tables(arms, {"unigram": {"ce": 3.4, "acc": 0.149}})
     assert "| 8 (5.6k) | 0.252 ± 0.001 (0.30) | 0.242 ± 0.001 (0.30) | none |" in text
-    assert "| 16 (11k) | 0.182 ± 0.001 (0.94) | 0.262 ± 0.001 (0.50) | wd 1 |" in text
+    assert "| 16 (11.2k) | 0.182 ± 0.001 (0.94) | 0.262 ± 0.001 (0.50) | wd 1 |" in text
     assert "none: width 16, wd 1: width 32" in text
     assert "unigram count table of the same noisy training set: val accuracy 0.149" in text
     assert script.run_dir(tmp_path, "wd 0.1", 8, 1) == tmp_path / "wd0_1" / "n_embd8_seed1"
